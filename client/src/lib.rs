@@ -1,0 +1,1 @@
+//! genrep client (loader, augment, model, loss, optim, eval).

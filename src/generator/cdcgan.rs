@@ -1,0 +1,192 @@
+//! `cdcgan`: the small class-conditional DCGAN used as genrep's embedded default generator.
+//!
+//! Mirrors `tools/mnist_common.py::CDCGAN` (eval mode):
+//! `[z ++ embed(y)] -> linear -> C0 x s x s -> (cBN, ReLU, up x2, conv3) x 2 -> cBN, ReLU, conv3 -> tanh`,
+//! where cBN is BatchNorm with running statistics followed by a per-class gain `1 + g[y]` and bias
+//! `b[y]`. Soft class vectors mix the class tables linearly (identical to ids for one-hot rows).
+
+use super::weights::{Conv, Linear, Weights};
+use super::{chan, upsample2, ClassInput, Generator, GeneratorError, GeneratorSpec, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// `config.json` of a `cdcgan` model directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CdcGanConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub z_dim: usize,
+    pub embed_dim: usize,
+    pub num_classes: usize,
+    /// Channels after the linear layer, after the first and after the second upsampling stage.
+    pub channels: Vec<usize>,
+    pub out_channels: usize,
+    /// Spatial size after the linear layer; the output is `4 * base_size`.
+    pub base_size: usize,
+    pub bn_eps: f64,
+}
+
+impl CdcGanConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.channels.len() != 3 || self.channels.contains(&0) {
+            return Err(format!(
+                "`channels` must list 3 positive widths, got {:?}",
+                self.channels
+            ));
+        }
+        if self.z_dim == 0 || self.num_classes == 0 || self.base_size == 0 {
+            return Err("z_dim, num_classes and base_size must be positive".into());
+        }
+        if !(self.out_channels == 1 || self.out_channels == 3) {
+            return Err(format!("out_channels = {} (1 or 3)", self.out_channels));
+        }
+        if !(self.bn_eps > 0.0 && self.bn_eps.is_finite()) {
+            return Err(format!("bn_eps = {} (must be positive)", self.bn_eps));
+        }
+        Ok(())
+    }
+}
+
+struct CondBn {
+    /// 1/sqrt(running_var + eps) and -mean/sqrt(var + eps): the BN part folded to `x * a + b`.
+    a: Tensor,
+    b: Tensor,
+    /// Per-class gain and bias tables [num_classes, C].
+    gain: Tensor,
+    bias: Tensor,
+}
+
+impl CondBn {
+    fn load(w: &Weights, p: &str, c: usize, cfg: &CdcGanConfig) -> Result<Self> {
+        let mean = w.vec(&format!("{p}.bn.running_mean"), &[c])?;
+        let var = w.vec(&format!("{p}.bn.running_var"), &[c])?;
+        let inv: Vec<f32> = var
+            .iter()
+            .map(|v| 1.0 / (v + cfg.bn_eps as f32).sqrt())
+            .collect();
+        let shift: Vec<f32> = mean.iter().zip(&inv).map(|(m, i)| -m * i).collect();
+        let t = |v: Vec<f32>| -> Result<Tensor> {
+            Ok(Tensor::from_vec(v, c, &Device::Cpu)?
+                .to_dtype(w.dtype())?
+                .to_device(w.device())?)
+        };
+        Ok(Self {
+            a: t(inv)?,
+            b: t(shift)?,
+            gain: w.get(&format!("{p}.gain.weight"), &[cfg.num_classes, c])?,
+            bias: w.get(&format!("{p}.bias.weight"), &[cfg.num_classes, c])?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cls: &ClassSel) -> candle_core::Result<Tensor> {
+        let h = x
+            .broadcast_mul(&chan(&self.a)?)?
+            .broadcast_add(&chan(&self.b)?)?;
+        let g = (cls.pick(&self.gain)? + 1.0)?;
+        let b = cls.pick(&self.bias)?;
+        h.broadcast_mul(&chan(&g)?)?.broadcast_add(&chan(&b)?)
+    }
+}
+
+/// Selects rows of per-class tables: by id, or as a soft mix.
+enum ClassSel {
+    Ids(Tensor),
+    Soft(Tensor),
+}
+
+impl ClassSel {
+    fn pick(&self, table: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            ClassSel::Ids(idx) => table.index_select(idx, 0),
+            ClassSel::Soft(v) => v.matmul(table),
+        }
+    }
+}
+
+/// The embedded default generator's architecture.
+pub struct CdcGan {
+    spec: GeneratorSpec,
+    cfg: CdcGanConfig,
+    device: Device,
+    dtype: DType,
+    embed: Tensor,
+    linear: Linear,
+    bn: [CondBn; 3],
+    conv1: Conv,
+    conv2: Conv,
+    conv_out: Conv,
+}
+
+impl CdcGan {
+    pub(crate) fn new(cfg: CdcGanConfig, name: String, w: &Weights) -> Result<Self> {
+        let c = &cfg.channels;
+        let s = cfg.base_size;
+        let spec = GeneratorSpec {
+            name,
+            architecture: "cdcgan".into(),
+            latent_dim: cfg.z_dim,
+            num_classes: cfg.num_classes,
+            channels: cfg.out_channels,
+            resolution: 4 * s,
+            has_truncation: false,
+            weights_sha256: w.sha256.clone(),
+        };
+        Ok(Self {
+            embed: w.get("embed.weight", &[cfg.num_classes, cfg.embed_dim])?,
+            linear: Linear::load(w, "linear", cfg.z_dim + cfg.embed_dim, c[0] * s * s, true)?,
+            bn: [
+                CondBn::load(w, "bn0", c[0], &cfg)?,
+                CondBn::load(w, "bn1", c[1], &cfg)?,
+                CondBn::load(w, "bn2", c[2], &cfg)?,
+            ],
+            conv1: Conv::load(w, "conv1", c[0], c[1], 3, true)?,
+            conv2: Conv::load(w, "conv2", c[1], c[2], 3, true)?,
+            conv_out: Conv::load(w, "conv_out", c[2], cfg.out_channels, 3, true)?,
+            device: w.device().clone(),
+            dtype: w.dtype(),
+            spec,
+            cfg,
+        })
+    }
+}
+
+impl Generator for CdcGan {
+    fn spec(&self) -> &GeneratorSpec {
+        &self.spec
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn forward(&self, z: &Tensor, classes: &ClassInput, _truncation: f64) -> Result<Tensor> {
+        let (b, _) = z.dims2()?;
+        let sel = match classes {
+            ClassInput::Ids(ids) => {
+                ClassSel::Ids(Tensor::from_slice(ids, ids.len(), &self.device)?)
+            }
+            ClassInput::Soft(v) => ClassSel::Soft(
+                Tensor::from_slice(v, (b, self.cfg.num_classes), &Device::Cpu)?
+                    .to_device(&self.device)?
+                    .to_dtype(self.dtype)?,
+            ),
+            ClassInput::None => return Err(GeneratorError::Input("cdcgan needs classes".into())),
+        };
+        let s = self.cfg.base_size;
+        let cond = Tensor::cat(&[z, &sel.pick(&self.embed)?], 1)?;
+        let mut h = self
+            .linear
+            .forward(&cond)?
+            .reshape((b, self.cfg.channels[0], s, s))?;
+        h = upsample2(&self.bn[0].forward(&h, &sel)?.relu()?)?;
+        h = self.conv1.forward(&h)?;
+        h = upsample2(&self.bn[1].forward(&h, &sel)?.relu()?)?;
+        h = self.conv2.forward(&h)?;
+        h = self
+            .conv_out
+            .forward(&self.bn[2].forward(&h, &sel)?.relu()?)?;
+        Ok(h.tanh()?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
+    }
+}

@@ -1,0 +1,244 @@
+//! Image generators behind one interface, and the registry that loads them from a model directory.
+//!
+//! A model directory holds `config.json` (with an `architecture` field, or a plain
+//! `pytorch-pretrained-biggan` config) and `model.safetensors` with spectral norm already folded
+//! into the weights (see `tools/convert_biggan.py`).
+
+mod biggan;
+mod cdcgan;
+mod weights;
+
+pub use biggan::{BigGanConfig, BigGanDeep};
+pub use cdcgan::{CdcGan, CdcGanConfig};
+
+use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+
+/// Errors from loading or running a generator. Every variant names what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum GeneratorError {
+    #[error("cannot read {path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error("invalid config {path}: {msg}")]
+    Config { path: PathBuf, msg: String },
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    #[error("invalid weights file {path}: {msg}")]
+    Weights { path: PathBuf, msg: String },
+    #[error("tensor `{0}` is missing from model.safetensors")]
+    MissingTensor(String),
+    #[error("tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("invalid input: {0}")]
+    Input(String),
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, GeneratorError>;
+
+/// What a generator consumes and produces; served as-is by `/v1/info`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct GeneratorSpec {
+    /// Model name (config `name`, else the directory name).
+    pub name: String,
+    /// Registry key, e.g. `biggan-deep` or `cdcgan`.
+    pub architecture: String,
+    /// Length of z.
+    pub latent_dim: usize,
+    /// Number of classes; 0 means unconditional.
+    pub num_classes: usize,
+    /// Output channels (1 = grayscale, 3 = RGB).
+    pub channels: usize,
+    /// Output height = width in pixels.
+    pub resolution: usize,
+    /// Whether the generator has a truncation input (BigGAN's BN-statistics truncation).
+    pub has_truncation: bool,
+    /// Hex sha256 of `model.safetensors`: identifies the weights in every sample's metadata.
+    pub weights_sha256: String,
+}
+
+/// Class conditioning for a batch.
+#[derive(Debug, Clone)]
+pub enum ClassInput {
+    /// Unconditional generator.
+    None,
+    /// One class id per sample.
+    Ids(Vec<u32>),
+    /// Soft class vectors [B, num_classes] (e.g. a mix of two classes), row-major.
+    Soft(Vec<f32>),
+}
+
+/// A batched image generator owned by one device thread.
+pub trait Generator: Send {
+    fn spec(&self) -> &GeneratorSpec;
+    fn device(&self) -> &Device;
+    fn dtype(&self) -> DType;
+    /// Runs the generator: `z` is `[B, latent_dim]` (row-major f32), `truncation` is the
+    /// generator's own truncation input (ignored by architectures without one).
+    /// Returns `[B, C, H, W]` f32 on the CPU, values in [-1, 1].
+    fn forward(&self, z: &Tensor, classes: &ClassInput, truncation: f64) -> Result<Tensor>;
+
+    /// Convenience: validates host-side inputs, runs `forward` and returns the image tensor.
+    fn generate(&self, z: &[f32], classes: &ClassInput, truncation: f64) -> Result<Tensor> {
+        let spec = self.spec();
+        let d = spec.latent_dim;
+        if z.is_empty() || z.len() % d != 0 {
+            return Err(GeneratorError::Input(format!(
+                "z has {} values, expected a positive multiple of latent_dim {d}",
+                z.len()
+            )));
+        }
+        if let Some(bad) = z.iter().position(|v| !v.is_finite()) {
+            return Err(GeneratorError::Input(format!(
+                "z[{bad}] is not finite ({})",
+                z[bad]
+            )));
+        }
+        let b = z.len() / d;
+        check_classes(spec, classes, b)?;
+        let zt = Tensor::from_slice(z, (b, d), &Device::Cpu)?;
+        let zt = zt.to_device(self.device())?.to_dtype(self.dtype())?;
+        self.forward(&zt, classes, truncation)
+    }
+}
+
+fn check_classes(spec: &GeneratorSpec, classes: &ClassInput, batch: usize) -> Result<()> {
+    let n = spec.num_classes;
+    match classes {
+        ClassInput::None if n == 0 => Ok(()),
+        ClassInput::None => Err(GeneratorError::Input(format!(
+            "generator is conditional on {n} classes: class ids or class vectors are required"
+        ))),
+        _ if n == 0 => Err(GeneratorError::Input(
+            "generator is unconditional: classes must not be given".into(),
+        )),
+        ClassInput::Ids(ids) => {
+            if ids.len() != batch {
+                return Err(GeneratorError::Input(format!(
+                    "{} class ids for a batch of {batch}",
+                    ids.len()
+                )));
+            }
+            if let Some(c) = ids.iter().find(|&&c| c as usize >= n) {
+                return Err(GeneratorError::Input(format!(
+                    "class id {c} out of range 0..={}",
+                    n - 1
+                )));
+            }
+            Ok(())
+        }
+        ClassInput::Soft(v) => {
+            if v.len() != batch * n {
+                return Err(GeneratorError::Input(format!(
+                    "class vectors have {} values, expected batch {batch} x {n} classes",
+                    v.len()
+                )));
+            }
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(GeneratorError::Input("class vectors must be finite".into()));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Parses a `--dtype` value.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(GeneratorError::Unsupported(format!(
+            "dtype `{other}` (allowed: f32, f16, bf16)"
+        ))),
+    }
+}
+
+/// Loads the generator described by `dir/config.json` + `dir/model.safetensors`.
+pub fn load_model_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn Generator>> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|err| GeneratorError::Io {
+        path: cfg_path.clone(),
+        err,
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| GeneratorError::Config {
+            path: cfg_path.clone(),
+            msg: e.to_string(),
+        })?;
+    let arch = match value.get("architecture").and_then(|a| a.as_str()) {
+        Some(a) => a.to_string(),
+        // A config straight from pytorch-pretrained-biggan has no architecture field.
+        None if value.get("layers").is_some()
+            && value.get("attention_layer_position").is_some() =>
+        {
+            "biggan-deep".to_string()
+        }
+        None => {
+            return Err(GeneratorError::Config {
+                path: cfg_path,
+                msg: "no `architecture` field (known: biggan-deep, cdcgan)".into(),
+            })
+        }
+    };
+    let default_name = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let weights_path = dir.join("model.safetensors");
+    let tensors = weights::Weights::load(&weights_path, device, dtype)?;
+    match arch.as_str() {
+        "biggan-deep" => {
+            let cfg: BigGanConfig = parse_config(&value, &cfg_path)?;
+            cfg.validate().map_err(|msg| GeneratorError::Config {
+                path: cfg_path,
+                msg,
+            })?;
+            let name = cfg.name.clone().unwrap_or(default_name);
+            Ok(Box::new(BigGanDeep::new(cfg, name, &tensors)?))
+        }
+        "cdcgan" => {
+            let cfg: CdcGanConfig = parse_config(&value, &cfg_path)?;
+            cfg.validate().map_err(|msg| GeneratorError::Config {
+                path: cfg_path,
+                msg,
+            })?;
+            let name = cfg.name.clone().unwrap_or(default_name);
+            Ok(Box::new(CdcGan::new(cfg, name, &tensors)?))
+        }
+        other => Err(GeneratorError::Unsupported(format!(
+            "architecture `{other}` in {} (known: biggan-deep, cdcgan)",
+            cfg_path.display()
+        ))),
+    }
+}
+
+/// Deserialises a config; the error names the offending field path.
+fn parse_config<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+    path: &Path,
+) -> Result<T> {
+    serde_path_to_error::deserialize(value.clone()).map_err(|e| GeneratorError::Config {
+        path: path.to_path_buf(),
+        msg: format!("field `{}`: {}", e.path(), e.inner()),
+    })
+}
+
+/// Nearest-neighbour ×2 upsampling of an NCHW tensor.
+pub(crate) fn upsample2(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    x.upsample_nearest2d(h * 2, w * 2)
+}
+
+/// Broadcasts a per-channel vector [C] (or per-sample [B, C]) over NCHW.
+pub(crate) fn chan(v: &Tensor) -> candle_core::Result<Tensor> {
+    match v.rank() {
+        1 => v.reshape((1, v.dim(0)?, 1, 1)),
+        _ => v.reshape((v.dim(0)?, v.dim(1)?, 1, 1)),
+    }
+}

@@ -1,0 +1,166 @@
+//! Reading `model.safetensors` with shape checks and errors that name the tensor.
+
+use super::{GeneratorError, Result};
+use candle_core::{DType, Device, Tensor};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// All tensors of a model file, kept as loaded (f32 on the CPU) until a layer takes them.
+pub(crate) struct Weights {
+    path: PathBuf,
+    tensors: HashMap<String, Tensor>,
+    device: Device,
+    dtype: DType,
+    /// Hex sha256 of the file's bytes.
+    pub sha256: String,
+}
+
+impl Weights {
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|err| GeneratorError::Io {
+            path: path.to_path_buf(),
+            err,
+        })?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
+            GeneratorError::Weights {
+                path: path.to_path_buf(),
+                msg: format!("not a readable safetensors file ({e})"),
+            }
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+            device: device.clone(),
+            dtype,
+            sha256,
+        })
+    }
+
+    /// The tensor `name` as f32 on the CPU, checked against `shape`.
+    pub fn host(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| GeneratorError::MissingTensor(name.to_string()))?;
+        if t.dims() != shape {
+            return Err(GeneratorError::Shape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                got: t.dims().to_vec(),
+            });
+        }
+        if !t.dtype().is_float() {
+            return Err(GeneratorError::Weights {
+                path: self.path.clone(),
+                msg: format!(
+                    "tensor `{name}` has dtype {:?}, expected a float type",
+                    t.dtype()
+                ),
+            });
+        }
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    /// The tensor `name` on the model's device in the model's dtype, checked against `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Ok(self
+            .host(name, shape)?
+            .to_dtype(self.dtype)?
+            .to_device(&self.device)?)
+    }
+
+    /// The tensor `name` as a host vector (small per-channel statistics).
+    pub fn vec(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        Ok(self.host(name, shape)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+/// A conv2d with optional bias, stored in the model dtype on the device.
+pub(crate) struct Conv {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub padding: usize,
+    pub stride: usize,
+}
+
+impl Conv {
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: w.get(&format!("{prefix}.weight"), &[cout, cin, k, k])?,
+            bias: if bias {
+                Some(w.get(&format!("{prefix}.bias"), &[cout])?)
+            } else {
+                None
+            },
+            padding: k / 2,
+            stride: 1,
+        })
+    }
+
+    /// Keeps only the first `n` output channels (BigGAN's RGB conv computes 128 and uses 3).
+    pub fn slice_out(self, n: usize) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.narrow(0, 0, n)?.contiguous()?,
+            bias: match self.bias {
+                Some(b) => Some(b.narrow(0, 0, n)?.contiguous()?),
+                None => None,
+            },
+            ..self
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        match &self.bias {
+            Some(bias) => y.broadcast_add(&super::chan(bias)?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// A linear layer `y = x Wᵀ (+ b)`, weight [out, in].
+pub(crate) struct Linear {
+    pub weight_t: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(w: &Weights, prefix: &str, din: usize, dout: usize, bias: bool) -> Result<Self> {
+        Ok(Self {
+            weight_t: w
+                .get(&format!("{prefix}.weight"), &[dout, din])?
+                .t()?
+                .contiguous()?,
+            bias: if bias {
+                Some(w.get(&format!("{prefix}.bias"), &[dout])?)
+            } else {
+                None
+            },
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.matmul(&self.weight_t)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! A broken model directory gives an error that names the problem, never a panic.
+
+use candle_core::{DType, Device};
+use genrep::generator::{load_model_dir, ClassInput, GeneratorError};
+use std::path::Path;
+
+fn copy_fixture() -> tempfile::TempDir {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/biggan-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    match load_model_dir(dir, &Device::Cpu, DType::F32) {
+        Ok(_) => panic!("loading {} should fail", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn missing_files() {
+    let d = copy_fixture();
+    std::fs::remove_file(d.path().join("model.safetensors")).unwrap();
+    let e = load_err(d.path());
+    assert!(
+        e.contains("model.safetensors") && e.contains("cannot read"),
+        "{e}"
+    );
+    std::fs::remove_file(d.path().join("config.json")).unwrap();
+    let e = load_err(d.path());
+    assert!(e.contains("config.json"), "{e}");
+}
+
+#[test]
+fn truncated_safetensors() {
+    let d = copy_fixture();
+    let p = d.path().join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_err(d.path());
+    assert!(
+        e.contains("model.safetensors") && e.contains("safetensors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_config_values() {
+    let cases: &[(&str, serde_json::Value, &str)] = &[
+        ("architecture", serde_json::json!("stylegan9"), "stylegan9"),
+        ("channel_width", serde_json::json!(16), "has shape"),
+        ("num_classes", serde_json::json!(7), "embeddings.weight"),
+        ("layers", serde_json::json!([[false, 8, 8]]), "layers[0]"),
+        ("output_dim", serde_json::json!(64), "output_dim"),
+        ("n_stats", serde_json::json!("many"), "n_stats"),
+    ];
+    for (key, value, needle) in cases {
+        let d = copy_fixture();
+        let p = d.path().join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        cfg[*key] = value.clone();
+        std::fs::write(&p, cfg.to_string()).unwrap();
+        let e = load_err(d.path());
+        assert!(e.contains(needle), "{key}={value}: {e}");
+    }
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let d = copy_fixture();
+    let p = d.path().join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+    let kept: std::collections::HashMap<_, _> = tensors
+        .into_iter()
+        .filter(|(k, _)| k != "generator.layers.2.bn_1.running_vars")
+        .collect();
+    candle_core::safetensors::save(&kept, &p).unwrap();
+    match load_model_dir(d.path(), &Device::Cpu, DType::F32) {
+        Err(GeneratorError::MissingTensor(n)) => {
+            assert_eq!(n, "generator.layers.2.bn_1.running_vars")
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("should fail"),
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let d = copy_fixture();
+    let g = load_model_dir(d.path(), &Device::Cpu, DType::F32).unwrap();
+    let z = vec![0.1f32; 16];
+    for (classes, t, needle) in [
+        (ClassInput::Ids(vec![5]), 1.0, "out of range"),
+        (ClassInput::None, 1.0, "conditional"),
+        (ClassInput::Ids(vec![0, 1]), 1.0, "2 class ids"),
+        (ClassInput::Ids(vec![0]), 0.0, "truncation"),
+        (ClassInput::Ids(vec![0]), 1.5, "truncation"),
+    ] {
+        let e = g.generate(&z, &classes, t).unwrap_err().to_string();
+        assert!(e.contains(needle), "{needle}: {e}");
+    }
+    let e = g
+        .generate(&z[..15], &ClassInput::Ids(vec![0]), 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("latent_dim"), "{e}");
+    let mut zn = z.clone();
+    zn[3] = f32::NAN;
+    let e = g
+        .generate(&zn, &ClassInput::Ids(vec![0]), 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("z[3]"), "{e}");
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace from a fresh clone: installs what the tests need
+# (a local Python venv with `webdataset` for the interop tests), then the Rust tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=.venv-test
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check webdataset==1.0.2 pillow numpy
+export GENREP_TEST_PYTHON="$PWD/$VENV/bin/python"
+cargo fmt --all -- --check
+cargo test --workspace --all-targets
+cargo test --workspace --doc
