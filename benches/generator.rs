@@ -1,1 +1,56 @@
-fn main() {}
+//! Generator throughput on this machine: images/s of BigGAN-deep-128 (package config, random
+//! weights) at batch 1, 8 and 32, and of the embedded default generator.
+//!
+//!     cargo bench --bench generator [-- --quick]
+//!
+//! `tools/bench_reference.py` times pytorch-pretrained-biggan on the same config; compare the
+//! printed images/s side by side.
+
+use candle_core::{DType, Device, Tensor};
+use genrep::generator::{random_biggan, BigGanConfig, ClassInput, Generator};
+use std::time::Instant;
+
+fn time_batch(g: &dyn Generator, b: usize, reps: usize) -> f64 {
+    let spec = g.spec();
+    let z: Vec<f32> = (0..b * spec.latent_dim)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let classes = ClassInput::Ids((0..b as u32).map(|i| i % spec.num_classes as u32).collect());
+    // Warm-up run (allocations, rayon pool).
+    g.generate(&z, &classes, 1.0).unwrap();
+    let t = Instant::now();
+    for _ in 0..reps {
+        let out: Tensor = g.generate(&z, &classes, 1.0).unwrap();
+        std::hint::black_box(out);
+    }
+    (b * reps) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let dev = Device::Cpu;
+    println!(
+        "threads: {} (rayon), candle CPU backend",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    let g = random_biggan(BigGanConfig::deep(128).unwrap(), 0, &dev, DType::F32).unwrap();
+    let batches: &[usize] = if quick { &[1, 8] } else { &[1, 8, 32] };
+    for &b in batches {
+        let reps = if b == 1 { 3 } else { 1 };
+        let ips = time_batch(&g, b, reps);
+        println!(
+            "biggan-deep-128 candle f32  batch {b:>2}: {ips:7.3} images/s  ({:.3} s/image)",
+            1.0 / ips
+        );
+    }
+    let model_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist-cdcgan");
+    if model_dir.join("model.safetensors").exists() {
+        let g = genrep::generator::load_model_dir(&model_dir, &dev, DType::F32).unwrap();
+        for b in [1usize, 64, 256] {
+            let ips = time_batch(g.as_ref(), b, if b == 1 { 50 } else { 3 });
+            println!("mnist-cdcgan    candle f32  batch {b:>3}: {ips:8.1} images/s");
+        }
+    }
+}

@@ -97,6 +97,44 @@ impl BigGanConfig {
         Ok(())
     }
 
+    /// The package's BigGAN-deep-128 / -256 / -512 configs (ImageNet, 1000 classes).
+    pub fn deep(resolution: usize) -> Option<Self> {
+        let mut layers = vec![
+            (false, 16, 16),
+            (true, 16, 16),
+            (false, 16, 16),
+            (true, 16, 8),
+            (false, 8, 8),
+            (true, 8, 4),
+            (false, 4, 4),
+            (true, 4, 2),
+            (false, 2, 2),
+            (true, 2, 1),
+        ];
+        match resolution {
+            128 => {}
+            256 | 512 => {
+                layers.splice(5..6, [(true, 8, 8), (false, 8, 8), (true, 8, 4)]);
+                if resolution == 512 {
+                    layers.extend([(false, 1, 1), (true, 1, 1)]);
+                }
+            }
+            _ => return None,
+        }
+        Some(Self {
+            name: Some(format!("biggan-deep-{resolution}")),
+            output_dim: resolution,
+            z_dim: 128,
+            class_embed_dim: Some(128),
+            channel_width: 128,
+            num_classes: 1000,
+            layers,
+            attention_layer_position: 8,
+            eps: 1e-4,
+            n_stats: 51,
+        })
+    }
+
     pub fn resolution(&self) -> usize {
         4 << self.layers.iter().filter(|l| l.0).count()
     }
@@ -250,7 +288,7 @@ impl SelfAttn {
 }
 
 enum Layer {
-    Block(GenBlock),
+    Block(Box<GenBlock>),
     Attn(SelfAttn),
 }
 
@@ -298,7 +336,7 @@ impl BigGanDeep {
             let conv = |j: usize, a: usize, b: usize, k: usize| {
                 Conv::load(w, &format!("{p}.conv_{j}"), a, b, k, true)
             };
-            layers.push(Layer::Block(GenBlock {
+            layers.push(Layer::Block(Box::new(GenBlock {
                 bn: [bn(0, cin)?, bn(1, mid)?, bn(2, mid)?, bn(3, mid)?],
                 conv: [
                     conv(0, cin, mid, 1)?,
@@ -308,7 +346,7 @@ impl BigGanDeep {
                 ],
                 up,
                 drop_to: (cin != cout).then_some(cin / 2),
-            }));
+            })));
         }
         let bn_stats = BnStats::load(w, "generator.bn", ch, cfg.n_stats, cfg.eps)?;
         let bn_weight = w.vec("generator.bn.weight", &[ch])?;
@@ -423,6 +461,19 @@ mod tests {
             n_stats: n,
             eps: 0.0,
         }
+    }
+
+    #[test]
+    fn package_configs_validate() {
+        for r in [128, 256, 512] {
+            let c = BigGanConfig::deep(r).unwrap();
+            c.validate().unwrap();
+            assert_eq!(c.resolution(), r);
+        }
+        // deep-256 has 12 blocks; attention sits before block 8 at 64x64 with 512 channels.
+        let c = BigGanConfig::deep(256).unwrap();
+        assert_eq!(c.layers.len(), 12);
+        assert_eq!(c.layers[8].1 * c.channel_width, 512);
     }
 
     #[test]

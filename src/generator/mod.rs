@@ -218,6 +218,22 @@ pub fn load_model_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Box<d
     }
 }
 
+/// A BigGAN-deep of the given config with seeded random weights (benchmarks, smoke tests).
+pub fn random_biggan(
+    cfg: BigGanConfig,
+    seed: u64,
+    device: &Device,
+    dtype: DType,
+) -> Result<BigGanDeep> {
+    cfg.validate()
+        .map_err(|msg| GeneratorError::Unsupported(format!("BigGAN config: {msg}")))?;
+    let name = cfg
+        .name
+        .clone()
+        .unwrap_or_else(|| "biggan-deep-random".into());
+    BigGanDeep::new(cfg, name, &weights::Weights::random(seed, device, dtype))
+}
+
 /// Deserialises a config; the error names the offending field path.
 fn parse_config<T: serde::de::DeserializeOwned>(
     value: &serde_json::Value,

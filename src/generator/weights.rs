@@ -7,9 +7,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// All tensors of a model file, kept as loaded (f32 on the CPU) until a layer takes them.
+/// `Random` hands out seeded random tensors of whatever shape a layer asks for: benchmarks run the
+/// full-size architectures without shipping their weights.
 pub(crate) struct Weights {
     path: PathBuf,
-    tensors: HashMap<String, Tensor>,
+    source: Source,
     device: Device,
     dtype: DType,
     /// Hex sha256 of the file's bytes.
@@ -31,17 +33,32 @@ impl Weights {
         })?;
         Ok(Self {
             path: path.to_path_buf(),
-            tensors,
+            source: Source::File(tensors),
             device: device.clone(),
             dtype,
             sha256,
         })
     }
 
+    /// Seeded random weights: N(0, 1/fan_in) for matrices, U(0.5, 1.5) for variances, small
+    /// normal values for everything else.
+    pub fn random(seed: u64, device: &Device, dtype: DType) -> Self {
+        Self {
+            path: PathBuf::from(format!("<random seed {seed}>")),
+            source: Source::Random(seed),
+            device: device.clone(),
+            dtype,
+            sha256: format!("random-{seed}"),
+        }
+    }
+
     /// The tensor `name` as f32 on the CPU, checked against `shape`.
     pub fn host(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self
-            .tensors
+        let tensors = match &self.source {
+            Source::File(t) => t,
+            Source::Random(seed) => return Ok(random_tensor(*seed, name, shape)?),
+        };
+        let t = tensors
             .get(name)
             .ok_or_else(|| GeneratorError::MissingTensor(name.to_string()))?;
         if t.dims() != shape {
@@ -83,6 +100,38 @@ impl Weights {
     pub fn dtype(&self) -> DType {
         self.dtype
     }
+}
+
+enum Source {
+    File(HashMap<String, Tensor>),
+    Random(u64),
+}
+
+fn random_tensor(seed: u64, name: &str, shape: &[usize]) -> candle_core::Result<Tensor> {
+    use rand::{Rng, SeedableRng};
+    let mut h = Sha256::new();
+    h.update(seed.to_le_bytes());
+    h.update(name.as_bytes());
+    let mut rng = rand_chacha::ChaCha8Rng::from_seed(h.finalize().into());
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = if name.contains("running_var") {
+        (0..n).map(|_| rng.random_range(0.5f32..1.5)).collect()
+    } else {
+        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+        let std = if shape.len() >= 2 {
+            (1.0 / fan_in as f32).sqrt()
+        } else {
+            0.1
+        };
+        (0..n)
+            .map(|_| {
+                // Box-Muller: a normal sample from two uniforms.
+                let (u1, u2): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
+                std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+            })
+            .collect()
+    };
+    Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
 /// A conv2d with optional bias, stored in the model dtype on the device.
