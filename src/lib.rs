@@ -3,6 +3,12 @@
 //! Data flow: [`sampler`] (latents from seed and index) → engine (batching) → [`generator`]
 //! (candle models) → [`format`] (PNG/npy, tar) → api (HTTP).
 
+pub mod api;
 pub mod device;
+pub mod embedded;
+pub mod engine;
 pub mod format;
 pub mod generator;
+pub mod metrics;
+pub mod sampler;
+pub mod wds;

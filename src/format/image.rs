@@ -56,6 +56,20 @@ impl Image8 {
         }
         out
     }
+
+    /// Encodes as baseline JPEG at `quality` (1-100).
+    pub fn to_jpeg(&self, quality: u8) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.pixels.len() / 4 + 1024);
+        let color = if self.channels == 3 {
+            jpeg_encoder::ColorType::Rgb
+        } else {
+            jpeg_encoder::ColorType::Luma
+        };
+        jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100))
+            .encode(&self.pixels, self.width as u16, self.height as u16, color)
+            .expect("pixel buffer matches the image size");
+        out
+    }
 }
 
 /// Lays out `rows` of images (all the same size and channels) with a `pad`-pixel border.
@@ -103,5 +117,6 @@ mod tests {
         let g = grid(&[vec![img.clone(), img.clone()], vec![img]], 1);
         assert_eq!((g.width, g.height), (2 * 3 + 1, 2 * 2 + 1));
         assert!(g.to_png().starts_with(b"\x89PNG"));
+        assert!(g.to_jpeg(90).starts_with(&[0xff, 0xd8]));
     }
 }

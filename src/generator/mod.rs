@@ -166,8 +166,39 @@ pub fn load_model_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Box<d
         path: cfg_path.clone(),
         err,
     })?;
+    let weights_path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&weights_path).map_err(|err| GeneratorError::Io {
+        path: weights_path.clone(),
+        err,
+    })?;
+    let default_name = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    load_model_parts(
+        &text,
+        &cfg_path,
+        &bytes,
+        &weights_path,
+        &default_name,
+        device,
+        dtype,
+    )
+}
+
+/// Loads a generator from the contents of its two files (paths are only used in messages).
+pub fn load_model_parts(
+    config_json: &str,
+    cfg_path: &Path,
+    weights: &[u8],
+    weights_path: &Path,
+    default_name: &str,
+    device: &Device,
+    dtype: DType,
+) -> Result<Box<dyn Generator>> {
+    let cfg_path = cfg_path.to_path_buf();
     let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| GeneratorError::Config {
+        serde_json::from_str(config_json).map_err(|e| GeneratorError::Config {
             path: cfg_path.clone(),
             msg: e.to_string(),
         })?;
@@ -186,12 +217,13 @@ pub fn load_model_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Box<d
             })
         }
     };
-    let default_name = dir
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let weights_path = dir.join("model.safetensors");
-    let tensors = weights::Weights::load(&weights_path, device, dtype)?;
+    if !matches!(arch.as_str(), "biggan-deep" | "cdcgan") {
+        return Err(GeneratorError::Unsupported(format!(
+            "architecture `{arch}` in {} (known: biggan-deep, cdcgan)",
+            cfg_path.display()
+        )));
+    }
+    let tensors = weights::Weights::from_bytes(weights, weights_path, device, dtype)?;
     match arch.as_str() {
         "biggan-deep" => {
             let cfg: BigGanConfig = parse_config(&value, &cfg_path)?;
@@ -199,22 +231,18 @@ pub fn load_model_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Box<d
                 path: cfg_path,
                 msg,
             })?;
-            let name = cfg.name.clone().unwrap_or(default_name);
+            let name = cfg.name.clone().unwrap_or_else(|| default_name.to_string());
             Ok(Box::new(BigGanDeep::new(cfg, name, &tensors)?))
         }
-        "cdcgan" => {
+        _ => {
             let cfg: CdcGanConfig = parse_config(&value, &cfg_path)?;
             cfg.validate().map_err(|msg| GeneratorError::Config {
                 path: cfg_path,
                 msg,
             })?;
-            let name = cfg.name.clone().unwrap_or(default_name);
+            let name = cfg.name.clone().unwrap_or_else(|| default_name.to_string());
             Ok(Box::new(CdcGan::new(cfg, name, &tensors)?))
         }
-        other => Err(GeneratorError::Unsupported(format!(
-            "architecture `{other}` in {} (known: biggan-deep, cdcgan)",
-            cfg_path.display()
-        ))),
     }
 }
 

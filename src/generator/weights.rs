@@ -19,13 +19,10 @@ pub(crate) struct Weights {
 }
 
 impl Weights {
-    pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|err| GeneratorError::Io {
-            path: path.to_path_buf(),
-            err,
-        })?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
+    /// From the bytes of a safetensors file; `path` is only used in messages.
+    pub fn from_bytes(bytes: &[u8], path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| {
             GeneratorError::Weights {
                 path: path.to_path_buf(),
                 msg: format!("not a readable safetensors file ({e})"),

@@ -1,0 +1,506 @@
+//! HTTP API (axum): shards, streams, inspection, explicit generation, info, health and metrics.
+
+pub mod error;
+mod openapi;
+pub mod params;
+
+use crate::engine::{produce, Engine, SampleRequest, StreamEnd};
+use crate::format::image::{grid, Image8};
+use crate::format::npy;
+use crate::generator::ClassInput;
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use error::ApiError;
+use genrep_wire::MAX_INDEX;
+use params::{defaults, parse_shard_name, Query, ENCODING, SAMPLING};
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+/// Request limits (CLI flags), reported by `/v1/info`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Limits {
+    pub max_views: usize,
+    pub max_shard_size: u64,
+    pub max_concurrent_streams: usize,
+    pub max_generate_latents: usize,
+    pub max_grid_rows: usize,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub limits: Limits,
+    /// Live shard/stream responses hold a permit until their body ends.
+    pub stream_permits: Arc<Semaphore>,
+    /// Cancelled on SIGINT/SIGTERM: `/ready` turns 503, streams end at a sample boundary.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, limits: Limits, shutdown: CancellationToken) -> Self {
+        Self {
+            stream_permits: Arc::new(Semaphore::new(limits.max_concurrent_streams)),
+            engine,
+            limits,
+            shutdown,
+        }
+    }
+
+    fn check_ready(&self) -> Result<(), ApiError> {
+        if self.shutdown.is_cancelled() {
+            Err(ApiError::unavailable("the server is shutting down"))
+        } else if !self.engine.is_ready() {
+            Err(ApiError::unavailable("the generator is still warming up"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/shards/{name}", get(shard))
+        .route("/v1/stream", get(stream))
+        .route("/v1/samples/{file}", get(sample_file))
+        .route("/v1/grid.png", get(grid_png))
+        .route("/v1/generate", post(generate))
+        .route("/v1/info", get(info))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::spec))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
+        .with_state(state)
+}
+
+/// Counts every response by route template and status.
+async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    st.engine
+        .metrics()
+        .count_request(&route, resp.status().as_u16());
+    resp
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        error_type: "method_not_allowed",
+        message: format!("{method} is not allowed on {}", uri.path()),
+    }
+}
+
+fn tar_headers(first: u64, count: Option<u64>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-tar"),
+    );
+    h.insert("x-genrep-first-index", first.into());
+    if let Some(c) = count {
+        h.insert("x-genrep-samples", c.into());
+    }
+    h
+}
+
+/// Starts a producer feeding a streamed body; the stream permit lives until the body ends.
+fn stream_body(
+    st: &AppState,
+    req: SampleRequest,
+    start: u64,
+    end: StreamEnd,
+) -> Result<Body, ApiError> {
+    let permit = st.stream_permits.clone().try_acquire_owned().map_err(|_| {
+        ApiError::overloaded(format!(
+            "{} streams are open (max_concurrent_streams); retry shortly",
+            st.limits.max_concurrent_streams
+        ))
+    })?;
+    let (tx, rx) = mpsc::channel(4);
+    let engine = st.engine.clone();
+    let shutdown = st.shutdown.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        produce(engine, Arc::new(req), start, end, tx, shutdown).await;
+    });
+    Ok(Body::from_stream(ReceiverStream::new(rx)))
+}
+
+/// `GET|HEAD /v1/shards/{prefix}-{NNNNNN}.tar`: samples [n·S, (n+1)·S).
+async fn shard(
+    State(st): State<AppState>,
+    method: Method,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let n = parse_shard_name(&name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no shard `{name}`: shard names are {{prefix}}-{{NNNNNN}}.tar (prefix of letters, digits, `_` or `-`; 6-12 digits)"
+        ))
+    })?;
+    let q = Query::parse(q.as_deref(), &[SAMPLING, ENCODING, &["shard_size"]])?;
+    let req = q.sample_request(st.engine.spec(), &st.limits)?;
+    let size = q.u64_in(
+        "shard_size",
+        defaults::SHARD_SIZE,
+        1,
+        st.limits.max_shard_size,
+    )?;
+    let start = n
+        .checked_mul(size)
+        .filter(|s| s.checked_add(size).is_some_and(|e| e <= MAX_INDEX))
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "shard {n} with shard_size {size} is past the last sample index {}",
+                MAX_INDEX - 1
+            ))
+        })?;
+    st.check_ready()?;
+    let headers = tar_headers(start, Some(size));
+    if method == Method::HEAD {
+        // An unsized body: `Body::empty()` would announce `content-length: 0`, and size-probing
+        // clients (fsspec) would take the shard for empty. The real length is not known up front.
+        let none = futures::stream::empty::<Result<Bytes, std::io::Error>>();
+        return Ok((headers, Body::from_stream(none)).into_response());
+    }
+    let body = stream_body(&st, req, start, StreamEnd::Shard(start + size))?;
+    Ok((headers, body).into_response())
+}
+
+/// `GET /v1/stream?start=I&limit=N`: an endless (or limited) tar stream from sample `start`.
+async fn stream(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let q = Query::parse(q.as_deref(), &[SAMPLING, ENCODING, &["start", "limit"]])?;
+    let req = q.sample_request(st.engine.spec(), &st.limits)?;
+    let start = q.index("start", 0)?;
+    let limit = match q.u64_in("limit", 0, 1, MAX_INDEX - start) {
+        Ok(v) if v > 0 => Some(v),
+        Ok(_) => None,
+        Err(e) => return Err(e),
+    };
+    st.check_ready()?;
+    let body = stream_body(&st, req, start, StreamEnd::Stream(limit.map(|l| start + l)))?;
+    Ok((tar_headers(start, limit), body).into_response())
+}
+
+/// Runs the sample's images through the engine (429 when the queue is full).
+async fn sample_images(
+    st: &AppState,
+    req: &SampleRequest,
+    index: u64,
+) -> Result<(crate::sampler::SampleLatents, Arc<Vec<f32>>), ApiError> {
+    let l = req.latents(st.engine.spec(), index);
+    let (rows, classes) = crate::engine::job_inputs(&l);
+    let rx = st
+        .engine
+        .try_submit(rows, classes, req.settings.gen_truncation)?;
+    let images = rx
+        .await
+        .map_err(|_| ApiError::unavailable("the generator is shutting down"))??;
+    Ok((l, images))
+}
+
+fn image_rows(spec: &crate::generator::GeneratorSpec, images: &[f32]) -> Vec<Image8> {
+    let (c, r) = (spec.channels, spec.resolution);
+    images
+        .chunks_exact(c * r * r)
+        .map(|x| Image8::from_chw(x, c, r, r))
+        .collect()
+}
+
+fn png_response(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "image/png")], bytes).into_response()
+}
+
+/// `GET /v1/samples/{index}.png|.json`: one sample's views side by side, or its metadata.
+async fn sample_file(
+    State(st): State<AppState>,
+    Path(file): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let (idx, ext) = file
+        .rsplit_once('.')
+        .filter(|(i, e)| {
+            !i.is_empty() && i.chars().all(|c| c.is_ascii_digit()) && (*e == "png" || *e == "json")
+        })
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no sample file `{file}`: use {{index}}.png or {{index}}.json"
+            ))
+        })?;
+    let index = idx
+        .parse::<u64>()
+        .ok()
+        .filter(|&i| i < MAX_INDEX)
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "sample index `{idx}` out of range [0, {}]",
+                MAX_INDEX - 1
+            ))
+        })?;
+    let q = Query::parse(q.as_deref(), &[SAMPLING])?;
+    let req = q.sample_request(st.engine.spec(), &st.limits)?;
+    let spec = st.engine.spec().clone();
+    if ext == "json" {
+        let l = req.latents(&spec, index);
+        return Ok(Json(req.meta(&spec, &l)).into_response());
+    }
+    st.check_ready()?;
+    let (_, images) = sample_images(&st, &req, index).await?;
+    let png = tokio::task::spawn_blocking(move || grid(&[image_rows(&spec, &images)], 2).to_png())
+        .await
+        .map_err(|e| ApiError::from(crate::engine::EngineError::Backend(e.to_string())))?;
+    Ok(png_response(png))
+}
+
+/// `GET /v1/grid.png?rows=R&start=I`: R samples, one row each (anchor then positives).
+async fn grid_png(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let q = Query::parse(q.as_deref(), &[SAMPLING, &["rows", "start"]])?;
+    let req = q.sample_request(st.engine.spec(), &st.limits)?;
+    let rows = q.u64_in("rows", 8, 1, st.limits.max_grid_rows as u64)?;
+    let start = q.index("start", 0)?;
+    if start + rows > MAX_INDEX {
+        return Err(ApiError::invalid(format!(
+            "parameter `start`: start + rows must be <= {MAX_INDEX}"
+        )));
+    }
+    st.check_ready()?;
+    let spec = st.engine.spec().clone();
+    let mut pending = Vec::new();
+    for i in start..start + rows {
+        let l = req.latents(&spec, i);
+        let (r, c) = crate::engine::job_inputs(&l);
+        pending.push(st.engine.try_submit(r, c, req.settings.gen_truncation)?);
+    }
+    let mut all = Vec::new();
+    for rx in pending {
+        all.push(
+            rx.await
+                .map_err(|_| ApiError::unavailable("the generator is shutting down"))??,
+        );
+    }
+    let png = tokio::task::spawn_blocking(move || {
+        let rows: Vec<Vec<Image8>> = all.iter().map(|imgs| image_rows(&spec, imgs)).collect();
+        grid(&rows, 2).to_png()
+    })
+    .await
+    .map_err(|e| ApiError::from(crate::engine::EngineError::Backend(e.to_string())))?;
+    Ok(png_response(png))
+}
+
+/// Body of `POST /v1/generate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GenerateBody {
+    /// Latents, one row per image.
+    z: Vec<Vec<f32>>,
+    /// Class id per row (conditional generators).
+    #[serde(default)]
+    classes: Option<Vec<i64>>,
+    /// Soft class vectors per row, instead of `classes`.
+    #[serde(default)]
+    class_vectors: Option<Vec<Vec<f32>>>,
+    /// The generator's truncation input.
+    #[serde(default)]
+    truncation: Option<f64>,
+    /// `png` (grid), `npy` ([B, C, H, W] float32) or `tar` (one PNG per image).
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// `POST /v1/generate`: explicit latents (+ classes, truncation) → images.
+async fn generate(State(st): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let b: GenerateBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid(format!("request body is not a valid generate request: {e}"))
+    })?;
+    let spec = st.engine.spec().clone();
+    let (n, d) = (b.z.len(), spec.latent_dim);
+    if n == 0 || n > st.limits.max_generate_latents {
+        return Err(ApiError::invalid(format!(
+            "`z` has {n} latents, allowed 1..={} (max_generate_latents)",
+            st.limits.max_generate_latents
+        )));
+    }
+    let mut rows = Vec::with_capacity(n * d);
+    for (i, z) in b.z.iter().enumerate() {
+        if z.len() != d {
+            return Err(ApiError::invalid(format!(
+                "`z[{i}]` has length {}, expected latent_dim {d}",
+                z.len()
+            )));
+        }
+        if z.iter().any(|v| !v.is_finite()) {
+            return Err(ApiError::invalid(format!(
+                "`z[{i}]` contains a non-finite value"
+            )));
+        }
+        rows.extend_from_slice(z);
+    }
+    let nc = spec.num_classes;
+    let classes = match (b.classes, b.class_vectors, nc) {
+        (Some(_), Some(_), _) => {
+            return Err(ApiError::invalid(
+                "give `classes` or `class_vectors`, not both",
+            ))
+        }
+        (None, None, 0) => ClassInput::None,
+        (None, None, _) => return Err(ApiError::invalid(format!(
+            "the generator is conditional on {nc} classes: give `classes` (ids) or `class_vectors`"
+        ))),
+        (_, _, 0) => {
+            return Err(ApiError::invalid(
+                "the generator is unconditional: omit `classes`",
+            ))
+        }
+        (Some(c), None, _) => {
+            if c.len() != n {
+                return Err(ApiError::invalid(format!(
+                    "`classes` has {} entries for {n} latents",
+                    c.len()
+                )));
+            }
+            if let Some(bad) = c.iter().find(|&&v| v < 0 || v as usize >= nc) {
+                return Err(ApiError::invalid(format!(
+                    "`classes` contains {bad}, allowed range 0..={}",
+                    nc - 1
+                )));
+            }
+            ClassInput::Ids(c.iter().map(|&v| v as u32).collect())
+        }
+        (None, Some(v), _) => {
+            if v.len() != n || v.iter().any(|r| r.len() != nc) {
+                return Err(ApiError::invalid(format!(
+                    "`class_vectors` must be {n} rows of {nc} values"
+                )));
+            }
+            if v.iter().flatten().any(|x| !x.is_finite()) {
+                return Err(ApiError::invalid(
+                    "`class_vectors` contains a non-finite value",
+                ));
+            }
+            ClassInput::Soft(v.into_iter().flatten().collect())
+        }
+    };
+    let t = b.truncation.unwrap_or(defaults::GEN_TRUNCATION);
+    if !(t > 0.0 && t <= 1.0) {
+        return Err(ApiError::invalid(format!(
+            "`truncation` must be in (0, 1], got {t}"
+        )));
+    }
+    let format = b.format.as_deref().unwrap_or("png").to_string();
+    if !["png", "npy", "tar"].contains(&format.as_str()) {
+        return Err(ApiError::invalid(format!(
+            "`format` must be one of png, npy, tar, got `{format}`"
+        )));
+    }
+    st.check_ready()?;
+    let ids = match &classes {
+        ClassInput::Ids(v) => Some(v.clone()),
+        _ => None,
+    };
+    let rx = st.engine.try_submit(rows, classes, t)?;
+    let images = rx
+        .await
+        .map_err(|_| ApiError::unavailable("the generator is shutting down"))??;
+    let resp = tokio::task::spawn_blocking(move || {
+        let (c, r) = (spec.channels, spec.resolution);
+        match format.as_str() {
+            "npy" => (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                npy::write_f32(&[n, c, r, r], &images),
+            )
+                .into_response(),
+            "tar" => {
+                let mut out = Vec::new();
+                for (i, img) in image_rows(&spec, &images).into_iter().enumerate() {
+                    let mut members = vec![("png".to_string(), Bytes::from(img.to_png()))];
+                    if let Some(ids) = &ids {
+                        members.push(("cls".to_string(), Bytes::from(ids[i].to_string())));
+                    }
+                    out.extend_from_slice(&crate::wds::sample_tar(&format!("{i:06}"), &members));
+                }
+                out.extend_from_slice(&crate::wds::TAR_END);
+                ([(header::CONTENT_TYPE, "application/x-tar")], out).into_response()
+            }
+            _ => {
+                let imgs = image_rows(&spec, &images);
+                let rows: Vec<Vec<Image8>> = imgs.chunks(8).map(|r| r.to_vec()).collect();
+                png_response(grid(&rows, 2).to_png())
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::from(crate::engine::EngineError::Backend(e.to_string())))?;
+    Ok(resp)
+}
+
+/// `GET /v1/info`: the generator, defaults and limits.
+async fn info(State(st): State<AppState>) -> Json<serde_json::Value> {
+    let e = &st.engine;
+    let cfg = e.config();
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "generator": e.spec(),
+        "ready": e.is_ready(),
+        "sampler": {
+            "algorithm": "chacha20 per (seed, part, index), key = seed_le || part_le || \"genrep/sampler/1\"",
+            "methods": genrep_wire::Method::ALL,
+            "formats": genrep_wire::ImageFormat::ALL,
+        },
+        "defaults": {
+            "seed": defaults::SEED, "method": defaults::METHOD, "sigma": defaults::SIGMA,
+            "views": defaults::VIEWS, "truncation": defaults::TRUNCATION,
+            "gen_truncation": defaults::GEN_TRUNCATION, "format": defaults::FORMAT,
+            "quality": defaults::QUALITY, "shard_size": defaults::SHARD_SIZE,
+        },
+        "limits": {
+            "max_views": st.limits.max_views,
+            "max_shard_size": st.limits.max_shard_size,
+            "max_concurrent_streams": st.limits.max_concurrent_streams,
+            "max_generate_latents": st.limits.max_generate_latents,
+            "max_grid_rows": st.limits.max_grid_rows,
+            "max_batch_size": cfg.max_batch_size,
+            "max_batch_wait_ms": cfg.max_batch_wait.as_millis() as u64,
+            "max_queue": cfg.max_queue,
+            "max_index": MAX_INDEX - 1,
+        },
+    }))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn ready(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    st.check_ready()?;
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.engine.metrics().render(),
+    )
+        .into_response()
+}

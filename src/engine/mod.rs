@@ -1,0 +1,346 @@
+//! The batching engine: one bounded queue for all connections, a batcher that fills batches up to
+//! `max_batch_size` images waiting at most `max_batch_wait`, and one thread per device that owns
+//! the generator.
+//!
+//! The batcher reserves the (capacity 1) device channel before it forms a batch, so exactly one
+//! batch is prepared while the device runs the current one, and a batch is formed as late as
+//! possible (it picks up everything that arrived meanwhile). Jobs whose consumer went away (the
+//! result receiver was dropped) are discarded when popped, never run.
+
+mod stream;
+
+pub use stream::{encode_sample, job_inputs, produce, SampleRequest, StreamEnd};
+
+use crate::generator::{ClassInput, Generator, GeneratorSpec};
+use crate::metrics::Metrics;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// Errors of the engine, mapped to HTTP statuses in `api::error`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("the generation queue is full ({0} jobs); retry shortly")]
+    QueueFull(usize),
+    #[error("the generator is shutting down")]
+    ShuttingDown,
+    #[error("generator failure: {0}")]
+    Backend(String),
+}
+
+/// Engine limits (from the CLI).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Images per generator forward pass.
+    pub max_batch_size: usize,
+    /// How long the batcher waits for more work before running a partial batch.
+    pub max_batch_wait: Duration,
+    /// Jobs that may wait in the queue; beyond it single requests get 429 and streams wait.
+    pub max_queue: usize,
+    /// Threads encoding PNG/JPEG/tar concurrently with the generator.
+    pub encode_threads: usize,
+}
+
+/// Images for one job: `[n, C, H, W]` f32 flattened.
+pub type JobOutput = Result<Arc<Vec<f32>>, EngineError>;
+
+struct Job {
+    rows: Vec<f32>,
+    n: usize,
+    classes: ClassInput,
+    truncation: f64,
+    enqueued: Instant,
+    tx: oneshot::Sender<JobOutput>,
+}
+
+impl Job {
+    /// Jobs can share a forward pass when the truncation input and the class encoding agree.
+    fn compatible(&self, other: &Job) -> bool {
+        self.truncation.to_bits() == other.truncation.to_bits()
+            && matches!(
+                (&self.classes, &other.classes),
+                (ClassInput::None, ClassInput::None)
+                    | (ClassInput::Ids(_), ClassInput::Ids(_))
+                    | (ClassInput::Soft(_), ClassInput::Soft(_))
+            )
+    }
+}
+
+struct Inner {
+    cfg: EngineConfig,
+    spec: GeneratorSpec,
+    queue: Mutex<VecDeque<Job>>,
+    /// Wakes the batcher when a job arrives.
+    work: Notify,
+    /// Wakes producers waiting for queue space.
+    space: Notify,
+    ready: AtomicBool,
+    metrics: Arc<Metrics>,
+    encode_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Handle to the engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Starts the device thread and the batcher (on the current tokio runtime). The engine turns
+    /// ready after a warm-up forward pass succeeds.
+    pub fn start(generator: Box<dyn Generator>, cfg: EngineConfig, metrics: Arc<Metrics>) -> Self {
+        let spec = generator.spec().clone();
+        let inner = Arc::new(Inner {
+            encode_slots: Arc::new(tokio::sync::Semaphore::new(cfg.encode_threads.max(1))),
+            cfg,
+            spec,
+            queue: Mutex::new(VecDeque::new()),
+            work: Notify::new(),
+            space: Notify::new(),
+            ready: AtomicBool::new(false),
+            metrics,
+        });
+        let (dev_tx, dev_rx) = mpsc::channel::<Vec<Job>>(1);
+        let thread_inner = inner.clone();
+        std::thread::Builder::new()
+            .name("genrep-device".into())
+            .spawn(move || device_loop(generator, dev_rx, thread_inner))
+            .expect("spawning the device thread");
+        tokio::spawn(batcher(inner.clone(), dev_tx));
+        Self { inner }
+    }
+
+    pub fn spec(&self) -> &GeneratorSpec {
+        &self.inner.spec
+    }
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.cfg
+    }
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+    pub fn queue_depth(&self) -> usize {
+        self.inner.queue.lock().unwrap().len()
+    }
+    pub(crate) fn encode_slots(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.encode_slots
+    }
+
+    fn push(
+        &self,
+        rows: Vec<f32>,
+        classes: ClassInput,
+        truncation: f64,
+    ) -> Result<oneshot::Receiver<JobOutput>, (Vec<f32>, ClassInput)> {
+        let mut q = self.inner.queue.lock().unwrap();
+        if q.len() >= self.inner.cfg.max_queue {
+            return Err((rows, classes));
+        }
+        let (tx, rx) = oneshot::channel();
+        let n = rows.len() / self.inner.spec.latent_dim;
+        q.push_back(Job {
+            rows,
+            n,
+            classes,
+            truncation,
+            enqueued: Instant::now(),
+            tx,
+        });
+        self.inner
+            .metrics
+            .queue_depth
+            .store(q.len() as i64, Ordering::Relaxed);
+        drop(q);
+        self.inner.work.notify_one();
+        Ok(rx)
+    }
+
+    /// Queues a job or fails at once with `QueueFull` (single requests: the caller answers 429).
+    pub fn try_submit(
+        &self,
+        rows: Vec<f32>,
+        classes: ClassInput,
+        truncation: f64,
+    ) -> Result<oneshot::Receiver<JobOutput>, EngineError> {
+        self.push(rows, classes, truncation)
+            .map_err(|_| EngineError::QueueFull(self.inner.cfg.max_queue))
+    }
+
+    /// Queues a job, waiting for queue space (streams: a full queue slows producers down).
+    pub async fn submit(
+        &self,
+        mut rows: Vec<f32>,
+        mut classes: ClassInput,
+        truncation: f64,
+    ) -> oneshot::Receiver<JobOutput> {
+        loop {
+            let notified = self.inner.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.push(rows, classes, truncation) {
+                Ok(rx) => return rx,
+                Err((r, c)) => {
+                    rows = r;
+                    classes = c;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Pops the first live job compatible with `first` (or any live job when `first` is None) whose
+/// rows fit in `room`. Dead jobs met on the way are dropped.
+fn pop_job(inner: &Inner, first: Option<&Job>, room: usize) -> Option<Job> {
+    let mut q = inner.queue.lock().unwrap();
+    let mut i = 0;
+    let mut found = None;
+    while i < q.len() {
+        if q[i].tx.is_closed() {
+            q.remove(i);
+            inner.metrics.jobs_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let fits = match first {
+            None => true,
+            Some(f) => q[i].n <= room && f.compatible(&q[i]),
+        };
+        if fits {
+            found = q.remove(i);
+            break;
+        }
+        i += 1;
+    }
+    inner
+        .metrics
+        .queue_depth
+        .store(q.len() as i64, Ordering::Relaxed);
+    drop(q);
+    inner.space.notify_waiters();
+    found
+}
+
+async fn batcher(inner: Arc<Inner>, dev_tx: mpsc::Sender<Vec<Job>>) {
+    let max = inner.cfg.max_batch_size.max(1);
+    loop {
+        // Wait until the device can take the next batch, then form it from what is queued.
+        let Ok(permit) = dev_tx.reserve().await else {
+            return;
+        };
+        let first = loop {
+            let notified = inner.work.notified();
+            if let Some(j) = pop_job(&inner, None, max) {
+                break j;
+            }
+            notified.await;
+        };
+        let deadline = tokio::time::Instant::now() + inner.cfg.max_batch_wait;
+        let mut rows = first.n;
+        let mut batch = vec![first];
+        while rows < max {
+            let notified = inner.work.notified();
+            if let Some(j) = pop_job(&inner, Some(&batch[0]), max - rows) {
+                rows += j.n;
+                batch.push(j);
+                continue;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        permit.send(batch);
+    }
+}
+
+fn device_loop(generator: Box<dyn Generator>, mut rx: mpsc::Receiver<Vec<Job>>, inner: Arc<Inner>) {
+    let spec = generator.spec().clone();
+    // Warm-up: one real forward pass before reporting ready.
+    let z = vec![0.0f32; spec.latent_dim];
+    let classes = if spec.num_classes > 0 {
+        ClassInput::Ids(vec![0])
+    } else {
+        ClassInput::None
+    };
+    match generator.generate(&z, &classes, 1.0) {
+        Ok(_) => inner.ready.store(true, Ordering::Release),
+        Err(e) => {
+            tracing::error!("generator warm-up failed: {e}");
+            return;
+        }
+    }
+    tracing::info!(model = %spec.name, "generator ready");
+    while let Some(batch) = rx.blocking_recv() {
+        let start = Instant::now();
+        for j in &batch {
+            inner
+                .metrics
+                .queue_duration
+                .observe_duration(start - j.enqueued);
+        }
+        let n: usize = batch.iter().map(|j| j.n).sum();
+        let mut z = Vec::with_capacity(n * spec.latent_dim);
+        for j in &batch {
+            z.extend_from_slice(&j.rows);
+        }
+        let classes = match &batch[0].classes {
+            ClassInput::None => ClassInput::None,
+            ClassInput::Ids(_) => ClassInput::Ids(
+                batch
+                    .iter()
+                    .flat_map(|j| match &j.classes {
+                        ClassInput::Ids(v) => v.clone(),
+                        _ => unreachable!("batches hold one class encoding"),
+                    })
+                    .collect(),
+            ),
+            ClassInput::Soft(_) => ClassInput::Soft(
+                batch
+                    .iter()
+                    .flat_map(|j| match &j.classes {
+                        ClassInput::Soft(v) => v.clone(),
+                        _ => unreachable!("batches hold one class encoding"),
+                    })
+                    .collect(),
+            ),
+        };
+        let result = generator
+            .generate(&z, &classes, batch[0].truncation)
+            .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?));
+        inner
+            .metrics
+            .inference_duration
+            .observe_duration(start.elapsed());
+        inner.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        inner
+            .metrics
+            .images_generated
+            .fetch_add(n as u64, Ordering::Relaxed);
+        inner.metrics.batch_size.observe(n as f64);
+        match result {
+            Ok(all) => {
+                let per = all.len() / n;
+                let mut off = 0;
+                for j in batch {
+                    let part = all[off * per..(off + j.n) * per].to_vec();
+                    off += j.n;
+                    let _ = j.tx.send(Ok(Arc::new(part)));
+                }
+            }
+            Err(e) => {
+                tracing::error!("generator failed on a batch of {n}: {e}");
+                for j in batch {
+                    let _ = j.tx.send(Err(EngineError::Backend(e.to_string())));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Streaming producers: samples [start, end) → jobs on the engine → encoded tar chunks on a bounded
+//! channel that feeds the HTTP body (or a file, for `genrep export`).
+//!
+//! A window of samples is in flight per stream so that concurrent streams fill the same batches;
+//! each in-flight sample is a task that waits for its images and encodes them on the encode pool,
+//! so encoding overlaps the device running later batches. Dropping the producer aborts those tasks,
+//! which drops their result receivers, so the batcher discards their queued jobs.
+
+use super::{Engine, EngineError};
+use crate::format::image::Image8;
+use crate::format::npy;
+use crate::generator::{ClassInput, GeneratorSpec};
+use crate::sampler::{sample, SampleLatents, SamplerSettings};
+use crate::wds::{sample_tar, TAR_END};
+use bytes::Bytes;
+use genrep_wire::{anchor_field, pos_field, sample_key, ImageFormat, SampleMeta, MAX_INDEX};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+/// What to sample and how to encode it.
+#[derive(Debug, Clone)]
+pub struct SampleRequest {
+    pub settings: SamplerSettings,
+    pub seed: u64,
+    pub format: ImageFormat,
+    /// JPEG quality (1-100).
+    pub quality: u8,
+}
+
+impl SampleRequest {
+    pub fn latents(&self, spec: &GeneratorSpec, index: u64) -> SampleLatents {
+        sample(&self.settings, spec.latent_dim, self.seed, index)
+    }
+
+    pub fn meta(&self, spec: &GeneratorSpec, l: &SampleLatents) -> SampleMeta {
+        let s = &self.settings;
+        SampleMeta {
+            index: l.index,
+            seed: self.seed,
+            class: l.class,
+            method: s.method,
+            sigma: s.sigma,
+            views: s.views,
+            truncation: s.truncation,
+            gen_truncation: s.gen_truncation,
+            generator: spec.name.clone(),
+            weights_sha256: spec.weights_sha256.clone(),
+            z_anchor: l.z_anchor.clone(),
+            z_pos: l.z_pos.clone(),
+        }
+    }
+}
+
+/// How a stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// A finite shard: always completes (it is drained on shutdown, never cut short cleanly).
+    Shard(u64),
+    /// An endless or limited stream: ends at `min(limit end, MAX_INDEX)`, or at the next sample
+    /// boundary on shutdown, with a valid tar end.
+    Stream(Option<u64>),
+}
+
+/// Encodes one sample (its `1 + K` images, `[n, C, H, W]` flattened) as tar bytes.
+pub fn encode_sample(
+    spec: &GeneratorSpec,
+    req: &SampleRequest,
+    l: &SampleLatents,
+    images: &[f32],
+) -> Bytes {
+    let (c, r) = (spec.channels, spec.resolution);
+    let per = c * r * r;
+    let enc = |x: &[f32]| -> Bytes {
+        match req.format {
+            ImageFormat::Png => Image8::from_chw(x, c, r, r).to_png().into(),
+            ImageFormat::Jpg => Image8::from_chw(x, c, r, r).to_jpeg(req.quality).into(),
+            ImageFormat::Npy => npy::write_f32(&[c, r, r], x).into(),
+        }
+    };
+    let mut members = Vec::with_capacity(l.z_pos.len() + 3);
+    members.push((anchor_field(req.format), enc(&images[..per])));
+    for k in 0..l.z_pos.len() {
+        members.push((
+            pos_field(k, req.format),
+            enc(&images[(k + 1) * per..(k + 2) * per]),
+        ));
+    }
+    if let Some(cls) = l.class {
+        members.push(("cls".to_string(), Bytes::from(cls.to_string())));
+    }
+    let meta = serde_json::to_vec(&req.meta(spec, l)).expect("metadata serialises");
+    members.push(("json".to_string(), meta.into()));
+    sample_tar(&sample_key(l.index), &members)
+}
+
+/// Generator rows and classes of one sample.
+pub fn job_inputs(l: &SampleLatents) -> (Vec<f32>, ClassInput) {
+    let rows: Vec<f32> = l.rows().flatten().copied().collect();
+    let n = 1 + l.z_pos.len();
+    let classes = match l.class {
+        Some(c) => ClassInput::Ids(vec![c; n]),
+        None => ClassInput::None,
+    };
+    (rows, classes)
+}
+
+/// Generates and encodes one sample: queue → device → encode pool.
+async fn one_sample(
+    engine: Engine,
+    req: Arc<SampleRequest>,
+    l: SampleLatents,
+    rx: tokio::sync::oneshot::Receiver<super::JobOutput>,
+) -> Result<Bytes, EngineError> {
+    let images = rx.await.map_err(|_| EngineError::ShuttingDown)??;
+    let _slot = engine
+        .encode_slots()
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| EngineError::ShuttingDown)?;
+    let spec = engine.spec().clone();
+    let metrics = engine.metrics().clone();
+    tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let b = encode_sample(&spec, &req, &l, &images);
+        metrics.encode_duration.observe_duration(t.elapsed());
+        b
+    })
+    .await
+    .map_err(|e| EngineError::Backend(format!("encoder task failed: {e}")))
+}
+
+/// Queues one sample (waiting for queue space) and returns the task producing its tar bytes.
+pub(crate) async fn start_sample(
+    engine: &Engine,
+    req: &Arc<SampleRequest>,
+    index: u64,
+) -> AbortOnDropHandle<Result<Bytes, EngineError>> {
+    let l = req.latents(engine.spec(), index);
+    let (rows, classes) = job_inputs(&l);
+    let rx = engine
+        .submit(rows, classes, req.settings.gen_truncation)
+        .await;
+    AbortOnDropHandle::new(tokio::spawn(one_sample(engine.clone(), req.clone(), l, rx)))
+}
+
+/// Produces samples `start..` into `tx` until `end`; see [`StreamEnd`]. Returns when done, when the
+/// receiver is gone (consumer disconnected), or after sending an error (which aborts the body).
+pub async fn produce(
+    engine: Engine,
+    req: Arc<SampleRequest>,
+    start: u64,
+    end: StreamEnd,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    shutdown: CancellationToken,
+) {
+    let metrics = engine.metrics().clone();
+    metrics.active_streams.fetch_add(1, Relaxed);
+    struct Active(Arc<crate::metrics::Metrics>);
+    impl Drop for Active {
+        fn drop(&mut self) {
+            self.0.active_streams.fetch_sub(1, Relaxed);
+        }
+    }
+    let _active = Active(metrics.clone());
+
+    let (stop_at, stops_on_shutdown) = match end {
+        StreamEnd::Shard(e) => (e, false),
+        StreamEnd::Stream(e) => (e.unwrap_or(MAX_INDEX).min(MAX_INDEX), true),
+    };
+    let per_sample = 1 + req.settings.views as usize;
+    let window = (2 * engine.config().max_batch_size / per_sample).clamp(2, 64);
+    let mut inflight: VecDeque<AbortOnDropHandle<Result<Bytes, EngineError>>> = VecDeque::new();
+    let mut next = start;
+    loop {
+        while inflight.len() < window
+            && next < stop_at
+            && !(stops_on_shutdown && shutdown.is_cancelled())
+        {
+            let h = tokio::select! {
+                h = start_sample(&engine, &req, next) => h,
+                _ = tx.closed() => return,
+            };
+            inflight.push_back(h);
+            next += 1;
+        }
+        let Some(front) = inflight.front_mut() else {
+            break;
+        };
+        let res = tokio::select! {
+            r = front => r,
+            _ = tx.closed() => return,
+        };
+        inflight.pop_front();
+        let res =
+            res.unwrap_or_else(|e| Err(EngineError::Backend(format!("sample task failed: {e}"))));
+        match res {
+            Ok(bytes) => {
+                metrics.samples_generated.fetch_add(1, Relaxed);
+                metrics
+                    .bytes_streamed
+                    .fetch_add(bytes.len() as u64, Relaxed);
+                if tx.send(Ok(bytes)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // After the headers an error can only abort the connection: the consumer must
+                // never see a clean end of a partial shard.
+                tracing::error!(
+                    "aborting stream at sample {}: {e}",
+                    next - inflight.len() as u64 - 1
+                );
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                return;
+            }
+        }
+    }
+    metrics
+        .bytes_streamed
+        .fetch_add(TAR_END.len() as u64, Relaxed);
+    let _ = tx.send(Ok(Bytes::from_static(&TAR_END))).await;
+}

@@ -1,0 +1,129 @@
+//! The one definition of genrep's wire schema, used by the server and the client.
+//!
+//! A WebDataset sample is a run of adjacent tar members `{key}.{field}`:
+//! `anchor.{fmt}`, `pos0.{fmt}` … `pos{K-1}.{fmt}`, `cls` (conditional generators only) and `json`
+//! (a [`SampleMeta`]). The key is the sample index zero-padded to [`KEY_DIGITS`] digits.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Width of the zero-padded sample key; indices are limited to `< 10^KEY_DIGITS`.
+pub const KEY_DIGITS: usize = 12;
+/// Exclusive upper bound of sample indices.
+pub const MAX_INDEX: u64 = 1_000_000_000_000;
+
+/// How positives are made from the anchor latent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// GenRep's Gaussian views: `z + w`, `w ~ N(0, σ²I)` truncated at ±2σ per dimension.
+    Gaussian,
+    /// Fresh latents of the same class (the paper's "independent" baseline).
+    Independent,
+    /// Positives equal the anchor (pixel-augmentation-only baseline).
+    None,
+}
+
+impl Method {
+    pub const ALL: [&'static str; 3] = ["gaussian", "independent", "none"];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Gaussian => "gaussian",
+            Method::Independent => "independent",
+            Method::None => "none",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "gaussian" => Some(Method::Gaussian),
+            "independent" => Some(Method::Independent),
+            "none" => Some(Method::None),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Image encoding of the view members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Png,
+    Jpg,
+    /// float32 `[C, H, W]` in [-1, 1], the generator's raw output.
+    Npy,
+}
+
+impl ImageFormat {
+    pub const ALL: [&'static str; 3] = ["png", "jpg", "npy"];
+    pub fn ext(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "png",
+            ImageFormat::Jpg => "jpg",
+            ImageFormat::Npy => "npy",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "png" => Some(ImageFormat::Png),
+            "jpg" | "jpeg" => Some(ImageFormat::Jpg),
+            "npy" => Some(ImageFormat::Npy),
+            _ => None,
+        }
+    }
+}
+
+/// The `json` member of every sample: everything needed to regenerate its images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleMeta {
+    pub index: u64,
+    pub seed: u64,
+    /// Class of the anchor and every positive; `None` for unconditional generators.
+    pub class: Option<u32>,
+    pub method: Method,
+    pub sigma: f32,
+    /// Number of positives K.
+    pub views: u32,
+    /// Anchor truncation bound t: every anchor dimension lies in [-t, t].
+    pub truncation: f32,
+    /// The generator's own truncation input (BigGAN BN statistics row).
+    pub gen_truncation: f64,
+    pub generator: String,
+    pub weights_sha256: String,
+    pub z_anchor: Vec<f32>,
+    /// One latent per positive, `views` of them.
+    pub z_pos: Vec<Vec<f32>>,
+}
+
+/// Tar key of a sample: its index, zero-padded, no dots.
+pub fn sample_key(index: u64) -> String {
+    format!("{index:0width$}", width = KEY_DIGITS)
+}
+
+/// Field name of positive `k` (`pos0`, `pos1`, …) with its extension.
+pub fn pos_field(k: usize, fmt: ImageFormat) -> String {
+    format!("pos{k}.{}", fmt.ext())
+}
+
+/// Field name of the anchor image.
+pub fn anchor_field(fmt: ImageFormat) -> String {
+    format!("anchor.{}", fmt.ext())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_fixed_width_without_dots() {
+        assert_eq!(sample_key(42), "000000000042");
+        assert_eq!(sample_key(MAX_INDEX - 1).len(), KEY_DIGITS);
+        assert_eq!(pos_field(3, ImageFormat::Png), "pos3.png");
+        assert_eq!(anchor_field(ImageFormat::Jpg), "anchor.jpg");
+    }
+}
