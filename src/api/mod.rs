@@ -365,9 +365,11 @@ async fn generate(State(st): State<AppState>, body: Bytes) -> Result<Response, A
             ))
         }
         (None, None, 0) => ClassInput::None,
-        (None, None, _) => return Err(ApiError::invalid(format!(
+        (None, None, _) => {
+            return Err(ApiError::invalid(format!(
             "the generator is conditional on {nc} classes: give `classes` (ids) or `class_vectors`"
-        ))),
+        )))
+        }
         (_, _, 0) => {
             return Err(ApiError::invalid(
                 "the generator is unconditional: omit `classes`",

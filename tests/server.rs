@@ -1,0 +1,444 @@
+//! The server end to end over loopback: the real `genrep` binary with the embedded generator.
+
+mod common;
+
+use common::{metric, python, Server};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn get_bytes(url: &str) -> (u16, Vec<u8>) {
+    let r = reqwest::get(url).await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.bytes().await.unwrap().to_vec())
+}
+
+#[test]
+fn python_webdataset_reads_shards_and_a_limited_stream() {
+    let s = Server::start(&[]);
+    let script = r#"
+import sys, webdataset as wds
+base = sys.argv[1]
+url = base + "/v1/shards/train-{000000..000002}.tar?seed=1&sigma=0.2&views=2&shard_size=4"
+ds = wds.WebDataset(url, shardshuffle=False).decode("pil")
+n = 0
+for i, s in enumerate(ds):
+    assert s["__key__"] == "%012d" % i, s["__key__"]
+    assert set(k for k in s if not k.startswith("__")) == {"anchor.png", "pos0.png", "pos1.png", "cls", "json"}, s.keys()
+    assert s["anchor.png"].size == (28, 28) and s["pos1.png"].size == (28, 28)
+    m = s["json"]
+    assert m["index"] == i and m["seed"] == 1 and m["views"] == 2 and m["class"] == s["cls"]
+    assert len(m["z_anchor"]) == 64 and len(m["z_pos"]) == 2
+    assert 0 <= s["cls"] <= 9
+    n += 1
+assert n == 12, n
+st = wds.WebDataset(base + "/v1/stream?seed=2&views=1&start=100&limit=7&format=jpg", shardshuffle=False).decode("pil")
+keys = [s["__key__"] for s in st]
+assert keys == ["%012d" % i for i in range(100, 107)], keys
+print("ok", n, len(keys))
+"#;
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(&s.base)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok 12 7"), "{stdout}");
+}
+
+#[test]
+fn same_url_same_bytes_across_restart_and_export_matches() {
+    let q = "/v1/shards/train-000003.tar?seed=7&sigma=0.3&views=3&shard_size=6&classes=2-5";
+    let first = {
+        let s = Server::start(&[]);
+        rt().block_on(async {
+            let (c1, a) = get_bytes(&s.url(q)).await;
+            let (c2, b) = get_bytes(&s.url(q)).await;
+            assert_eq!((c1, c2), (200, 200));
+            assert_eq!(a, b, "same URL, different bytes");
+            a
+        })
+    };
+    let s = Server::start(&["--max-batch-size", "3"]);
+    let second = rt().block_on(async { get_bytes(&s.url(q)).await.1 });
+    assert_eq!(
+        first, second,
+        "bytes changed across a restart (and batch size)"
+    );
+    assert_eq!(first.len() % 512, 0);
+    assert!(first.ends_with(&[0u8; 1024]));
+
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_genrep"))
+        .args([
+            "export",
+            "--shards",
+            "3..4",
+            "--shard-size",
+            "6",
+            "--seed",
+            "7",
+            "--sigma",
+            "0.3",
+        ])
+        .args(["--views", "3", "--classes", "2-5", "--out"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let exported = std::fs::read(dir.path().join("train-000003.tar")).unwrap();
+    assert_eq!(exported, first, "export differs from the served shard");
+    assert!(dir.path().join("train-000004.tar").exists());
+}
+
+#[test]
+fn metadata_latents_reproduce_the_images_through_generate() {
+    let s = Server::start(&[]);
+    rt().block_on(async {
+        let (c, body) =
+            get_bytes(&s.url("/v1/stream?seed=3&views=2&start=40&limit=2&format=npy")).await;
+        assert_eq!(c, 200);
+        let mut ar = tar::Archive::new(body.as_slice());
+        let mut files = std::collections::BTreeMap::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut v).unwrap();
+            files.insert(name, v);
+        }
+        assert_eq!(files.len(), 2 * 5);
+        for idx in [40u64, 41] {
+            let key = format!("{idx:012}");
+            let meta: serde_json::Value =
+                serde_json::from_slice(&files[&format!("{key}.json")]).unwrap();
+            let cls = meta["class"].as_i64().unwrap();
+            let mut z = vec![meta["z_anchor"].clone()];
+            z.extend(meta["z_pos"].as_array().unwrap().iter().cloned());
+            let req = serde_json::json!({"z": z, "classes": [cls, cls, cls], "format": "npy"});
+            let r = reqwest::Client::new()
+                .post(s.url("/v1/generate"))
+                .body(req.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let all = genrep::format::npy::NpyArray::parse(&r.bytes().await.unwrap()).unwrap();
+            assert_eq!(all.shape, vec![3, 1, 28, 28]);
+            let all = all.to_f32().unwrap();
+            for (k, field) in ["anchor.npy", "pos0.npy", "pos1.npy"].iter().enumerate() {
+                let img = genrep::format::npy::NpyArray::parse(&files[&format!("{key}.{field}")])
+                    .unwrap();
+                assert_eq!(
+                    img.to_f32().unwrap(),
+                    all[k * 784..(k + 1) * 784].to_vec(),
+                    "{key}.{field}"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn bad_input_gets_json_errors_naming_the_parameter() {
+    let s = Server::start(&[
+        "--max-views",
+        "8",
+        "--max-shard-size",
+        "500",
+        "--max-generate-latents",
+        "4",
+    ]);
+    let cases: &[(&str, u16, &str)] = &[
+        ("/v1/shards/train-000000.tar?method=steer", 422, "method"),
+        ("/v1/shards/train-000000.tar?format=gif", 422, "format"),
+        ("/v1/shards/train-000000.tar?sigma=-1", 422, "sigma"),
+        ("/v1/shards/train-000000.tar?sigma=NaN", 422, "sigma"),
+        ("/v1/shards/train-000000.tar?sigma=inf", 422, "sigma"),
+        ("/v1/shards/train-000000.tar?views=0", 422, "views"),
+        ("/v1/shards/train-000000.tar?views=9", 422, "views"),
+        ("/v1/shards/train-000000.tar?classes=10", 422, "classes"),
+        ("/v1/shards/train-000000.tar?classes=1,,2", 422, "classes"),
+        ("/v1/shards/train-000000.tar?classes=x", 422, "classes"),
+        (
+            "/v1/shards/train-000000.tar?shard_size=0",
+            422,
+            "shard_size",
+        ),
+        (
+            "/v1/shards/train-000000.tar?shard_size=501",
+            422,
+            "shard_size",
+        ),
+        ("/v1/shards/train-000000.tar?seed=-1", 422, "seed"),
+        ("/v1/shards/train-000000.tar?quality=0", 422, "quality"),
+        (
+            "/v1/shards/train-000000.tar?truncation=0",
+            422,
+            "truncation",
+        ),
+        (
+            "/v1/shards/train-000000.tar?gen_truncation=2",
+            422,
+            "gen_truncation",
+        ),
+        ("/v1/shards/train-000000.tar?sigma=1&sigma=2", 422, "sigma"),
+        ("/v1/shards/train-000000.tar?bogus=1", 422, "bogus"),
+        ("/v1/shards/train-0.tar", 404, "shard names"),
+        ("/v1/shards/train-000000.zip", 404, "shard names"),
+        (
+            "/v1/shards/train-999999999999.tar?shard_size=10",
+            404,
+            "past the last sample",
+        ),
+        ("/v1/stream?start=1000000000000", 422, "start"),
+        ("/v1/stream?limit=0", 422, "limit"),
+        ("/v1/samples/1000000000000.png", 422, "index"),
+        ("/v1/samples/abc.png", 404, "sample file"),
+        ("/v1/grid.png?rows=0", 422, "rows"),
+        ("/v1/nope", 404, "no route"),
+    ];
+    rt().block_on(async {
+        for (path, code, needle) in cases {
+            let (c, body) = get_bytes(&s.url(path)).await;
+            let v: serde_json::Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| panic!("{path}: not JSON: {}", String::from_utf8_lossy(&body)));
+            assert_eq!(c, *code, "{path}: {v}");
+            let msg = v["error"].as_str().unwrap();
+            assert!(v["error_type"].is_string(), "{path}: {v}");
+            assert!(msg.contains(needle), "{path}: `{msg}` does not mention `{needle}`");
+        }
+        let client = reqwest::Client::new();
+        let bodies: &[(&str, &str)] = &[
+            ("not json", "not a valid generate request"),
+            (r#"{"z": [[0.0]], "classes": [0]}"#, "latent_dim"),
+            (r#"{"z": [], "classes": []}"#, "max_generate_latents"),
+            (r#"{"z": [[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]], "classes": [12]}"#, "classes"),
+            (r#"{"z": [[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]]}"#, "conditional"),
+            (r#"{"z": [[1],[1],[1],[1],[1]], "classes": [0,0,0,0,0]}"#, "max_generate_latents"),
+            (r#"{"z": [[0.0]], "extra": 1}"#, "unknown field"),
+        ];
+        for (body, needle) in bodies {
+            let r = client.post(s.url("/v1/generate")).body(body.to_string()).send().await.unwrap();
+            assert_eq!(r.status(), 422, "{body}");
+            let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            assert!(v["error"].as_str().unwrap().contains(needle), "{body}: {v}");
+        }
+    });
+}
+
+#[test]
+fn disconnect_frees_the_permit_and_queued_work_and_overload_is_429() {
+    let s = Server::start(&[
+        "--max-concurrent-streams",
+        "1",
+        "--max-batch-size",
+        "4",
+        "--max-queue",
+        "8",
+    ]);
+    rt().block_on(async {
+        let client = reqwest::Client::new();
+        let mut resp = client
+            .get(s.url("/v1/stream?views=4"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut got = 0;
+        while got < 20_000 {
+            got += resp.chunk().await.unwrap().unwrap().len();
+        }
+        // The one stream permit is taken: a second stream is refused with 429 + Retry-After.
+        let r2 = client
+            .get(s.url("/v1/shards/a-000000.tar?shard_size=2"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r2.status(), 429);
+        assert_eq!(r2.headers()["retry-after"], "1");
+        let m = client
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(metric(&m, "genrep_active_streams"), 1.0);
+        drop(resp);
+        // The producer notices, its queued jobs are dropped, the permit returns.
+        let t = Instant::now();
+        loop {
+            let m = client
+                .get(s.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if metric(&m, "genrep_active_streams") == 0.0 && metric(&m, "genrep_queue_depth") == 0.0
+            {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "stream never released: {m}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r3 = client
+            .get(s.url("/v1/shards/a-000000.tar?shard_size=2"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r3.status(), 200);
+        r3.bytes().await.unwrap();
+
+        // A full queue answers single-sample requests with 429 instead of waiting.
+        let reqs = (0..40).map(|i| {
+            let c = client.clone();
+            let u = s.url(&format!("/v1/samples/{i}.png?views=16"));
+            async move { c.get(u).send().await.unwrap().status().as_u16() }
+        });
+        let codes = futures::future::join_all(reqs).await;
+        assert!(codes.iter().all(|c| *c == 200 || *c == 429), "{codes:?}");
+        assert!(codes.contains(&429), "no 429 under overload: {codes:?}");
+        assert!(codes.contains(&200), "{codes:?}");
+    });
+}
+
+#[test]
+fn sigterm_ends_streams_at_a_sample_boundary_with_a_valid_tar_end() {
+    let s = Server::start(&[]);
+    rt().block_on(async {
+        let client = reqwest::Client::new();
+        let mut resp = client
+            .get(s.url("/v1/stream?views=2"))
+            .send()
+            .await
+            .unwrap();
+        let mut body = Vec::new();
+        while body.len() < 30_000 {
+            body.extend_from_slice(&resp.chunk().await.unwrap().unwrap());
+        }
+        let st = Command::new("kill")
+            .args(["-TERM", &s.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        while let Some(c) = resp
+            .chunk()
+            .await
+            .expect("stream must end cleanly, not abort")
+        {
+            body.extend_from_slice(&c);
+        }
+        assert!(body.ends_with(&[0u8; 1024]), "no tar end marker");
+        let mut ar = tar::Archive::new(body.as_slice());
+        let names: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names.len() % 5,
+            0,
+            "partial sample at the end: {:?}",
+            &names[names.len() - 3..]
+        );
+        assert!(names.last().unwrap().ends_with(".json"));
+    });
+    let mut s = s;
+    let t = Instant::now();
+    loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            assert!(st.success(), "exit status {st}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn info_openapi_health_and_inspection() {
+    let s = Server::start(&[]);
+    rt().block_on(async {
+        let (c, b) = get_bytes(&s.url("/v1/info")).await;
+        assert_eq!(c, 200);
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["generator"]["name"], "mnist-cdcgan");
+        assert_eq!(v["generator"]["weights_sha256"].as_str().unwrap().len(), 64);
+        let (c, b) = get_bytes(&s.url("/openapi.json")).await;
+        assert_eq!(c, 200);
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        for p in [
+            "/v1/shards/{name}",
+            "/v1/stream",
+            "/v1/samples/{file}",
+            "/v1/grid.png",
+            "/v1/generate",
+            "/v1/info",
+            "/health",
+            "/ready",
+            "/metrics",
+        ] {
+            assert!(v["paths"][p].is_object(), "openapi lacks {p}");
+        }
+        assert_eq!(get_bytes(&s.url("/health")).await.0, 200);
+        assert_eq!(get_bytes(&s.url("/ready")).await.0, 200);
+        let (c, png) = get_bytes(&s.url("/v1/grid.png?rows=3&views=4&seed=9")).await;
+        assert_eq!(c, 200);
+        assert!(png.starts_with(b"\x89PNG"));
+        let (c, png) = get_bytes(&s.url("/v1/samples/5.png?views=2")).await;
+        assert_eq!(c, 200);
+        assert!(png.starts_with(b"\x89PNG"));
+        let (_, j) = get_bytes(&s.url("/v1/samples/5.json?views=2")).await;
+        let m: genrep_wire::SampleMeta = serde_json::from_slice(&j).unwrap();
+        assert_eq!((m.index, m.views, m.z_pos.len()), (5, 2, 2));
+        let r = reqwest::Client::new()
+            .head(s.url("/v1/shards/x-000001.tar?shard_size=9"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-genrep-samples"], "9");
+        assert!(r.headers().get("content-length").is_none_or(|v| v != "0"));
+        let m = reqwest::get(s.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for name in [
+            "genrep_requests_total",
+            "genrep_samples_generated_total",
+            "genrep_queue_depth",
+            "genrep_batch_size_bucket",
+            "genrep_queue_duration_seconds_bucket",
+            "genrep_inference_duration_seconds_bucket",
+            "genrep_encode_duration_seconds_bucket",
+            "genrep_bytes_streamed_total",
+            "genrep_active_streams",
+        ] {
+            assert!(m.contains(name), "metrics lack {name}");
+        }
+    });
+}
