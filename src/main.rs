@@ -24,6 +24,10 @@ enum Command {
     Serve(ServeArgs),
     /// Write shards to disk, byte-identical to what the server sends for the same URL parameters.
     Export(ExportArgs),
+    /// Write the vendored real digits (data/mnist_5k.csv.gz) as WebDataset shards with `png` and
+    /// `cls` fields: `mnist-train-*.tar` (4000) and `mnist-test-*.tar` (1000), for the real-data
+    /// baseline and linear evaluation.
+    RealData(RealDataArgs),
     /// Run a model directory on given latents and write the images (.npy float32 NCHW, optional PNG grid).
     ///
     /// This is how to check a converted checkpoint against the reference implementation from outside
@@ -168,6 +172,49 @@ struct ExportArgs {
     model: ModelArgs,
     #[command(flatten)]
     engine: EngineArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct RealDataArgs {
+    /// Output directory (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Samples per shard.
+    #[arg(long, default_value_t = 1000)]
+    shard_size: usize,
+    /// The gzipped CSV (784 pixel columns + label). Default: data/mnist_5k.csv.gz of the source tree.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+}
+
+fn real_data(a: RealDataArgs) -> Result<()> {
+    use genrep::data::{self, Split};
+    if a.shard_size == 0 {
+        bail!("--shard-size must be at least 1");
+    }
+    let csv = a.csv.clone().unwrap_or_else(data::default_path);
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    for split in [Split::Train, Split::Test] {
+        let d = data::load(&csv, split)?;
+        let mut written = 0;
+        for (n, start) in (0..d.len()).step_by(a.shard_size).enumerate() {
+            let mut buf = Vec::new();
+            for i in start..(start + a.shard_size).min(d.len()) {
+                let img = Image8 { width: 28, height: 28, channels: 1, pixels: d.image(i).to_vec() };
+                let members = [
+                    ("png".to_string(), bytes::Bytes::from(img.to_png())),
+                    ("cls".to_string(), bytes::Bytes::from(d.labels[i].to_string())),
+                ];
+                buf.extend_from_slice(&genrep::wds::sample_tar(&format!("{i:06}"), &members));
+            }
+            buf.extend_from_slice(&genrep::wds::TAR_END);
+            let path = a.out.join(format!("mnist-{}-{n:06}.tar", split.name()));
+            std::fs::write(&path, buf).with_context(|| format!("cannot write {}", path.display()))?;
+            written += 1;
+        }
+        eprintln!("{}: {} digits in {written} shards", split.name(), d.len());
+    }
+    Ok(())
 }
 
 fn load_generator(m: &ModelArgs) -> Result<Box<dyn genrep::generator::Generator>> {
@@ -479,6 +526,7 @@ fn main() {
         Command::Generate(a) => generate(a),
         Command::Serve(a) => serve(a),
         Command::Export(a) => export(a),
+        Command::RealData(a) => real_data(a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");
