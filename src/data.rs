@@ -54,7 +54,11 @@ pub enum DataError {
     #[error("cannot read {0}: {1}")]
     Io(PathBuf, std::io::Error),
     #[error("{path}: line {line}: {msg}")]
-    Format { path: PathBuf, line: usize, msg: String },
+    Format {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
 }
 
 /// Loads one split of the vendored digits.
@@ -84,7 +88,8 @@ pub fn load(path: &Path, split: Split) -> Result<Digits, DataError> {
             .parse::<f64>()
             .ok()
             .filter(|v| v.fract() == 0.0 && (0.0..10.0).contains(v))
-            .ok_or_else(|| bad(format!("label `{}`", vals[784])))? as usize;
+            .ok_or_else(|| bad(format!("label `{}`", vals[784])))?
+            as usize;
         let k = seen[label];
         seen[label] += 1;
         let is_test = k % 5 == 4;

@@ -193,23 +193,33 @@ fn real_data(a: RealDataArgs) -> Result<()> {
         bail!("--shard-size must be at least 1");
     }
     let csv = a.csv.clone().unwrap_or_else(data::default_path);
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
     for split in [Split::Train, Split::Test] {
         let d = data::load(&csv, split)?;
         let mut written = 0;
         for (n, start) in (0..d.len()).step_by(a.shard_size).enumerate() {
             let mut buf = Vec::new();
             for i in start..(start + a.shard_size).min(d.len()) {
-                let img = Image8 { width: 28, height: 28, channels: 1, pixels: d.image(i).to_vec() };
+                let img = Image8 {
+                    width: 28,
+                    height: 28,
+                    channels: 1,
+                    pixels: d.image(i).to_vec(),
+                };
                 let members = [
                     ("png".to_string(), bytes::Bytes::from(img.to_png())),
-                    ("cls".to_string(), bytes::Bytes::from(d.labels[i].to_string())),
+                    (
+                        "cls".to_string(),
+                        bytes::Bytes::from(d.labels[i].to_string()),
+                    ),
                 ];
                 buf.extend_from_slice(&genrep::wds::sample_tar(&format!("{i:06}"), &members));
             }
             buf.extend_from_slice(&genrep::wds::TAR_END);
             let path = a.out.join(format!("mnist-{}-{n:06}.tar", split.name()));
-            std::fs::write(&path, buf).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, buf)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             written += 1;
         }
         eprintln!("{}: {} digits in {written} shards", split.name(), d.len());

@@ -20,12 +20,21 @@ struct Classifier {
 
 impl Classifier {
     fn load() -> Self {
-        let w = candle_core::safetensors::load(model_dir().join("eval/classifier.safetensors"), &Device::Cpu).unwrap();
+        let w = candle_core::safetensors::load(
+            model_dir().join("eval/classifier.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
         Self { w }
     }
     fn conv(&self, x: &Tensor, name: &str) -> Tensor {
-        let b = self.w[&format!("{name}.bias")].reshape((1, (), 1, 1)).unwrap();
-        x.conv2d(&self.w[&format!("{name}.weight")], 1, 1, 1, 1).unwrap().broadcast_add(&b).unwrap()
+        let b = self.w[&format!("{name}.bias")]
+            .reshape((1, (), 1, 1))
+            .unwrap();
+        x.conv2d(&self.w[&format!("{name}.weight")], 1, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap()
     }
     fn fc(&self, x: &Tensor, name: &str) -> Tensor {
         x.matmul(&self.w[&format!("{name}.weight")].t().unwrap())
@@ -36,7 +45,12 @@ impl Classifier {
     /// Logits [B, 10] for images [B, 1, 28, 28] in [-1, 1].
     fn logits(&self, x: &Tensor) -> Tensor {
         let h = self.conv(x, "conv1").relu().unwrap().max_pool2d(2).unwrap();
-        let h = self.conv(&h, "conv2").relu().unwrap().max_pool2d(2).unwrap();
+        let h = self
+            .conv(&h, "conv2")
+            .relu()
+            .unwrap()
+            .max_pool2d(2)
+            .unwrap();
         let h = h.flatten_from(1).unwrap();
         let h = self.fc(&h, "fc1").relu().unwrap();
         self.fc(&h, "fc2")
@@ -50,13 +64,23 @@ fn generate(g: &dyn Generator, z: &[Vec<f32>], classes: &[u32]) -> Tensor {
     let mut outs = Vec::new();
     for (zc, cc) in z.chunks(500).zip(classes.chunks(500)) {
         let flat: Vec<f32> = zc.iter().flatten().copied().collect();
-        outs.push(g.generate(&flat, &ClassInput::Ids(cc.to_vec()), 1.0).unwrap());
+        outs.push(
+            g.generate(&flat, &ClassInput::Ids(cc.to_vec()), 1.0)
+                .unwrap(),
+        );
     }
     Tensor::cat(&outs, 0).unwrap()
 }
 
 fn settings(sigma: f32, classes: Vec<u32>) -> SamplerSettings {
-    SamplerSettings { method: Method::Gaussian, sigma, views: 1, truncation: 2.0, gen_truncation: 1.0, classes }
+    SamplerSettings {
+        method: Method::Gaussian,
+        sigma,
+        views: 1,
+        truncation: 2.0,
+        gen_truncation: 1.0,
+        classes,
+    }
 }
 
 fn mean_pairwise_l2(x: &Tensor) -> f32 {
@@ -70,27 +94,68 @@ fn mean_pairwise_l2(x: &Tensor) -> f32 {
         .unwrap()
         .relu()
         .unwrap();
-    let total = d2.sqrt().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let total = d2
+        .sqrt()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     total / (n * (n - 1)) as f32
 }
 
 #[test]
 fn candle_matches_pytorch_on_the_reference_batch() {
     let g = genrep::embedded::load(&Device::Cpu, DType::F32).unwrap();
-    let r = candle_core::safetensors::load(model_dir().join("reference_batch.safetensors"), &Device::Cpu).unwrap();
+    let r = candle_core::safetensors::load(
+        model_dir().join("reference_batch.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let z = r["z"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let y: Vec<u32> = r["y"].to_vec1::<i64>().unwrap().iter().map(|&v| v as u32).collect();
+    let y: Vec<u32> = r["y"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .iter()
+        .map(|&v| v as u32)
+        .collect();
     let out = g.generate(&z, &ClassInput::Ids(y), 1.0).unwrap();
     let want = &r["images"];
-    let max_ref = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let err = (out.sub(want).unwrap()).abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / max_ref;
+    let max_ref = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let err = (out.sub(want).unwrap())
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        / max_ref;
     eprintln!("generator parity: max rel error {err:e}");
     assert!(err <= 1e-4, "generator relative error {err}");
     // The classifier port itself matches PyTorch too (its figures below depend on it).
     let logits = Classifier::load().logits(want);
     let want_l = &r["logits"];
-    let max_l = want_l.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let err = (logits.sub(want_l).unwrap()).abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / max_l;
+    let max_l = want_l
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let err = (logits.sub(want_l).unwrap())
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        / max_l;
     assert!(err <= 1e-4, "classifier relative error {err}");
 }
 
@@ -100,7 +165,12 @@ fn classifier_is_accurate_on_real_test_digits() {
     let x: Vec<f32> = te.pixels.iter().map(|&p| p as f32 / 127.5 - 1.0).collect();
     let x = Tensor::from_vec(x, (te.len(), 1, 28, 28), &Device::Cpu).unwrap();
     let pred = Classifier::load().predict(&x);
-    let acc = pred.iter().zip(&te.labels).filter(|(p, l)| **p == **l as u32).count() as f32 / te.len() as f32;
+    let acc = pred
+        .iter()
+        .zip(&te.labels)
+        .filter(|(p, l)| **p == **l as u32)
+        .count() as f32
+        / te.len() as f32;
     eprintln!("classifier accuracy on the 1000 real test digits: {acc}");
     assert!(acc >= 0.95, "{acc}");
 }
@@ -112,7 +182,9 @@ fn class_fidelity_and_diversity() {
     let tr = data::load(&data::default_path(), Split::Train).unwrap();
     for c in 0..10u32 {
         let s = settings(0.2, vec![c]);
-        let z: Vec<Vec<f32>> = (0..1000).map(|i| sample(&s, 64, 1000 + c as u64, i).z_anchor).collect();
+        let z: Vec<Vec<f32>> = (0..1000)
+            .map(|i| sample(&s, 64, 1000 + c as u64, i).z_anchor)
+            .collect();
         let x = generate(g.as_ref(), &z, &vec![c; 1000]);
         let pred = clf.predict(&x);
         let fidelity = pred.iter().filter(|&&p| p == c).count() as f32 / 1000.0;
@@ -136,16 +208,42 @@ fn latent_neighbourhoods_are_smooth() {
     let base = settings(0.0, (0..10).collect());
     let anchors: Vec<_> = (0..n).map(|i| sample(&base, 64, 77, i)).collect();
     let classes: Vec<u32> = anchors.iter().map(|l| l.class.unwrap()).collect();
-    let xa = generate(g.as_ref(), &anchors.iter().map(|l| l.z_anchor.clone()).collect::<Vec<_>>(), &classes);
+    let xa = generate(
+        g.as_ref(),
+        &anchors
+            .iter()
+            .map(|l| l.z_anchor.clone())
+            .collect::<Vec<_>>(),
+        &classes,
+    );
     let mut last = 0.0f32;
     for sigma in [0.1f32, 0.2, 0.5, 1.0] {
         let s = settings(sigma, (0..10).collect());
-        let pos: Vec<Vec<f32>> = (0..n).map(|i| sample(&s, 64, 77, i).z_pos[0].clone()).collect();
+        let pos: Vec<Vec<f32>> = (0..n)
+            .map(|i| sample(&s, 64, 77, i).z_pos[0].clone())
+            .collect();
         let xp = generate(g.as_ref(), &pos, &classes);
-        let dist = xp.sub(&xa).unwrap().abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
-        let kept = clf.predict(&xp).iter().zip(&classes).filter(|(p, c)| p == c).count() as f32 / n as f32;
+        let dist = xp
+            .sub(&xa)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let kept = clf
+            .predict(&xp)
+            .iter()
+            .zip(&classes)
+            .filter(|(p, c)| p == c)
+            .count() as f32
+            / n as f32;
         eprintln!("sigma {sigma}: mean |anchor - positive| {dist:.4}, class kept {kept:.3}");
-        assert!(dist > last, "distance not increasing at sigma {sigma}: {dist} <= {last}");
+        assert!(
+            dist > last,
+            "distance not increasing at sigma {sigma}: {dist} <= {last}"
+        );
         if sigma == 0.2 {
             assert!(kept >= 0.95, "class kept at sigma 0.2: {kept}");
         }

@@ -174,7 +174,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clf-epochs", type=int, default=8)
-    ap.add_argument("--aux-weight", type=float, default=0.2)
+    ap.add_argument("--aux-weight", type=float, default=0.0, help="ACGAN-style class loss on G (0 = off)")
+    ap.add_argument("--ms-weight", type=float, default=1.0, help="mode-seeking regulariser weight (MSGAN)")
     ap.add_argument("--ema", type=float, default=0.999)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -223,7 +224,16 @@ def main():
         opt_d.step()
 
         dg, aux_f = d(xf, yf)
-        loss_g = -dg.mean() + args.aux_weight * F.cross_entropy(aux_f, yf)
+        loss_g = -dg.mean()
+        if args.aux_weight > 0:
+            loss_g = loss_g + args.aux_weight * F.cross_entropy(aux_f, yf)
+        if args.ms_weight > 0:
+            # Mode seeking (Mao et al. 2019): two latents of the same class must give images that
+            # differ in proportion to the latents; counters intra-class collapse.
+            z2 = torch.randn(args.batch, g.z_dim, generator=gen)
+            xf2 = g(z2, yf)
+            ratio = (xf - xf2).abs().mean(dim=(1, 2, 3)) / (z - z2).abs().mean(dim=1)
+            loss_g = loss_g + args.ms_weight / (ratio.mean() + 1e-5)
         opt_g.zero_grad()
         loss_g.backward()
         opt_g.step()
@@ -234,6 +244,17 @@ def main():
         if it % 50 == 0:
             el = time.time() - t_train
             print(f"it {it} loss_d {loss_d.item():.3f} loss_g {loss_g.item():.3f} {el / it:.3f}s/it", flush=True)
+        if it % 250 == 0:
+            with torch.no_grad():
+                g.eval()
+                ratios = []
+                for c in (0, 3, 8):
+                    xg = g(torch.randn(100, g.z_dim, generator=gen), torch.full((100,), c, dtype=torch.long)).flatten(1)
+                    xr = xtr[ytr == c][:100].flatten(1)
+                    ratios.append((torch.cdist(xg, xg).mean() / torch.cdist(xr, xr).mean()).item())
+                fid = (clf(g(torch.randn(200, g.z_dim, generator=gen), torch.arange(200) % 10)).argmax(1) == torch.arange(200) % 10).float().mean().item()
+                g.train()
+            print(f"monitor it {it}: diversity ratios {[round(r, 3) for r in ratios]} fidelity {fid:.3f}", flush=True)
 
     gen_eval = torch.Generator().manual_seed(args.seed + 1)
     standing_stats(g_ema, g.z_dim, 10, gen_eval)

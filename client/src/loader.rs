@@ -1,0 +1,727 @@
+//! WebDataset shard loader: brace-pattern URLs or local files, per-rank sharding, per-epoch
+//! deterministic shuffle, bounded parallel prefetch, retries with backoff, a resumable cursor, and
+//! decoding to candle tensors.
+//!
+//! A shard is read whole and must end with the tar end-of-archive marker (two zero blocks), and,
+//! when the server announces `x-genrep-samples`, hold exactly that many samples: a truncated shard
+//! is an error, never a silently short epoch. A failed download is retried from the start of the
+//! shard (shards are deterministic), and the loader skips the samples it already delivered.
+
+use candle_core::{Device, Tensor};
+use genrep_wire::SampleMeta;
+use rand::{seq::SliceRandom, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Loader errors; each names the shard or pattern at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("bad shard pattern `{0}`: {1}")]
+    Pattern(String, String),
+    #[error("no shards match `{0}`")]
+    NoShards(String),
+    #[error("{0}: {1}")]
+    Io(String, String),
+    #[error("{url}: giving up after {attempts} attempts: {last}")]
+    Network {
+        url: String,
+        attempts: usize,
+        last: String,
+    },
+    #[error("{0}: truncated or malformed shard: {1}")]
+    Truncated(String, String),
+    #[error("{0}: sample `{1}`: {2}")]
+    Sample(String, String, String),
+    #[error(
+        "{0} shards cannot be split over world_size {1} (rank {2}): every rank needs at least one"
+    )]
+    TooFewShards(usize, usize, usize),
+}
+
+/// Expands `{a..b}` numeric ranges (zero padding kept when `a` is padded) and `{x,y}` lists, like
+/// `braceexpand`. Anything after `?` (a query string) is kept as is on every URL.
+pub fn expand(pattern: &str) -> Result<Vec<String>, LoaderError> {
+    let (path, query) = match pattern.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (pattern, None),
+    };
+    let mut out = vec![String::new()];
+    let mut rest = path;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..]
+            .find('}')
+            .map(|c| open + c)
+            .ok_or_else(|| LoaderError::Pattern(pattern.into(), "unclosed `{`".into()))?;
+        let lit = &rest[..open];
+        let inner = &rest[open + 1..close];
+        if lit.contains('}') || inner.contains('{') {
+            return Err(LoaderError::Pattern(
+                pattern.into(),
+                "nested or unbalanced braces".into(),
+            ));
+        }
+        let alts: Vec<String> = if let Some((a, b)) = inner.split_once("..") {
+            let (na, nb) = (
+                a.parse::<u64>().map_err(|_| {
+                    LoaderError::Pattern(pattern.into(), format!("`{a}` is not a number"))
+                })?,
+                b.parse::<u64>().map_err(|_| {
+                    LoaderError::Pattern(pattern.into(), format!("`{b}` is not a number"))
+                })?,
+            );
+            if na > nb {
+                return Err(LoaderError::Pattern(
+                    pattern.into(),
+                    format!("empty range {a}..{b}"),
+                ));
+            }
+            if nb - na > 10_000_000 {
+                return Err(LoaderError::Pattern(
+                    pattern.into(),
+                    "range too large".into(),
+                ));
+            }
+            let width = if a.starts_with('0') && a.len() > 1 {
+                a.len()
+            } else {
+                0
+            };
+            (na..=nb).map(|n| format!("{n:0width$}")).collect()
+        } else {
+            inner.split(',').map(str::to_string).collect()
+        };
+        out = out
+            .iter()
+            .flat_map(|p| alts.iter().map(move |a| format!("{p}{lit}{a}")))
+            .collect();
+        rest = &rest[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(LoaderError::Pattern(
+            pattern.into(),
+            "unbalanced `}`".into(),
+        ));
+    }
+    Ok(out
+        .into_iter()
+        .map(|p| match query {
+            Some(q) => format!("{p}{rest}?{q}"),
+            None => format!("{p}{rest}"),
+        })
+        .collect())
+}
+
+/// The shards named by a source: an `http(s)://` pattern, a local file pattern, or a directory
+/// (all `*.tar` inside, sorted). Several sources can be joined with `::`.
+pub fn resolve(source: &str) -> Result<Vec<String>, LoaderError> {
+    let mut all = Vec::new();
+    for part in source.split("::") {
+        if part.starts_with("http://") || part.starts_with("https://") {
+            all.extend(expand(part)?);
+            continue;
+        }
+        let p = Path::new(part);
+        if p.is_dir() {
+            let mut v: Vec<String> = std::fs::read_dir(p)
+                .map_err(|e| LoaderError::Io(part.into(), e.to_string()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            if v.is_empty() {
+                return Err(LoaderError::NoShards(part.into()));
+            }
+            all.extend(v);
+        } else {
+            for f in expand(part)? {
+                if !Path::new(&f).is_file() {
+                    return Err(LoaderError::Io(f, "no such file".into()));
+                }
+                all.push(f);
+            }
+        }
+    }
+    if all.is_empty() {
+        return Err(LoaderError::NoShards(source.into()));
+    }
+    Ok(all)
+}
+
+/// One WebDataset sample: its key and raw fields.
+#[derive(Debug, Clone)]
+pub struct RawSample {
+    pub key: String,
+    pub fields: BTreeMap<String, Vec<u8>>,
+}
+
+/// Parses a whole shard, checking that it is complete.
+pub fn parse_shard(
+    name: &str,
+    data: &[u8],
+    expected: Option<usize>,
+) -> Result<Vec<RawSample>, LoaderError> {
+    let trunc = |m: String| LoaderError::Truncated(name.into(), m);
+    if data.len() < 1024
+        || data.len() % 512 != 0
+        || data[data.len() - 1024..].iter().any(|&b| b != 0)
+    {
+        return Err(trunc(format!(
+            "{} bytes, no end-of-archive marker",
+            data.len()
+        )));
+    }
+    let mut ar = tar::Archive::new(data);
+    let mut out: Vec<RawSample> = Vec::new();
+    for e in ar.entries().map_err(|e| trunc(e.to_string()))? {
+        let mut e = e.map_err(|e| trunc(e.to_string()))?;
+        if e.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let path = e
+            .path()
+            .map_err(|e| trunc(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        let base = path.rsplit('/').next().unwrap_or(&path);
+        let Some(dot) = base.find('.') else { continue };
+        if dot == 0 {
+            continue;
+        }
+        let key = format!("{}{}", &path[..path.len() - base.len()], &base[..dot]);
+        let field = base[dot + 1..].to_lowercase();
+        let mut buf = Vec::with_capacity(e.size() as usize);
+        e.read_to_end(&mut buf).map_err(|e| trunc(e.to_string()))?;
+        match out.last_mut() {
+            Some(s) if s.key == key => {
+                if s.fields.insert(field.clone(), buf).is_some() {
+                    return Err(LoaderError::Sample(
+                        name.into(),
+                        key,
+                        format!("duplicate field `{field}`"),
+                    ));
+                }
+            }
+            _ => out.push(RawSample {
+                key,
+                fields: BTreeMap::from([(field, buf)]),
+            }),
+        }
+    }
+    if let Some(n) = expected {
+        if out.len() != n {
+            return Err(trunc(format!(
+                "{} samples, the server announced {n}",
+                out.len()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Network behaviour.
+#[derive(Debug, Clone)]
+pub struct FetchPolicy {
+    pub attempts: usize,
+    pub backoff: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for FetchPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            backoff: Duration::from_millis(500),
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Reads one shard (HTTP with retries, or a local file) and parses it.
+pub fn fetch(url: &str, policy: &FetchPolicy) -> Result<Vec<RawSample>, LoaderError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        let data = std::fs::read(url).map_err(|e| LoaderError::Io(url.into(), e.to_string()))?;
+        return parse_shard(url, &data, None);
+    }
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(10))
+        .timeout(policy.timeout)
+        .build();
+    let mut last = String::new();
+    for attempt in 0..policy.attempts.max(1) {
+        if attempt > 0 {
+            std::thread::sleep(policy.backoff * (1 << (attempt - 1).min(6)) as u32);
+        }
+        match agent.get(url).call() {
+            Ok(resp) => {
+                let expected = resp.header("x-genrep-samples").and_then(|v| v.parse().ok());
+                let mut data = Vec::new();
+                match resp.into_reader().read_to_end(&mut data) {
+                    Ok(_) => match parse_shard(url, &data, expected) {
+                        Ok(s) => return Ok(s),
+                        // A cut connection shows up as a truncated body: retry it.
+                        Err(e) => last = e.to_string(),
+                    },
+                    Err(e) => last = format!("reading body: {e}"),
+                }
+            }
+            Err(ureq::Error::Status(code, resp)) => {
+                let body = resp.into_string().unwrap_or_default();
+                // 4xx other than 429 will not get better by retrying.
+                if (400..500).contains(&code) && code != 429 {
+                    return Err(LoaderError::Network {
+                        url: url.into(),
+                        attempts: attempt + 1,
+                        last: format!("HTTP {code}: {body}"),
+                    });
+                }
+                last = format!("HTTP {code}: {body}");
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(LoaderError::Network {
+        url: url.into(),
+        attempts: policy.attempts.max(1),
+        last,
+    })
+}
+
+/// Where the loader is: enough to resume exactly (saved in checkpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Cursor {
+    pub epoch: u64,
+    /// Position in this rank's shard order of the epoch.
+    pub shard: usize,
+    /// Samples of that shard already delivered.
+    pub sample: usize,
+}
+
+/// Loader settings.
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    pub rank: usize,
+    pub world_size: usize,
+    /// Shuffle seed; the shard order of epoch e is a permutation seeded by (seed, e).
+    pub seed: u64,
+    pub shuffle: bool,
+    /// Shards fetched ahead in parallel.
+    pub prefetch: usize,
+    /// Keep fetched shards in memory for later epochs (small datasets, repeated epochs).
+    pub cache: bool,
+    pub policy: FetchPolicy,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        Self {
+            rank: 0,
+            world_size: 1,
+            seed: 0,
+            shuffle: true,
+            prefetch: 2,
+            cache: false,
+            policy: FetchPolicy::default(),
+        }
+    }
+}
+
+type Pending = std::sync::mpsc::Receiver<Result<Arc<Vec<RawSample>>, LoaderError>>;
+
+/// Iterates samples epoch after epoch, from a cursor.
+pub struct Loader {
+    shards: Vec<String>,
+    cfg: LoaderConfig,
+    cursor: Cursor,
+    order: Vec<usize>,
+    pending: VecDeque<(usize, Pending)>,
+    current: Option<Arc<Vec<RawSample>>>,
+    cache: Arc<Mutex<HashMap<String, Arc<Vec<RawSample>>>>>,
+}
+
+impl Loader {
+    /// This rank's shards: the list is cut to a multiple of `world_size` (equal counts per rank)
+    /// and rank r takes every world_size-th shard starting at r.
+    pub fn new(
+        all_shards: Vec<String>,
+        cfg: LoaderConfig,
+        cursor: Cursor,
+    ) -> Result<Self, LoaderError> {
+        let w = cfg.world_size.max(1);
+        let per_rank = all_shards.len() / w;
+        if per_rank == 0 || cfg.rank >= w {
+            return Err(LoaderError::TooFewShards(all_shards.len(), w, cfg.rank));
+        }
+        let shards: Vec<String> = all_shards
+            .into_iter()
+            .take(per_rank * w)
+            .skip(cfg.rank)
+            .step_by(w)
+            .collect();
+        let mut l = Self {
+            shards,
+            cfg,
+            cursor,
+            order: Vec::new(),
+            pending: VecDeque::new(),
+            current: None,
+            cache: Default::default(),
+        };
+        l.start_epoch();
+        Ok(l)
+    }
+
+    pub fn shards(&self) -> &[String] {
+        &self.shards
+    }
+
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    fn start_epoch(&mut self) {
+        self.order = (0..self.shards.len()).collect();
+        if self.cfg.shuffle {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+                self.cfg.seed ^ self.cursor.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+            self.order.shuffle(&mut rng);
+        }
+        self.pending.clear();
+        self.current = None;
+    }
+
+    fn fill(&mut self) {
+        let next = self.cursor.shard + self.pending.len() + usize::from(self.current.is_some());
+        let mut pos = next;
+        while self.pending.len() < self.cfg.prefetch.max(1) && pos < self.order.len() {
+            let url = self.shards[self.order[pos]].clone();
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let (policy, cache, use_cache) =
+                (self.cfg.policy.clone(), self.cache.clone(), self.cfg.cache);
+            std::thread::spawn(move || {
+                if let Some(hit) = cache.lock().unwrap().get(&url).cloned() {
+                    let _ = tx.send(Ok(hit));
+                    return;
+                }
+                let r = fetch(&url, &policy).map(Arc::new);
+                if let (Ok(s), true) = (&r, use_cache) {
+                    cache.lock().unwrap().insert(url, s.clone());
+                }
+                let _ = tx.send(r);
+            });
+            self.pending.push_back((pos, rx));
+            pos += 1;
+        }
+    }
+
+    /// The next sample; advances through shards and epochs forever.
+    pub fn next_sample(&mut self) -> Result<RawSample, LoaderError> {
+        loop {
+            if self.current.is_none() {
+                self.fill();
+                let (_, rx) = self
+                    .pending
+                    .pop_front()
+                    .expect("fill queues at least one shard");
+                let shard = rx.recv().map_err(|_| {
+                    LoaderError::Io("prefetch".into(), "fetch thread died".into())
+                })??;
+                self.current = Some(shard);
+                self.fill();
+            }
+            let shard = self.current.as_ref().unwrap();
+            if self.cursor.sample < shard.len() {
+                let s = shard[self.cursor.sample].clone();
+                self.cursor.sample += 1;
+                return Ok(s);
+            }
+            self.current = None;
+            self.cursor.sample = 0;
+            self.cursor.shard += 1;
+            if self.cursor.shard >= self.order.len() {
+                self.cursor = Cursor {
+                    epoch: self.cursor.epoch + 1,
+                    shard: 0,
+                    sample: 0,
+                };
+                self.start_epoch();
+            }
+        }
+    }
+}
+
+/// A decoded batch: `views[v]` is [B, C, H, W] in [0, 1]; `labels` from `cls` when present.
+pub struct Batch {
+    pub views: Vec<Tensor>,
+    pub labels: Option<Vec<u32>>,
+    pub keys: Vec<String>,
+    pub meta: Vec<Option<SampleMeta>>,
+}
+
+/// Decodes one image field (png/jpg/jpeg/npy) to CHW f32 in [0, 1]; returns (pixels, C, H, W).
+pub fn decode_image(field: &str, data: &[u8]) -> Result<(Vec<f32>, usize, usize, usize), String> {
+    let ext = field.rsplit('.').next().unwrap_or(field);
+    match ext {
+        "png" => {
+            let mut dec = png::Decoder::new(std::io::Cursor::new(data));
+            dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+            let mut r = dec.read_info().map_err(|e| e.to_string())?;
+            let mut buf = vec![0; r.output_buffer_size().ok_or("png too large")?];
+            let info = r.next_frame(&mut buf).map_err(|e| e.to_string())?;
+            let (w, h) = (info.width as usize, info.height as usize);
+            let c_in = info.color_type.samples();
+            let c = if c_in >= 3 { 3 } else { 1 };
+            let mut out = vec![0.0; c * h * w];
+            for i in 0..h * w {
+                for k in 0..c {
+                    out[k * h * w + i] = buf[i * c_in + k] as f32 / 255.0;
+                }
+            }
+            Ok((out, c, h, w))
+        }
+        "jpg" | "jpeg" => {
+            let mut dec = jpeg_decoder::Decoder::new(data);
+            let px = dec.decode().map_err(|e| e.to_string())?;
+            let info = dec.info().ok_or("jpeg without header")?;
+            let (w, h) = (info.width as usize, info.height as usize);
+            let c = px.len() / (w * h);
+            let mut out = vec![0.0; c * h * w];
+            for i in 0..h * w {
+                for k in 0..c {
+                    out[k * h * w + i] = px[i * c + k] as f32 / 255.0;
+                }
+            }
+            Ok((out, c, h, w))
+        }
+        "npy" => {
+            // genrep's npy views: float32 [C, H, W] in [-1, 1].
+            let hl = u16::from_le_bytes([*data.get(8).ok_or("short npy")?, data[9]]) as usize;
+            let header = std::str::from_utf8(data.get(10..10 + hl).ok_or("short npy")?)
+                .map_err(|e| e.to_string())?;
+            let shape: Vec<usize> = header
+                .split("'shape': (")
+                .nth(1)
+                .and_then(|s| s.split(')').next())
+                .ok_or("npy without shape")?
+                .split(',')
+                .filter_map(|s| s.trim().parse().ok())
+                .collect();
+            if shape.len() != 3 || !header.contains("<f4") {
+                return Err(format!("npy image must be float32 [C,H,W], got {header}"));
+            }
+            let body = &data[10 + hl..];
+            let vals: Vec<f32> = body
+                .chunks_exact(4)
+                .map(|c| (f32::from_le_bytes(c.try_into().unwrap()) + 1.0) / 2.0)
+                .collect();
+            if vals.len() != shape.iter().product::<usize>() {
+                return Err("npy data length does not match its shape".into());
+            }
+            Ok((vals, shape[0], shape[1], shape[2]))
+        }
+        other => Err(format!("unsupported image type `{other}`")),
+    }
+}
+
+/// The view images of a sample: `anchor.*`, `pos0.*`, … (genrep samples) or a single image field
+/// (`png`/`jpg`/…, real data) repeated. Returns the first `views` of them (repeating the last one
+/// when the sample has fewer, e.g. real images: views then differ only by pixel augmentation).
+pub fn sample_views(
+    s: &RawSample,
+    views: usize,
+) -> Result<Vec<(Vec<f32>, usize, usize, usize)>, String> {
+    let find = |stem: &str| -> Option<(&String, &Vec<u8>)> {
+        s.fields
+            .iter()
+            .find(|(k, _)| k.split('.').next() == Some(stem) && k.contains('.'))
+    };
+    let mut out = Vec::new();
+    if let Some((k, v)) = find("anchor") {
+        out.push(decode_image(k, v)?);
+        let mut i = 0;
+        while out.len() < views {
+            match find(&format!("pos{i}")) {
+                Some((k, v)) => out.push(decode_image(k, v)?),
+                None => break,
+            }
+            i += 1;
+        }
+    } else {
+        let (k, v) = s
+            .fields
+            .iter()
+            .find(|(k, _)| matches!(k.as_str(), "png" | "jpg" | "jpeg" | "npy"))
+            .ok_or("no image field (anchor.* or png/jpg/npy)")?;
+        out.push(decode_image(k, v)?);
+    }
+    while out.len() < views {
+        out.push(out.last().unwrap().clone());
+    }
+    Ok(out)
+}
+
+/// Reads `batch` samples and decodes them into a [`Batch`] of `views` views, applying `augment`
+/// (with per-view seeds from `seed`, `step`) when given.
+pub fn next_batch(
+    loader: &mut Loader,
+    batch: usize,
+    views: usize,
+    augment: Option<&crate::augment::Augment>,
+    seed: u64,
+    step: u64,
+    device: &Device,
+) -> Result<Batch, LoaderError> {
+    let mut per_view: Vec<Vec<f32>> = vec![Vec::new(); views];
+    let mut labels = Vec::new();
+    let mut keys = Vec::new();
+    let mut meta = Vec::new();
+    let mut shape = None;
+    for b in 0..batch {
+        let s = loader.next_sample()?;
+        let err = |m: String| LoaderError::Sample("batch".into(), s.key.clone(), m);
+        let vs = sample_views(&s, views).map_err(err)?;
+        for (v, (mut px, c, h, w)) in vs.into_iter().enumerate() {
+            match shape {
+                None => shape = Some((c, h, w)),
+                Some(sh) if sh != (c, h, w) => {
+                    return Err(err(format!(
+                        "image shape {:?} differs from {:?}",
+                        (c, h, w),
+                        sh
+                    )))
+                }
+                _ => {}
+            }
+            if let Some(a) = augment {
+                a.apply(
+                    &mut px,
+                    c,
+                    h,
+                    w,
+                    &mut crate::augment::view_rng(seed, step, b as u64, v as u64),
+                );
+            }
+            per_view[v].extend_from_slice(&px);
+        }
+        match s.fields.get("cls") {
+            Some(c) => labels.push(
+                std::str::from_utf8(c)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok())
+                    .ok_or_else(|| err("`cls` is not an integer".into()))?,
+            ),
+            None => {}
+        }
+        meta.push(
+            s.fields
+                .get("json")
+                .and_then(|j| serde_json::from_slice::<SampleMeta>(j).ok()),
+        );
+        keys.push(s.key.clone());
+    }
+    let (c, h, w) = shape.unwrap_or((1, 1, 1));
+    let views = per_view
+        .into_iter()
+        .map(|v| Tensor::from_vec(v, (batch, c, h, w), device))
+        .collect::<candle_core::Result<Vec<_>>>()
+        .map_err(|e| LoaderError::Io("tensor".into(), e.to_string()))?;
+    let labels = (labels.len() == batch).then_some(labels);
+    Ok(Batch {
+        views,
+        labels,
+        keys,
+        meta,
+    })
+}
+
+/// Local path of a `file://` or plain path (helper for CLIs).
+pub fn local_path(s: &str) -> PathBuf {
+    PathBuf::from(s.strip_prefix("file://").unwrap_or(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brace_expansion() {
+        assert_eq!(
+            expand("http://h:1/v1/shards/train-{000008..000011}.tar?seed=1&sigma=0.2").unwrap(),
+            vec![
+                "http://h:1/v1/shards/train-000008.tar?seed=1&sigma=0.2",
+                "http://h:1/v1/shards/train-000009.tar?seed=1&sigma=0.2",
+                "http://h:1/v1/shards/train-000010.tar?seed=1&sigma=0.2",
+                "http://h:1/v1/shards/train-000011.tar?seed=1&sigma=0.2",
+            ]
+        );
+        assert_eq!(
+            expand("a-{x,y}-{1..2}.tar").unwrap(),
+            vec!["a-x-1.tar", "a-x-2.tar", "a-y-1.tar", "a-y-2.tar"]
+        );
+        assert_eq!(expand("plain.tar").unwrap(), vec!["plain.tar"]);
+        assert!(expand("a-{1..").is_err());
+        assert!(expand("a-{5..1}.tar").is_err());
+        assert!(expand("a-{x..1}.tar").is_err());
+        assert!(expand("a-1}.tar").is_err());
+    }
+
+    fn shard(n: usize, end: bool) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..n {
+            for (f, d) in [("png", b"x".as_slice()), ("cls", b"3".as_slice())] {
+                let mut h = tar::Header::new_ustar();
+                h.set_size(d.len() as u64);
+                h.set_mode(0o444);
+                h.set_cksum();
+                b.append_data(&mut h, format!("{i:06}.{f}"), d).unwrap();
+            }
+        }
+        if end {
+            b.into_inner().unwrap()
+        } else {
+            let mut v = b.get_ref().clone();
+            v.truncate(v.len());
+            v
+        }
+    }
+
+    #[test]
+    fn truncated_shards_are_errors() {
+        let good = shard(3, true);
+        assert_eq!(parse_shard("s", &good, Some(3)).unwrap().len(), 3);
+        assert!(parse_shard("s", &good, Some(4)).is_err());
+        let no_end = shard(3, false);
+        assert!(parse_shard("s", &no_end, None).is_err());
+        assert!(parse_shard("s", &good[..good.len() - 1536], None).is_err());
+    }
+
+    #[test]
+    fn rank_split_is_disjoint_and_equal() {
+        let all: Vec<String> = (0..7).map(|i| format!("s{i}.tar")).collect();
+        let cfg = |rank| LoaderConfig {
+            rank,
+            world_size: 3,
+            shuffle: false,
+            ..Default::default()
+        };
+        let r: Vec<Vec<String>> = (0..3)
+            .map(|k| {
+                Loader::new(all.clone(), cfg(k), Cursor::default())
+                    .unwrap()
+                    .shards()
+                    .to_vec()
+            })
+            .collect();
+        assert!(r.iter().all(|s| s.len() == 2));
+        let mut flat: Vec<_> = r.concat();
+        flat.sort();
+        flat.dedup();
+        assert_eq!(flat.len(), 6);
+        assert!(Loader::new(all[..2].to_vec(), cfg(0), Cursor::default()).is_err());
+    }
+}

@@ -1,0 +1,296 @@
+//! `genrep-train`: contrastive training from genrep streams or shards on disk, and evaluation.
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Parser, Subcommand};
+use genrep_client::eval::{features, knn_top1, linear_probe, load_labelled};
+use genrep_client::model::EncoderConfig;
+use genrep_client::train::{
+    latest_checkpoint, load_encoder, log_jsonl, Objective, TrainConfig, Trainer,
+};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "genrep-train",
+    version,
+    about = "SimCLR/SupCon training from genrep views, and evaluation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train an encoder.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint: linear probe and kNN top-1 on labelled shards.
+    Eval(EvalArgs),
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Shards: an http(s) URL pattern such as
+    /// `http://host:8080/v1/shards/train-{000000..000099}.tar?seed=1&sigma=0.2&views=2`, local
+    /// files (`dir/train-{000000..000009}.tar`) or a directory of `.tar` files; join with `::`.
+    #[arg(long, env = "GENREP_TRAIN_SOURCE")]
+    source: String,
+    /// simclr (positives = the sample's views) or supcon (positives = same `cls`).
+    #[arg(long, default_value = "simclr")]
+    method: String,
+    /// Views per sample in the loss (anchor + positives). Real images are repeated and differ only
+    /// by augmentation.
+    #[arg(long, default_value_t = 2)]
+    views: usize,
+    /// Pixel augmentation preset: genrep, simclr or none.
+    #[arg(long, default_value = "genrep")]
+    augment: String,
+    /// Optimisation steps (or give --epochs).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Epochs over this rank's shards; needs --samples-per-epoch to size the schedule.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Samples in one epoch of this rank's shards (with --epochs).
+    #[arg(long)]
+    samples_per_epoch: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Base learning rate (GenRep: 0.03·batch/256 with SGD).
+    #[arg(long, default_value_t = 0.03)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.1)]
+    temperature: f64,
+    /// Use LARS instead of SGD (SimCLR's large-batch optimiser).
+    #[arg(long)]
+    lars: bool,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 10)]
+    warmup_steps: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Encoder: channels of the first stage (doubles per stage).
+    #[arg(long, default_value_t = 16)]
+    width: usize,
+    /// Encoder: residual blocks per stage.
+    #[arg(long, default_value_t = 1)]
+    depth: usize,
+    #[arg(long, default_value_t = 3)]
+    stages: usize,
+    #[arg(long, default_value_t = 64)]
+    proj_dim: usize,
+    /// Input channels (1 for the embedded MNIST generator, 3 for RGB generators).
+    #[arg(long, default_value_t = 1)]
+    in_channels: usize,
+    #[arg(long, env = "RANK", default_value_t = 0)]
+    rank: usize,
+    #[arg(long, env = "WORLD_SIZE", default_value_t = 1)]
+    world_size: usize,
+    /// Shards downloaded ahead in parallel.
+    #[arg(long, default_value_t = 2)]
+    prefetch: usize,
+    /// Keep downloaded shards in memory for later epochs.
+    #[arg(long)]
+    cache_shards: bool,
+    /// Checkpoint directory (`step-NNNNNNNN/` + `latest`).
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: usize,
+    /// Resume from `--checkpoint-dir`'s latest checkpoint (weights, optimizer, loader cursor).
+    #[arg(long)]
+    resume: bool,
+    /// Metrics as JSON lines.
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+    /// kNN monitor: labelled train shards (e.g. real digits from `genrep real-data`).
+    #[arg(long)]
+    knn_train: Option<String>,
+    /// kNN monitor: labelled test shards.
+    #[arg(long)]
+    knn_test: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    knn_every: usize,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// A checkpoint directory (`step-…`) or a checkpoint root with `latest`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Labelled training shards for the probe / kNN memory.
+    #[arg(long)]
+    train: String,
+    /// Labelled held-out shards.
+    #[arg(long)]
+    test: String,
+    #[arg(long, default_value_t = 20)]
+    k: usize,
+    #[arg(long, default_value_t = 200)]
+    probe_steps: usize,
+    #[arg(long, default_value_t = 0.1)]
+    probe_lr: f64,
+}
+
+fn knn_eval(
+    enc: &genrep_client::model::Encoder,
+    train: &(candle_core::Tensor, Vec<u32>),
+    test: &(candle_core::Tensor, Vec<u32>),
+) -> Result<f32> {
+    let classes = train
+        .1
+        .iter()
+        .chain(&test.1)
+        .max()
+        .map_or(1, |m| *m as usize + 1);
+    let ftr = features(enc, &train.0, 500)?;
+    let fte = features(enc, &test.0, 500)?;
+    Ok(knn_top1(&ftr, &train.1, &fte, &test.1, 20, classes)?)
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let dev = Device::Cpu;
+    let objective = match a.method.as_str() {
+        "simclr" => Objective::Simclr,
+        "supcon" => Objective::Supcon,
+        m => bail!("unknown --method `{m}` (simclr, supcon)"),
+    };
+    let steps = match (a.steps, a.epochs, a.samples_per_epoch) {
+        (Some(s), None, _) => s,
+        (None, Some(e), Some(n)) => (e * n).div_ceil(a.batch_size),
+        (None, Some(_), None) => bail!("--epochs needs --samples-per-epoch"),
+        (Some(_), Some(_), _) => bail!("give --steps or --epochs, not both"),
+        (None, None, _) => bail!("give --steps or --epochs"),
+    };
+    let cfg = TrainConfig {
+        source: a.source.clone(),
+        objective,
+        views: a.views,
+        augment: a.augment.clone(),
+        steps,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        temperature: a.temperature,
+        lars: a.lars,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        warmup_steps: a.warmup_steps,
+        seed: a.seed,
+        encoder: EncoderConfig {
+            in_channels: a.in_channels,
+            width: a.width,
+            depth: a.depth,
+            stages: a.stages,
+            proj_dim: a.proj_dim,
+        },
+        rank: a.rank,
+        world_size: a.world_size,
+        prefetch: a.prefetch,
+        cache_shards: a.cache_shards,
+    };
+    let resume_from = if a.resume {
+        let dir = a
+            .checkpoint_dir
+            .as_ref()
+            .context("--resume needs --checkpoint-dir")?;
+        Some(latest_checkpoint(dir)?)
+    } else {
+        None
+    };
+    let mut t = Trainer::new(cfg, resume_from.as_deref(), &dev)?;
+    if let Some(p) = &resume_from {
+        eprintln!(
+            "resumed from {} at step {} (cursor {:?})",
+            p.display(),
+            t.step,
+            t.cursor()
+        );
+    }
+    let knn_sets = match (&a.knn_train, &a.knn_test) {
+        (Some(tr), Some(te)) => Some((load_labelled(tr, &dev)?, load_labelled(te, &dev)?)),
+        (None, None) => None,
+        _ => bail!("--knn-train and --knn-test go together"),
+    };
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} eta {eta}").unwrap(),
+    );
+    bar.set_position(t.step as u64);
+    let start = Instant::now();
+    while t.step < steps {
+        let log = t.step()?;
+        bar.set_position(log.step as u64);
+        bar.set_message(format!(
+            "loss {:.4} {:.1} samples/s",
+            log.loss, log.samples_per_s
+        ));
+        if let Some(m) = &a.metrics {
+            log_jsonl(m, &log)?;
+        }
+        if let Some((tr, te)) = &knn_sets {
+            if log.step % a.knn_every == 0 || log.step == steps {
+                let acc = knn_eval(&t.encoder, tr, te)?;
+                bar.println(format!("step {}: kNN top-1 {acc:.4}", log.step));
+                if let Some(m) = &a.metrics {
+                    log_jsonl(m, &serde_json::json!({"step": log.step, "knn_top1": acc}))?;
+                }
+            }
+        }
+        if let Some(dir) = &a.checkpoint_dir {
+            if log.step % a.checkpoint_every == 0 || log.step == steps {
+                t.save(dir)?;
+            }
+        }
+    }
+    bar.finish();
+    eprintln!(
+        "trained {} steps in {:.1}s",
+        steps,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let dev = Device::Cpu;
+    let ckpt = if a.checkpoint.join("state.json").exists() {
+        a.checkpoint.clone()
+    } else {
+        latest_checkpoint(&a.checkpoint)?
+    };
+    let (enc, state) = load_encoder(&ckpt, &dev)?;
+    let tr = load_labelled(&a.train, &dev)?;
+    let te = load_labelled(&a.test, &dev)?;
+    let classes =
+        tr.1.iter()
+            .chain(&te.1)
+            .max()
+            .map_or(1, |m| *m as usize + 1);
+    let ftr = features(&enc, &tr.0, 500)?;
+    let fte = features(&enc, &te.0, 500)?;
+    let knn = knn_top1(&ftr, &tr.1, &fte, &te.1, a.k, classes)?;
+    let probe = linear_probe(&ftr, &tr.1, &fte, &te.1, classes, a.probe_steps, a.probe_lr)?;
+    println!(
+        "{}",
+        serde_json::json!({"checkpoint": ckpt, "step": state.step, "knn_top1": knn, "linear_top1": probe,
+                           "train_samples": tr.1.len(), "test_samples": te.1.len()})
+    );
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Train(a) => train(a),
+        Cmd::Eval(a) => eval(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,286 @@
+//! The contrastive training loop: loader → augment → encoder + head → SimCLR/SupCon loss →
+//! SGD/LARS with warm-up + cosine, with checkpoints that resume at the saved loader cursor.
+
+use crate::augment::Augment;
+use crate::loader::{next_batch, resolve, Cursor, Loader, LoaderConfig};
+use crate::loss::{l2_normalize, nt_xent, supcon};
+use crate::model::{build, trainable, Encoder, EncoderConfig};
+use crate::optim::{warmup_cosine, Optimizer, Param, Rule};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// SimCLR (positives = the sample's other views) or SupCon (positives = same class).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    Simclr,
+    Supcon,
+}
+
+/// Everything a run needs; saved in every checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub source: String,
+    pub objective: Objective,
+    /// Views per sample used for the loss (anchor + positives; real images are repeated).
+    pub views: usize,
+    pub augment: String,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub temperature: f64,
+    pub lars: bool,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: usize,
+    pub seed: u64,
+    pub encoder: EncoderConfig,
+    pub rank: usize,
+    pub world_size: usize,
+    pub prefetch: usize,
+    pub cache_shards: bool,
+}
+
+/// Saved with the weights: where training stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainState {
+    pub step: usize,
+    pub cursor: Cursor,
+    pub config: TrainConfig,
+}
+
+/// One logged step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepLog {
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f64,
+    pub samples_per_s: f64,
+    pub epoch: u64,
+}
+
+/// A training run in progress.
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub encoder: Encoder,
+    pub varmap: VarMap,
+    opt: Optimizer,
+    loader: Loader,
+    augment: Augment,
+    pub step: usize,
+    /// Sample keys of the last step's batch (checks that a resumed run continues where it stopped).
+    pub last_keys: Vec<String>,
+    device: Device,
+}
+
+impl Trainer {
+    /// A new run, or one resumed from `checkpoint` (a directory written by [`Trainer::save`]).
+    pub fn new(cfg: TrainConfig, checkpoint: Option<&Path>, device: &Device) -> Result<Self> {
+        if cfg.views < 2 && cfg.objective == Objective::Simclr {
+            bail!("simclr needs at least 2 views per sample (--views)");
+        }
+        if cfg.batch_size == 0 || cfg.steps == 0 {
+            bail!("--batch-size and --steps must be at least 1");
+        }
+        let augment = Augment::preset(&cfg.augment).with_context(|| {
+            format!(
+                "unknown augment preset `{}` (known: {})",
+                cfg.augment,
+                Augment::PRESETS.join(", ")
+            )
+        })?;
+        let (encoder, mut varmap) = build(cfg.encoder.clone(), device)?;
+        let (step, cursor, velocities) = match checkpoint {
+            Some(dir) => {
+                let state: TrainState = serde_json::from_slice(
+                    &std::fs::read(dir.join("state.json"))
+                        .with_context(|| format!("no checkpoint at {}", dir.display()))?,
+                )
+                .with_context(|| {
+                    format!(
+                        "{}/state.json is not a genrep-train checkpoint",
+                        dir.display()
+                    )
+                })?;
+                if state.config.encoder != cfg.encoder {
+                    bail!(
+                        "checkpoint {} has encoder {:?}, this run asks for {:?}",
+                        dir.display(),
+                        state.config.encoder,
+                        cfg.encoder
+                    );
+                }
+                varmap
+                    .load(dir.join("model.safetensors"))
+                    .with_context(|| format!("loading {}/model.safetensors", dir.display()))?;
+                let v = candle_core::safetensors::load(dir.join("optimizer.safetensors"), device)
+                    .with_context(|| {
+                    format!("loading {}/optimizer.safetensors", dir.display())
+                })?;
+                (state.step, state.cursor, Some(v))
+            }
+            None => (0, Cursor::default(), None),
+        };
+        let mut names: Vec<(String, candle_core::Var)> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        let params: Vec<Param> = names
+            .into_iter()
+            .filter_map(|(n, v)| trainable(&n).map(|decay| Param::new(v, decay)))
+            .collect();
+        let rule = if cfg.lars {
+            Rule::Lars { eta: 0.001 }
+        } else {
+            Rule::Sgd
+        };
+        let mut opt = Optimizer::new(params, rule, cfg.momentum, cfg.weight_decay);
+        if let Some(v) = velocities {
+            opt.set_velocities(
+                (0..opt.params.len())
+                    .map(|i| v.get(&format!("v{i}")).cloned())
+                    .collect(),
+            );
+        }
+        let shards = resolve(&cfg.source)?;
+        let lcfg = LoaderConfig {
+            rank: cfg.rank,
+            world_size: cfg.world_size,
+            seed: cfg.seed,
+            shuffle: true,
+            prefetch: cfg.prefetch,
+            cache: cfg.cache_shards,
+            ..Default::default()
+        };
+        let loader = Loader::new(shards, lcfg, cursor)?;
+        Ok(Self {
+            cfg,
+            encoder,
+            varmap,
+            opt,
+            loader,
+            augment,
+            step,
+            last_keys: Vec::new(),
+            device: device.clone(),
+        })
+    }
+
+    pub fn cursor(&self) -> Cursor {
+        self.loader.cursor()
+    }
+
+    /// One optimisation step; returns its log line.
+    pub fn step(&mut self) -> Result<StepLog> {
+        let t = Instant::now();
+        let c = &self.cfg;
+        let batch = next_batch(
+            &mut self.loader,
+            c.batch_size,
+            c.views,
+            Some(&self.augment),
+            c.seed,
+            self.step as u64,
+            &self.device,
+        )?;
+        let x = Tensor::cat(&batch.views, 0)?;
+        let z = l2_normalize(&self.encoder.project(&self.encoder.features(&x, true)?)?)?;
+        let loss = match c.objective {
+            Objective::Simclr => nt_xent(&z, c.views, c.temperature)?,
+            Objective::Supcon => {
+                let labels = batch
+                    .labels
+                    .as_ref()
+                    .context("supcon needs `cls` labels in every sample")?;
+                supcon(&z, c.views, labels, c.temperature)?
+            }
+        };
+        let lr = warmup_cosine(self.step, c.steps, c.warmup_steps, c.lr);
+        self.opt.step(&loss.backward()?, lr)?;
+        self.step += 1;
+        self.last_keys = batch.keys;
+        Ok(StepLog {
+            step: self.step,
+            loss: loss.to_scalar::<f32>()?,
+            lr,
+            samples_per_s: c.batch_size as f64 / t.elapsed().as_secs_f64(),
+            epoch: self.loader.cursor().epoch,
+        })
+    }
+
+    /// Writes `dir/step-NNNNNNNN/` (weights, optimizer state, state.json) and `dir/latest`.
+    pub fn save(&self, dir: &Path) -> Result<PathBuf> {
+        let d = dir.join(format!("step-{:08}", self.step));
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        self.varmap.save(d.join("model.safetensors"))?;
+        let v: std::collections::HashMap<String, Tensor> = self
+            .opt
+            .velocities()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|t| (format!("v{i}"), t)))
+            .collect();
+        candle_core::safetensors::save(&v, d.join("optimizer.safetensors"))?;
+        let state = TrainState {
+            step: self.step,
+            cursor: self.loader.cursor(),
+            config: self.cfg.clone(),
+        };
+        std::fs::write(d.join("state.json"), serde_json::to_vec_pretty(&state)?)?;
+        std::fs::write(
+            dir.join("latest"),
+            d.file_name().unwrap().to_string_lossy().as_bytes(),
+        )?;
+        Ok(d)
+    }
+}
+
+/// The checkpoint `dir/latest` points to.
+pub fn latest_checkpoint(dir: &Path) -> Result<PathBuf> {
+    let name = std::fs::read_to_string(dir.join("latest"))
+        .with_context(|| format!("no checkpoint in {} (missing `latest`)", dir.display()))?;
+    Ok(dir.join(name.trim()))
+}
+
+/// Loads an encoder from a checkpoint directory (for evaluation).
+pub fn load_encoder(ckpt: &Path, device: &Device) -> Result<(Encoder, TrainState)> {
+    let state: TrainState = serde_json::from_slice(
+        &std::fs::read(ckpt.join("state.json"))
+            .with_context(|| format!("no checkpoint at {}", ckpt.display()))?,
+    )
+    .with_context(|| {
+        format!(
+            "{}/state.json is not a genrep-train checkpoint",
+            ckpt.display()
+        )
+    })?;
+    let (enc, mut vm) = build(state.config.encoder.clone(), device)?;
+    vm.load(ckpt.join("model.safetensors")).with_context(|| {
+        format!(
+            "{}/model.safetensors does not match encoder {:?}",
+            ckpt.display(),
+            state.config.encoder
+        )
+    })?;
+    Ok((enc, state))
+}
+
+/// Appends one JSON line.
+pub fn log_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(value)?)?;
+    Ok(())
+}

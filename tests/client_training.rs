@@ -1,0 +1,156 @@
+//! The client end to end: a genrep server with the embedded generator on loopback, SupCon training
+//! of a small encoder from its shards, kNN on the real test digits, and resume from a checkpoint.
+
+mod common;
+
+use candle_core::Device;
+use common::Server;
+use genrep_client::eval::{features, knn_top1, load_labelled};
+use genrep_client::model::{build, EncoderConfig};
+use genrep_client::train::{latest_checkpoint, Objective, TrainConfig, Trainer};
+use std::process::Command;
+
+fn config(source: String, steps: usize) -> TrainConfig {
+    TrainConfig {
+        source,
+        objective: Objective::Supcon,
+        views: 2,
+        augment: "none".into(),
+        steps,
+        batch_size: 64,
+        lr: 0.05,
+        temperature: 0.1,
+        lars: false,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        warmup_steps: 10,
+        seed: 3,
+        encoder: EncoderConfig {
+            in_channels: 1,
+            width: 8,
+            depth: 1,
+            stages: 3,
+            proj_dim: 32,
+        },
+        rank: 0,
+        world_size: 1,
+        prefetch: 2,
+        cache_shards: true,
+    }
+}
+
+#[test]
+fn trains_from_the_server_beats_random_init_and_resumes() {
+    let s = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    let st = Command::new(env!("CARGO_BIN_EXE_genrep"))
+        .args(["real-data", "--out"])
+        .arg(&real)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let dev = Device::Cpu;
+    let train_set = load_labelled(
+        &format!("{}/mnist-train-{{000000..000003}}.tar", real.display()),
+        &dev,
+    )
+    .unwrap();
+    let test_set =
+        load_labelled(&format!("{}/mnist-test-000000.tar", real.display()), &dev).unwrap();
+    assert_eq!((train_set.1.len(), test_set.1.len()), (4000, 1000));
+    let knn = |enc: &genrep_client::model::Encoder| {
+        let a = features(enc, &train_set.0, 500).unwrap();
+        let b = features(enc, &test_set.0, 500).unwrap();
+        knn_top1(&a, &train_set.1, &b, &test_set.1, 20, 10).unwrap()
+    };
+
+    let source =
+        s.url("/v1/shards/train-{000000..000003}.tar?seed=1&sigma=0.2&views=1&shard_size=256");
+    let steps = 160;
+    let cfg = config(source, steps);
+    let (random_enc, _) = build(cfg.encoder.clone(), &dev).unwrap();
+    let random_knn = knn(&random_enc);
+
+    let ckpt = dir.path().join("ckpt");
+    let mut t = Trainer::new(cfg.clone(), None, &dev).unwrap();
+    let mut losses = Vec::new();
+    while t.step < steps {
+        losses.push(t.step().unwrap().loss);
+        if t.step == 100 {
+            t.save(&ckpt).unwrap();
+        }
+    }
+    let head: f32 = losses[..10].iter().sum::<f32>() / 10.0;
+    let tail: f32 = losses[steps - 10..].iter().sum::<f32>() / 10.0;
+    let trained_knn = knn(&t.encoder);
+    eprintln!("loss {head:.4} -> {tail:.4}; kNN top-1 random init {random_knn:.4}, trained {trained_knn:.4}");
+    assert!(tail < head * 0.9, "loss did not fall: {head} -> {tail}");
+    assert!(
+        trained_knn > random_knn,
+        "trained {trained_knn} <= random {random_knn}"
+    );
+
+    // Resume at step 100: the next batch is the one the uninterrupted run saw at step 101.
+    let mut again = Trainer::new(cfg.clone(), None, &dev).unwrap();
+    let mut keys_101 = Vec::new();
+    let mut loss_101 = 0.0;
+    while again.step < 101 {
+        let l = again.step().unwrap();
+        if again.step == 101 {
+            keys_101 = again.last_keys.clone();
+            loss_101 = l.loss;
+        }
+    }
+    let latest = latest_checkpoint(&ckpt).unwrap();
+    let mut resumed = Trainer::new(cfg.clone(), Some(&latest), &dev).unwrap();
+    assert_eq!(resumed.step, 100);
+    let l = resumed.step().unwrap();
+    assert_eq!(resumed.last_keys, keys_101);
+    assert!(
+        (l.loss - loss_101).abs() < 1e-3,
+        "resumed loss {} vs {}",
+        l.loss,
+        loss_101
+    );
+
+    // An incompatible checkpoint is a clear error.
+    let mut other = cfg.clone();
+    other.encoder.width = 16;
+    let e = Trainer::new(other, Some(&latest), &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("encoder"), "{e}");
+}
+
+#[test]
+fn loader_errors_are_clear() {
+    let dev = Device::Cpu;
+    let e = Trainer::new(
+        config(
+            "http://127.0.0.1:9/v1/shards/x-{000000..000001}.tar".into(),
+            1,
+        ),
+        None,
+        &dev,
+    )
+    .and_then(|mut t| t.step().map(|_| ()))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("127.0.0.1:9") && e.contains("attempts"), "{e}");
+    let e = Trainer::new(
+        config("/nonexistent/dir-{000000..000001}.tar".into(), 1),
+        None,
+        &dev,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("no such file"), "{e}");
+    let e = Trainer::new(config("http://h/x-{1..".into(), 1), None, &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("bad shard pattern"), "{e}");
+}
