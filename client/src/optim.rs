@@ -56,8 +56,11 @@ impl Optimizer {
             let Some(grad) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
-            let w = p.var.as_tensor();
-            let mut g = grad.clone();
+            // Detached: the update must not record autograd history, or every step's momentum
+            // buffer would keep the previous ones (and their graphs) alive.
+            let w = p.var.as_tensor().detach();
+            let w = &w;
+            let mut g = grad.detach();
             if p.decay && self.weight_decay != 0.0 {
                 g = (g + (w * self.weight_decay)?)?;
             }
@@ -76,7 +79,7 @@ impl Optimizer {
                 _ => g,
             };
             p.var.set(&(w - (&v * lr)?)?)?;
-            p.velocity = Some(v);
+            p.velocity = Some(v.detach());
         }
         Ok(())
     }
