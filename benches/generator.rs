@@ -35,28 +35,6 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    // The conv lowering used on CPU vs candle's conv2d, side by side (the reference case).
-    let x = Tensor::randn(0f32, 1.0, (8, 64, 64, 64), &dev).unwrap();
-    let k = Tensor::randn(0f32, 1.0, (64, 64, 3, 3), &dev).unwrap();
-    let time = |f: &dyn Fn() -> Tensor| {
-        f();
-        let t = Instant::now();
-        for _ in 0..5 {
-            std::hint::black_box(f());
-        }
-        t.elapsed().as_secs_f64() / 5.0
-    };
-    let t_candle = time(&|| x.conv2d(&k, 1, 1, 1, 1).unwrap());
-    let t_fast = time(&|| genrep::generator::conv3x3_cpu(&x, &k).unwrap());
-    let gflop = 2.0 * 8.0 * 64.0 * 64.0 * 64.0 * 64.0 * 9.0 / 1e9;
-    println!(
-        "conv3x3 x[8,64,64,64]->64: candle conv2d {:.1} ms ({:.1} GFLOP/s), genrep im2col+gemm {:.1} ms ({:.1} GFLOP/s), speed-up {:.2}x",
-        t_candle * 1e3,
-        gflop / t_candle,
-        t_fast * 1e3,
-        gflop / t_fast,
-        t_candle / t_fast
-    );
     let g = random_biggan(BigGanConfig::deep(128).unwrap(), 0, &dev, DType::F32).unwrap();
     let batches: &[usize] = if quick { &[1, 8] } else { &[1, 8, 32] };
     for &b in batches {

@@ -21,9 +21,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the generator over HTTP (shards, streams, inspection, explicit generation).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write shards to disk, byte-identical to what the server sends for the same URL parameters.
-    Export(ExportArgs),
+    Export(Box<ExportArgs>),
     /// Write the vendored real digits (data/mnist_5k.csv.gz) as WebDataset shards with `png` and
     /// `cls` fields: `mnist-train-*.tar` (4000) and `mnist-test-*.tar` (1000), for the real-data
     /// baseline and linear evaluation.
@@ -534,8 +534,8 @@ fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Command::Generate(a) => generate(a),
-        Command::Serve(a) => serve(a),
-        Command::Export(a) => export(a),
+        Command::Serve(a) => serve(*a),
+        Command::Export(a) => export(*a),
         Command::RealData(a) => real_data(a),
     };
     if let Err(e) = res {

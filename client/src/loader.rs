@@ -463,8 +463,11 @@ pub struct Batch {
     pub meta: Vec<Option<SampleMeta>>,
 }
 
+/// A decoded CHW image in [0, 1]: (pixels, C, H, W).
+pub type Image = (Vec<f32>, usize, usize, usize);
+
 /// Decodes one image field (png/jpg/jpeg/npy) to CHW f32 in [0, 1]; returns (pixels, C, H, W).
-pub fn decode_image(field: &str, data: &[u8]) -> Result<(Vec<f32>, usize, usize, usize), String> {
+pub fn decode_image(field: &str, data: &[u8]) -> Result<Image, String> {
     let ext = field.rsplit('.').next().unwrap_or(field);
     match ext {
         "png" => {
@@ -531,10 +534,7 @@ pub fn decode_image(field: &str, data: &[u8]) -> Result<(Vec<f32>, usize, usize,
 /// The view images of a sample: `anchor.*`, `pos0.*`, … (genrep samples) or a single image field
 /// (`png`/`jpg`/…, real data) repeated. Returns the first `views` of them (repeating the last one
 /// when the sample has fewer, e.g. real images: views then differ only by pixel augmentation).
-pub fn sample_views(
-    s: &RawSample,
-    views: usize,
-) -> Result<Vec<(Vec<f32>, usize, usize, usize)>, String> {
+pub fn sample_views(s: &RawSample, views: usize) -> Result<Vec<Image>, String> {
     let find = |stem: &str| -> Option<(&String, &Vec<u8>)> {
         s.fields
             .iter()
@@ -608,14 +608,13 @@ pub fn next_batch(
             }
             per_view[v].extend_from_slice(&px);
         }
-        match s.fields.get("cls") {
-            Some(c) => labels.push(
+        if let Some(c) = s.fields.get("cls") {
+            labels.push(
                 std::str::from_utf8(c)
                     .ok()
                     .and_then(|t| t.trim().parse::<u32>().ok())
                     .ok_or_else(|| err("`cls` is not an integer".into()))?,
-            ),
-            None => {}
+            );
         }
         meta.push(
             s.fields

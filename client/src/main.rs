@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Train an encoder.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a checkpoint: linear probe and kNN top-1 on labelled shards.
     Eval(EvalArgs),
 }
@@ -286,7 +286,7 @@ fn eval(a: EvalArgs) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Train(a) => train(a),
+        Cmd::Train(a) => train(*a),
         Cmd::Eval(a) => eval(a),
     };
     if let Err(e) = r {

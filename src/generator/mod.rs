@@ -8,8 +8,6 @@ mod biggan;
 mod cdcgan;
 mod weights;
 
-pub use weights::conv3x3_cpu;
-
 pub use biggan::{BigGanConfig, BigGanDeep};
 pub use cdcgan::{CdcGan, CdcGanConfig};
 

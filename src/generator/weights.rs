@@ -173,67 +173,12 @@ impl Conv {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, _, k, _) = self.weight.dims4()?;
-        let fast = x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && k == 3
-            && self.padding == 1
-            && self.stride == 1;
-        let y = if fast {
-            conv3x3_cpu(x, &self.weight)?
-        } else {
-            x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?
-        };
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
         match &self.bias {
             Some(bias) => y.broadcast_add(&super::chan(bias)?),
             None => Ok(y),
         }
     }
-}
-
-/// 3×3, stride 1, padding 1 convolution on the CPU as one GEMM over an explicit im2col laid out
-/// `[C·9, B·H·W]` (row = input channel × tap, built from contiguous row copies), then
-/// `W[Cout, C·9] × cols`, which is then permuted back to NCHW. candle's own CPU conv2d spends most of
-/// its time gathering; this lowering keeps the work in the (fast) matmul. Sums over C·9 in the
-/// same order for every output pixel, so results do not depend on the batch composition.
-pub fn conv3x3_cpu(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    let cout = weight.dim(0)?;
-    let xs = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let hw = h * w;
-    let n = b * hw;
-    let mut cols = vec![0f32; c * 9 * n];
-    for ci in 0..c {
-        for ky in 0..3 {
-            for kx in 0..3 {
-                let row = (ci * 9 + ky * 3 + kx) * n;
-                for bi in 0..b {
-                    let src = &xs[(bi * c + ci) * hw..(bi * c + ci + 1) * hw];
-                    let dst = &mut cols[row + bi * hw..row + (bi + 1) * hw];
-                    for y in 0..h {
-                        let sy = y as isize + ky as isize - 1;
-                        if sy < 0 || sy >= h as isize {
-                            continue;
-                        }
-                        let srow = &src[sy as usize * w..(sy as usize + 1) * w];
-                        let drow = &mut dst[y * w..(y + 1) * w];
-                        match kx {
-                            0 => drow[1..].copy_from_slice(&srow[..w - 1]),
-                            1 => drow.copy_from_slice(srow),
-                            _ => drow[..w - 1].copy_from_slice(&srow[1..]),
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let cols = Tensor::from_vec(cols, (c * 9, n), x.device())?;
-    let wm = weight.reshape((cout, c * 9))?;
-    wm.matmul(&cols)?
-        .reshape((cout, b, hw))?
-        .transpose(0, 1)?
-        .contiguous()?
-        .reshape((b, cout, h, w))
 }
 
 /// A linear layer `y = x Wᵀ (+ b)`, weight [out, in].
@@ -262,31 +207,6 @@ impl Linear {
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fast_conv_matches_candle_conv2d() {
-        let dev = Device::Cpu;
-        for (b, c, h, w, cout) in [(1, 3, 5, 7, 4), (3, 8, 4, 4, 5), (2, 1, 1, 1, 2)] {
-            let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap();
-            let k = Tensor::randn(0f32, 1.0, (cout, c, 3, 3), &dev).unwrap();
-            let want = x.conv2d(&k, 1, 1, 1, 1).unwrap();
-            let got = conv3x3_cpu(&x, &k).unwrap();
-            let d = (want - got)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(d < 1e-4, "{d}");
         }
     }
 }
