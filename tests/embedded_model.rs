@@ -83,6 +83,19 @@ fn settings(sigma: f32, classes: Vec<u32>) -> SamplerSettings {
     }
 }
 
+/// max |got - want| / max |want|.
+fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
+    let max = |t: Tensor| {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    max(got.sub(want).unwrap()) / max(want.clone())
+}
+
 fn mean_pairwise_l2(x: &Tensor) -> f32 {
     let n = x.dim(0).unwrap();
     let x = x.flatten_from(1).unwrap();
@@ -120,42 +133,11 @@ fn candle_matches_pytorch_on_the_reference_batch() {
         .map(|&v| v as u32)
         .collect();
     let out = g.generate(&z, &ClassInput::Ids(y), 1.0).unwrap();
-    let want = &r["images"];
-    let max_ref = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let err = (out.sub(want).unwrap())
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        / max_ref;
+    let err = rel_err(&out, &r["images"]);
     eprintln!("generator parity: max rel error {err:e}");
     assert!(err <= 1e-4, "generator relative error {err}");
     // The classifier port itself matches PyTorch too (its figures below depend on it).
-    let logits = Classifier::load().logits(want);
-    let want_l = &r["logits"];
-    let max_l = want_l
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let err = (logits.sub(want_l).unwrap())
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        / max_l;
+    let err = rel_err(&Classifier::load().logits(&r["images"]), &r["logits"]);
     assert!(err <= 1e-4, "classifier relative error {err}");
 }
 

@@ -97,16 +97,7 @@ impl Trainer {
         let (encoder, mut varmap) = build(cfg.encoder.clone(), device)?;
         let (step, cursor, velocities) = match checkpoint {
             Some(dir) => {
-                let state: TrainState = serde_json::from_slice(
-                    &std::fs::read(dir.join("state.json"))
-                        .with_context(|| format!("no checkpoint at {}", dir.display()))?,
-                )
-                .with_context(|| {
-                    format!(
-                        "{}/state.json is not a genrep-train checkpoint",
-                        dir.display()
-                    )
-                })?;
+                let state = read_state(dir)?;
                 if state.config.encoder != cfg.encoder {
                     bail!(
                         "checkpoint {} has encoder {:?}, this run asks for {:?}",
@@ -251,18 +242,21 @@ pub fn latest_checkpoint(dir: &Path) -> Result<PathBuf> {
     Ok(dir.join(name.trim()))
 }
 
-/// Loads an encoder from a checkpoint directory (for evaluation).
-pub fn load_encoder(ckpt: &Path, device: &Device) -> Result<(Encoder, TrainState)> {
-    let state: TrainState = serde_json::from_slice(
-        &std::fs::read(ckpt.join("state.json"))
-            .with_context(|| format!("no checkpoint at {}", ckpt.display()))?,
-    )
-    .with_context(|| {
+/// Reads `dir/state.json` of a checkpoint.
+fn read_state(dir: &Path) -> Result<TrainState> {
+    let bytes = std::fs::read(dir.join("state.json"))
+        .with_context(|| format!("no checkpoint at {}", dir.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| {
         format!(
             "{}/state.json is not a genrep-train checkpoint",
-            ckpt.display()
+            dir.display()
         )
-    })?;
+    })
+}
+
+/// Loads an encoder from a checkpoint directory (for evaluation).
+pub fn load_encoder(ckpt: &Path, device: &Device) -> Result<(Encoder, TrainState)> {
+    let state = read_state(ckpt)?;
     let (enc, mut vm) = build(state.config.encoder.clone(), device)?;
     vm.load(ckpt.join("model.safetensors")).with_context(|| {
         format!(
