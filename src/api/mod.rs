@@ -204,21 +204,26 @@ async fn stream(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Res
     Ok((tar_headers(start, limit), body).into_response())
 }
 
-/// Runs the sample's images through the engine (429 when the queue is full).
-async fn sample_images(
+/// Queues one sample's images (429 when the queue is full).
+fn submit_sample(
     st: &AppState,
     req: &SampleRequest,
     index: u64,
-) -> Result<(crate::sampler::SampleLatents, Arc<Vec<f32>>), ApiError> {
+) -> Result<tokio::sync::oneshot::Receiver<crate::engine::JobOutput>, ApiError> {
     let l = req.latents(st.engine.spec(), index);
     let (rows, classes) = crate::engine::job_inputs(&l);
-    let rx = st
+    Ok(st
         .engine
-        .try_submit(rows, classes, req.settings.gen_truncation)?;
-    let images = rx
+        .try_submit(rows, classes, req.settings.gen_truncation)?)
+}
+
+/// Waits for a job's images.
+async fn images_of(
+    rx: tokio::sync::oneshot::Receiver<crate::engine::JobOutput>,
+) -> Result<Arc<Vec<f32>>, ApiError> {
+    Ok(rx
         .await
-        .map_err(|_| ApiError::unavailable("the generator is shutting down"))??;
-    Ok((l, images))
+        .map_err(|_| ApiError::unavailable("the generator is shutting down"))??)
 }
 
 fn image_rows(spec: &crate::generator::GeneratorSpec, images: &[f32]) -> Vec<Image8> {
@@ -267,7 +272,7 @@ async fn sample_file(
         return Ok(Json(req.meta(&spec, &l)).into_response());
     }
     st.check_ready()?;
-    let (_, images) = sample_images(&st, &req, index).await?;
+    let images = images_of(submit_sample(&st, &req, index)?).await?;
     let png = tokio::task::spawn_blocking(move || grid(&[image_rows(&spec, &images)], 2).to_png())
         .await
         .map_err(|e| ApiError::from(crate::engine::EngineError::Backend(e.to_string())))?;
@@ -287,18 +292,13 @@ async fn grid_png(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<R
     }
     st.check_ready()?;
     let spec = st.engine.spec().clone();
-    let mut pending = Vec::new();
-    for i in start..start + rows {
-        let l = req.latents(&spec, i);
-        let (r, c) = crate::engine::job_inputs(&l);
-        pending.push(st.engine.try_submit(r, c, req.settings.gen_truncation)?);
-    }
+    // All rows are queued before waiting, so they can share a forward pass.
+    let pending = (start..start + rows)
+        .map(|i| submit_sample(&st, &req, i))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut all = Vec::new();
     for rx in pending {
-        all.push(
-            rx.await
-                .map_err(|_| ApiError::unavailable("the generator is shutting down"))??,
-        );
+        all.push(images_of(rx).await?);
     }
     let png = tokio::task::spawn_blocking(move || {
         let rows: Vec<Vec<Image8>> = all.iter().map(|imgs| image_rows(&spec, imgs)).collect();
@@ -421,10 +421,7 @@ async fn generate(State(st): State<AppState>, body: Bytes) -> Result<Response, A
         ClassInput::Ids(v) => Some(v.clone()),
         _ => None,
     };
-    let rx = st.engine.try_submit(rows, classes, t)?;
-    let images = rx
-        .await
-        .map_err(|_| ApiError::unavailable("the generator is shutting down"))??;
+    let images = images_of(st.engine.try_submit(rows, classes, t)?).await?;
     let resp = tokio::task::spawn_blocking(move || {
         let (c, r) = (spec.channels, spec.resolution);
         match format.as_str() {

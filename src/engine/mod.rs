@@ -288,30 +288,20 @@ fn device_loop(generator: Box<dyn Generator>, mut rx: mpsc::Receiver<Vec<Job>>, 
         }
         let n: usize = batch.iter().map(|j| j.n).sum();
         let mut z = Vec::with_capacity(n * spec.latent_dim);
+        // The batcher only groups jobs with the same class encoding (`Job::compatible`).
+        let mut classes = match &batch[0].classes {
+            ClassInput::None => ClassInput::None,
+            ClassInput::Ids(_) => ClassInput::Ids(Vec::with_capacity(n)),
+            ClassInput::Soft(_) => ClassInput::Soft(Vec::with_capacity(n * spec.num_classes)),
+        };
         for j in &batch {
             z.extend_from_slice(&j.rows);
+            match (&mut classes, &j.classes) {
+                (ClassInput::Ids(all), ClassInput::Ids(v)) => all.extend_from_slice(v),
+                (ClassInput::Soft(all), ClassInput::Soft(v)) => all.extend_from_slice(v),
+                _ => {}
+            }
         }
-        let classes = match &batch[0].classes {
-            ClassInput::None => ClassInput::None,
-            ClassInput::Ids(_) => ClassInput::Ids(
-                batch
-                    .iter()
-                    .flat_map(|j| match &j.classes {
-                        ClassInput::Ids(v) => v.clone(),
-                        _ => unreachable!("batches hold one class encoding"),
-                    })
-                    .collect(),
-            ),
-            ClassInput::Soft(_) => ClassInput::Soft(
-                batch
-                    .iter()
-                    .flat_map(|j| match &j.classes {
-                        ClassInput::Soft(v) => v.clone(),
-                        _ => unreachable!("batches hold one class encoding"),
-                    })
-                    .collect(),
-            ),
-        };
         let result = generator
             .generate(&z, &classes, batch[0].truncation)
             .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?));
