@@ -1,7 +1,7 @@
 //! `genrep-train`: contrastive training from genrep streams or shards on disk, and evaluation.
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use genrep_kernels::device::parse_device;
 use clap::{Parser, Subcommand};
 use genrep_client::eval::{features, knn_top1, linear_probe, load_labelled};
 use genrep_client::model::EncoderConfig;
@@ -32,6 +32,10 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct TrainArgs {
+    /// Device to compute on: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with
+    /// `--features cuda`); the same values as the server's `--device`.
+    #[arg(long, env = "GENREP_TRAIN_DEVICE", default_value = "cpu")]
+    device: String,
     /// Shards: an http(s) URL pattern such as
     /// `http://host:8080/v1/shards/train-{000000..000099}.tar?seed=1&sigma=0.2&views=2`, local
     /// files (`dir/train-{000000..000009}.tar`) or a directory of `.tar` files; join with `::`.
@@ -135,6 +139,10 @@ struct EvalArgs {
     probe_steps: usize,
     #[arg(long, default_value_t = 0.1)]
     probe_lr: f64,
+    /// Device to compute on: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with
+    /// `--features cuda`); the same values as the server's `--device`.
+    #[arg(long, env = "GENREP_TRAIN_DEVICE", default_value = "cpu")]
+    device: String,
 }
 
 fn knn_eval(
@@ -154,7 +162,7 @@ fn knn_eval(
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    let dev = Device::Cpu;
+    let dev = parse_device(&a.device)?;
     let objective = match a.method.as_str() {
         "simclr" => Objective::Simclr,
         "supcon" => Objective::Supcon,
@@ -257,7 +265,7 @@ fn train(a: TrainArgs) -> Result<()> {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    let dev = Device::Cpu;
+    let dev = parse_device(&a.device)?;
     let ckpt = if a.checkpoint.join("state.json").exists() {
         a.checkpoint.clone()
     } else {

@@ -3,10 +3,8 @@
 //! uses the running statistics for evaluation.
 
 use candle_core::{DType, Device, Module, ModuleT, Result, Tensor};
-use candle_nn::{
-    batch_norm, conv2d_no_bias, linear, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear,
-    VarBuilder, VarMap,
-};
+use candle_nn::{batch_norm, linear, BatchNorm, BatchNormConfig, Linear, VarBuilder, VarMap};
+use genrep_kernels::Conv2d;
 use serde::{Deserialize, Serialize};
 
 /// Encoder shape; saved next to the weights in checkpoints.
@@ -29,13 +27,15 @@ impl EncoderConfig {
     }
 }
 
+/// A bias-free `k×k` conv with "same" padding; initialised and named as `candle_nn`'s
+/// `conv2d_no_bias` (Kaiming normal, `weight`), so checkpoints are unchanged.
 fn conv(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: k / 2,
-        stride,
-        ..Default::default()
-    };
-    conv2d_no_bias(cin, cout, k, cfg, vb)
+    let w = vb.get_with_hints(
+        (cout, cin, k, k),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    Ok(Conv2d::new(w, None, stride, k / 2))
 }
 
 fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {

@@ -6,7 +6,8 @@
 //! statistics rows chosen by the truncation, interpolated with the package's swapped weights; the
 //! RGB conv computes only the 3 channels that the package keeps.
 
-use super::weights::{Conv, Linear, Weights};
+use super::weights::{conv, Conv, Linear, Weights};
+use candle_core::Module;
 use super::{chan, upsample2, ClassInput, Generator, GeneratorError, GeneratorSpec, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -323,26 +324,26 @@ impl BigGanDeep {
             if i == cfg.attention_layer_position {
                 let p = format!("generator.layers.{}", layers.len());
                 layers.push(Layer::Attn(SelfAttn {
-                    theta: Conv::load(w, &format!("{p}.snconv1x1_theta"), cin, cin / 8, 1, false)?,
-                    phi: Conv::load(w, &format!("{p}.snconv1x1_phi"), cin, cin / 8, 1, false)?,
-                    g: Conv::load(w, &format!("{p}.snconv1x1_g"), cin, cin / 2, 1, false)?,
-                    o: Conv::load(w, &format!("{p}.snconv1x1_o_conv"), cin / 2, cin, 1, false)?,
+                    theta: conv(w, &format!("{p}.snconv1x1_theta"), cin, cin / 8, 1, false)?,
+                    phi: conv(w, &format!("{p}.snconv1x1_phi"), cin, cin / 8, 1, false)?,
+                    g: conv(w, &format!("{p}.snconv1x1_g"), cin, cin / 2, 1, false)?,
+                    o: conv(w, &format!("{p}.snconv1x1_o_conv"), cin / 2, cin, 1, false)?,
                     gamma: w.get(&format!("{p}.gamma"), &[1])?,
                 }));
             }
             let p = format!("generator.layers.{}", layers.len());
             let mid = cin / 4;
             let bn = |j: usize, c: usize| CondBn::load(w, &format!("{p}.bn_{j}"), c, cond, &cfg);
-            let conv = |j: usize, a: usize, b: usize, k: usize| {
-                Conv::load(w, &format!("{p}.conv_{j}"), a, b, k, true)
+            let block_conv = |j: usize, a: usize, b: usize, k: usize| {
+                conv(w, &format!("{p}.conv_{j}"), a, b, k, true)
             };
             layers.push(Layer::Block(Box::new(GenBlock {
                 bn: [bn(0, cin)?, bn(1, mid)?, bn(2, mid)?, bn(3, mid)?],
                 conv: [
-                    conv(0, cin, mid, 1)?,
-                    conv(1, mid, mid, 3)?,
-                    conv(2, mid, mid, 3)?,
-                    conv(3, mid, cout, 1)?,
+                    block_conv(0, cin, mid, 1)?,
+                    block_conv(1, mid, mid, 3)?,
+                    block_conv(2, mid, mid, 3)?,
+                    block_conv(3, mid, cout, 1)?,
                 ],
                 up,
                 drop_to: (cin != cout).then_some(cin / 2),
@@ -351,7 +352,7 @@ impl BigGanDeep {
         let bn_stats = BnStats::load(w, "generator.bn", ch, cfg.n_stats, cfg.eps)?;
         let bn_weight = w.vec("generator.bn.weight", &[ch])?;
         let bn_bias = w.vec("generator.bn.bias", &[ch])?;
-        let to_rgb = Conv::load(w, "generator.conv_to_rgb", ch, ch, 3, true)?.slice_out(3)?;
+        let to_rgb = conv(w, "generator.conv_to_rgb", ch, ch, 3, true)?.narrow_out(3)?;
         let spec = GeneratorSpec {
             name,
             architecture: "biggan-deep".into(),

@@ -5,7 +5,8 @@
 //! where cBN is BatchNorm with running statistics followed by a per-class gain `1 + g[y]` and bias
 //! `b[y]`. Soft class vectors mix the class tables linearly (identical to ids for one-hot rows).
 
-use super::weights::{Conv, Linear, Weights};
+use super::weights::{conv, Conv, Linear, Weights};
+use candle_core::Module;
 use super::{chan, upsample2, ClassInput, Generator, GeneratorError, GeneratorSpec, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -139,9 +140,9 @@ impl CdcGan {
                 CondBn::load(w, "bn1", c[1], &cfg)?,
                 CondBn::load(w, "bn2", c[2], &cfg)?,
             ],
-            conv1: Conv::load(w, "conv1", c[0], c[1], 3, true)?,
-            conv2: Conv::load(w, "conv2", c[1], c[2], 3, true)?,
-            conv_out: Conv::load(w, "conv_out", c[2], cfg.out_channels, 3, true)?,
+            conv1: conv(w, "conv1", c[0], c[1], 3, true)?,
+            conv2: conv(w, "conv2", c[1], c[2], 3, true)?,
+            conv_out: conv(w, "conv_out", c[2], cfg.out_channels, 3, true)?,
             device: w.device().clone(),
             dtype: w.dtype(),
             spec,

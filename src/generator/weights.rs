@@ -131,54 +131,26 @@ fn random_tensor(seed: u64, name: &str, shape: &[usize]) -> candle_core::Result<
     Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
-/// A conv2d with optional bias, stored in the model dtype on the device.
-pub(crate) struct Conv {
-    pub weight: Tensor,
-    pub bias: Option<Tensor>,
-    pub padding: usize,
-    pub stride: usize,
-}
+/// The workspace's one convolution layer (fast CPU kernels, candle's own conv elsewhere).
+pub(crate) use genrep_kernels::Conv2d as Conv;
 
-impl Conv {
-    pub fn load(
-        w: &Weights,
-        prefix: &str,
-        cin: usize,
-        cout: usize,
-        k: usize,
-        bias: bool,
-    ) -> Result<Self> {
-        Ok(Self {
-            weight: w.get(&format!("{prefix}.weight"), &[cout, cin, k, k])?,
-            bias: if bias {
-                Some(w.get(&format!("{prefix}.bias"), &[cout])?)
-            } else {
-                None
-            },
-            padding: k / 2,
-            stride: 1,
-        })
-    }
-
-    /// Keeps only the first `n` output channels (BigGAN's RGB conv computes 128 and uses 3).
-    pub fn slice_out(self, n: usize) -> Result<Self> {
-        Ok(Self {
-            weight: self.weight.narrow(0, 0, n)?.contiguous()?,
-            bias: match self.bias {
-                Some(b) => Some(b.narrow(0, 0, n)?.contiguous()?),
-                None => None,
-            },
-            ..self
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        match &self.bias {
-            Some(bias) => y.broadcast_add(&super::chan(bias)?),
-            None => Ok(y),
-        }
-    }
+/// Loads a `k×k`, stride 1, "same"-padded conv2d with optional bias, in the model dtype on the
+/// device.
+pub(crate) fn conv(
+    w: &Weights,
+    prefix: &str,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    bias: bool,
+) -> Result<Conv> {
+    let weight = w.get(&format!("{prefix}.weight"), &[cout, cin, k, k])?;
+    let bias = if bias {
+        Some(w.get(&format!("{prefix}.bias"), &[cout])?)
+    } else {
+        None
+    };
+    Ok(Conv::new(weight, bias, 1, k / 2))
 }
 
 /// A linear layer `y = x Wᵀ (+ b)`, weight [out, in].

@@ -1,0 +1,504 @@
+//! The f32 CPU implementation on plain slices: im2col / col2im and the three GEMMs of a
+//! convolution (forward, input gradient, kernel gradient).
+//!
+//! Layout. Tensors are NCHW and contiguous. For a group of `g` images, the im2col matrix `col` is
+//! `[K, L]` row-major with `K = C_in·kh·kw` and `L = g·H_out·W_out`: row `(ci, ky, kx)` holds the
+//! input plane `ci` shifted by `(ky, kx)` for every output position of every image of the group.
+//! Every GEMM is then given to the `gemm` crate with the `L` (pixels) dimension as its `m`, the
+//! dimension its micro-kernel vectorises over and which must be large to be efficient, and the
+//! channel counts as `n` and `k`. Seen as column-major `[L, C_out]`, the output of one image is
+//! exactly its NCHW plane block, so with one image per group the GEMM writes the output in place.
+//!
+//! Small images (the 7×7 and 14×14 stages of a CIFAR/MNIST ResNet) give a short `L`, so several
+//! images are put side by side in one GEMM and the result is scattered back to NCHW (a copy of the
+//! output, cheap next to the GEMM). Groups run in parallel on rayon when there are enough of them;
+//! otherwise the groups run one after the other and the GEMM and the im2col copies are
+//! parallelised inside.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Shape of one convolution: input `[batch, cin, h, w]`, kernel `[cout, cin, kh, kw]`, output
+/// `[batch, cout, ho, wo]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub batch: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+/// The GEMM `m` a group aims for: below a few hundred rows the micro-kernel's fixed costs
+/// (packing, edge tiles) dominate.
+const TARGET_ROWS: usize = 512;
+
+impl Geometry {
+    /// Output size per spatial dim, or `None` if the kernel does not fit the padded input.
+    pub fn new(
+        (batch, cin, h, w): (usize, usize, usize, usize),
+        (cout, kcin, kh, kw): (usize, usize, usize, usize),
+        stride: usize,
+        padding: usize,
+    ) -> Option<Self> {
+        if cin != kcin || stride == 0 || kh == 0 || kw == 0 {
+            return None;
+        }
+        let ph = (h + 2 * padding).checked_sub(kh)?;
+        let pw = (w + 2 * padding).checked_sub(kw)?;
+        Some(Self {
+            batch,
+            cin,
+            h,
+            w,
+            cout,
+            kh,
+            kw,
+            stride,
+            padding,
+            ho: ph / stride + 1,
+            wo: pw / stride + 1,
+        })
+    }
+
+    fn hw_in(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn hw_out(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Rows of the im2col matrix (the GEMM reduction length of the forward pass).
+    fn k(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+
+    /// A 1×1, stride 1, unpadded convolution: one image's input is already its im2col matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// Floating-point operations of the forward pass (2 per multiply-add).
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.cout * self.hw_out() * self.k()) as f64
+    }
+
+    /// Images per GEMM and whether groups run in parallel (else the work inside a group is).
+    fn plan(&self) -> Plan {
+        let threads = rayon::current_num_threads().max(1);
+        let hw = self.hw_out().max(1);
+        let group = TARGET_ROWS.div_ceil(hw).clamp(1, self.batch.max(1));
+        let groups = self.batch.div_ceil(group);
+        // Parallel groups need enough of them to balance: with fewer, one thread would idle for
+        // a whole group, which costs more than splitting each GEMM.
+        let par_groups = threads > 1 && groups >= 2 * threads;
+        let inner = if threads > 1 && !par_groups {
+            Parallelism::Rayon(threads)
+        } else {
+            Parallelism::None
+        };
+        Plan {
+            group,
+            par_groups,
+            inner,
+        }
+    }
+}
+
+struct Plan {
+    group: usize,
+    par_groups: bool,
+    inner: Parallelism,
+}
+
+thread_local! {
+    /// Per-thread scratch (im2col matrix, gathered gradient, GEMM result) kept between calls so
+    /// that a training step does not page-fault fresh buffers for every convolution.
+    static SCRATCH: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+}
+
+fn with_scratch<R>(n0: usize, n1: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let [a, b] = &mut *s;
+        if a.len() < n0 {
+            a.resize(n0, 0.0);
+        }
+        if b.len() < n1 {
+            b.resize(n1, 0.0);
+        }
+        f(&mut a[..n0], &mut b[..n1])
+    })
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` with `accumulate`, in the `gemm` crate's convention:
+/// an `m×n` destination, `_cs`/`_rs` the column/row strides in elements.
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    (dst_cs, dst_rs): (usize, usize),
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_cs, lhs_rs): (usize, usize),
+    rhs: &[f32],
+    (rhs_cs, rhs_rs): (usize, usize),
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The largest element each operand's strides reach must be inside its slice; this is what
+    // makes the raw-pointer call below sound.
+    let reach = |rows: usize, cols: usize, cs: usize, rs: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs + (cols - 1) * cs + 1
+        }
+    };
+    assert!(reach(m, n, dst_cs, dst_rs) <= dst.len(), "gemm dst out of bounds");
+    assert!(reach(m, k, lhs_cs, lhs_rs) <= lhs.len(), "gemm lhs out of bounds");
+    assert!(reach(k, n, rhs_cs, rhs_rs) <= rhs.len(), "gemm rhs out of bounds");
+    if k == 0 {
+        if !accumulate {
+            for j in 0..n {
+                for i in 0..m {
+                    dst[i * dst_rs + j * dst_cs] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    // SAFETY: every index the GEMM touches is within the slices (checked above); `dst` does not
+    // alias `lhs` or `rhs` (a `&mut` and two `&` borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Output positions `ox` whose input column `ox·s + kx − p` lies inside `[0, w)`.
+#[inline]
+fn valid_range(kx: usize, p: usize, s: usize, w: usize, wo: usize) -> (usize, usize) {
+    let lo = if p > kx { (p - kx).div_ceil(s) } else { 0 }.min(wo);
+    let hi = if w + p > kx {
+        (w + p - kx).div_ceil(s)
+    } else {
+        0
+    }
+    .clamp(lo, wo);
+    (lo, hi)
+}
+
+/// Fills row `r = (ci, ky, kx)` of the im2col matrix for images `b0..b0+g` of `x`.
+fn im2col_row(x: &[f32], geo: &Geometry, b0: usize, r: usize, row: &mut [f32]) {
+    let (kh, kw, s, p) = (geo.kh, geo.kw, geo.stride, geo.padding);
+    let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
+    let (hw, wo) = (geo.hw_out(), geo.wo);
+    let (lo, hi) = valid_range(kx, p, s, geo.w, wo);
+    for (j, out) in row.chunks_exact_mut(hw).enumerate() {
+        let plane = &x[((b0 + j) * geo.cin + ci) * geo.hw_in()..][..geo.hw_in()];
+        for (oy, orow) in out.chunks_exact_mut(wo).enumerate() {
+            let iy = oy * s + ky;
+            if iy < p || iy - p >= geo.h {
+                orow.fill(0.0);
+                continue;
+            }
+            let irow = &plane[(iy - p) * geo.w..][..geo.w];
+            orow[..lo].fill(0.0);
+            orow[hi..].fill(0.0);
+            if s == 1 {
+                let ix0 = lo + kx - p;
+                orow[lo..hi].copy_from_slice(&irow[ix0..ix0 + (hi - lo)]);
+            } else {
+                for (ox, o) in orow[lo..hi].iter_mut().enumerate() {
+                    *o = irow[(lo + ox) * s + kx - p];
+                }
+            }
+        }
+    }
+}
+
+/// im2col of images `b0..b0+g` into `col` (`[K, g·hw_out]`).
+fn im2col(x: &[f32], geo: &Geometry, b0: usize, col: &mut [f32], parallel: bool) {
+    let l = col.len() / geo.k();
+    if parallel {
+        col.par_chunks_mut(l)
+            .with_min_len(4)
+            .enumerate()
+            .for_each(|(r, row)| im2col_row(x, geo, b0, r, row));
+    } else {
+        for (r, row) in col.chunks_mut(l).enumerate() {
+            im2col_row(x, geo, b0, r, row);
+        }
+    }
+}
+
+/// Adds the rows of `dcol` (`[K, g·hw_out]`) back into the input planes they were read from:
+/// `dx` holds the `g` images of the group, zeroed or partially summed.
+fn col2im(dcol: &[f32], geo: &Geometry, dx: &mut [f32], parallel: bool) {
+    let (kh, kw, s, p) = (geo.kh, geo.kw, geo.stride, geo.padding);
+    let (hw, wo, w) = (geo.hw_out(), geo.wo, geo.w);
+    let l = dcol.len() / geo.k();
+    let plane_fn = |idx: usize, plane: &mut [f32]| {
+        let (j, ci) = (idx / geo.cin, idx % geo.cin);
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let r = (ci * kh + ky) * kw + kx;
+                let src = &dcol[r * l + j * hw..][..hw];
+                let (lo, hi) = valid_range(kx, p, s, w, wo);
+                for (oy, srow) in src.chunks_exact(wo).enumerate() {
+                    let iy = oy * s + ky;
+                    if iy < p || iy - p >= geo.h {
+                        continue;
+                    }
+                    let irow = &mut plane[(iy - p) * w..][..w];
+                    if s == 1 {
+                        let ix0 = lo + kx - p;
+                        for (d, v) in irow[ix0..ix0 + (hi - lo)].iter_mut().zip(&srow[lo..hi]) {
+                            *d += v;
+                        }
+                    } else {
+                        for ox in lo..hi {
+                            irow[ox * s + kx - p] += srow[ox];
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if parallel {
+        dx.par_chunks_mut(geo.hw_in())
+            .enumerate()
+            .for_each(|(i, pl)| plane_fn(i, pl));
+    } else {
+        for (i, pl) in dx.chunks_mut(geo.hw_in()).enumerate() {
+            plane_fn(i, pl);
+        }
+    }
+}
+
+/// Gathers `g` images of `[C, hw]` (NCHW) into one `[C, g·hw]` matrix.
+fn gather(nchw: &[f32], grouped: &mut [f32], c: usize, hw: usize) {
+    let g = nchw.len() / (c * hw);
+    for j in 0..g {
+        for ch in 0..c {
+            grouped[ch * g * hw + j * hw..][..hw].copy_from_slice(&nchw[(j * c + ch) * hw..][..hw]);
+        }
+    }
+}
+
+/// The inverse of [`gather`].
+fn scatter(grouped: &[f32], nchw: &mut [f32], c: usize, hw: usize) {
+    let g = nchw.len() / (c * hw);
+    for j in 0..g {
+        for ch in 0..c {
+            nchw[(j * c + ch) * hw..][..hw].copy_from_slice(&grouped[ch * g * hw + j * hw..][..hw]);
+        }
+    }
+}
+
+/// Runs `f(group index, chunk)` over `data` cut into chunks of `group · per_image` elements,
+/// in parallel when the plan says so.
+fn for_groups(
+    data: &mut [f32],
+    per_image: usize,
+    plan: &Plan,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    let chunk = (plan.group * per_image).max(1);
+    if plan.par_groups {
+        data.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(gi, c)| f(gi, c));
+    } else {
+        for (gi, c) in data.chunks_mut(chunk).enumerate() {
+            f(gi, c);
+        }
+    }
+}
+
+/// Forward convolution: `x` `[B, C_in, H, W]`, `w` `[C_out, C_in, kh, kw]` → `[B, C_out, H_o, W_o]`.
+pub fn conv2d_forward(x: &[f32], w: &[f32], geo: &Geometry) -> Vec<f32> {
+    let plan = geo.plan();
+    let (hw, k, cout) = (geo.hw_out(), geo.k(), geo.cout);
+    let mut out = vec![0f32; geo.batch * cout * hw];
+    for_groups(&mut out, cout * hw, &plan, |gi, og| {
+        let b0 = gi * plan.group;
+        let g = og.len() / (cout * hw);
+        let l = g * hw;
+        let inside = !plan.par_groups;
+        let direct = g == 1;
+        let col_len = if direct && geo.is_pointwise() { 0 } else { k * l };
+        let tmp_len = if direct { 0 } else { cout * l };
+        with_scratch(col_len, tmp_len, |col, tmp| {
+            let lhs: &[f32] = if col_len == 0 {
+                &x[b0 * geo.cin * geo.hw_in()..][..k * l]
+            } else {
+                im2col(x, geo, b0, col, inside);
+                col
+            };
+            let dst: &mut [f32] = if direct { &mut *og } else { &mut *tmp };
+            gemm_f32(
+                (l, cout, k),
+                dst,
+                (l, 1),
+                false,
+                lhs,
+                (l, 1),
+                w,
+                (k, 1),
+                plan.inner,
+            );
+            if !direct {
+                scatter(tmp, og, cout, hw);
+            }
+        })
+    });
+    out
+}
+
+/// Input gradient: `dy` `[B, C_out, H_o, W_o]`, `w` → `dx` `[B, C_in, H, W]`
+/// (one GEMM `Wᵀ·dy` per group, then col2im).
+pub fn conv2d_backward_input(dy: &[f32], w: &[f32], geo: &Geometry) -> Vec<f32> {
+    let plan = geo.plan();
+    let (hw, k, cout) = (geo.hw_out(), geo.k(), geo.cout);
+    let mut dx = vec![0f32; geo.batch * geo.cin * geo.hw_in()];
+    for_groups(&mut dx, geo.cin * geo.hw_in(), &plan, |gi, dxg| {
+        let b0 = gi * plan.group;
+        let g = dxg.len() / (geo.cin * geo.hw_in());
+        let l = g * hw;
+        let inside = !plan.par_groups;
+        let direct = g == 1;
+        let in_place = direct && geo.is_pointwise();
+        let dcol_len = if in_place { 0 } else { k * l };
+        let dy_len = if direct { 0 } else { cout * l };
+        with_scratch(dcol_len, dy_len, |dcol, dyg| {
+            let src = &dy[b0 * cout * hw..][..cout * l];
+            let lhs: &[f32] = if direct {
+                src
+            } else {
+                gather(src, dyg, cout, hw);
+                dyg
+            };
+            let gemm_into = |dst: &mut [f32]| {
+                gemm_f32(
+                    (l, k, cout),
+                    dst,
+                    (l, 1),
+                    false,
+                    lhs,
+                    (l, 1),
+                    w,
+                    (1, k),
+                    plan.inner,
+                )
+            };
+            if in_place {
+                gemm_into(dxg);
+            } else {
+                gemm_into(dcol);
+                col2im(dcol, geo, dxg, inside);
+            }
+        })
+    });
+    dx
+}
+
+/// Kernel gradient: `x`, `dy` → `dw` `[C_out, C_in, kh, kw]`, one GEMM `dy·colᵀ` per group summed
+/// over groups (per-thread partial sums when groups run in parallel).
+pub fn conv2d_backward_kernel(x: &[f32], dy: &[f32], geo: &Geometry) -> Vec<f32> {
+    let plan = geo.plan();
+    let (hw, k, cout) = (geo.hw_out(), geo.k(), geo.cout);
+    let groups = geo.batch.div_ceil(plan.group);
+    let one = |gi: usize, acc: &mut [f32], first: bool| {
+        let b0 = gi * plan.group;
+        let g = plan.group.min(geo.batch - b0);
+        let l = g * hw;
+        let inside = !plan.par_groups;
+        let direct = g == 1;
+        let col_len = if direct && geo.is_pointwise() { 0 } else { k * l };
+        let dy_len = if direct { 0 } else { cout * l };
+        with_scratch(col_len, dy_len, |col, dyg| {
+            let lhs: &[f32] = if col_len == 0 {
+                &x[b0 * geo.cin * geo.hw_in()..][..k * l]
+            } else {
+                im2col(x, geo, b0, col, inside);
+                col
+            };
+            let src = &dy[b0 * cout * hw..][..cout * l];
+            let rhs: &[f32] = if direct {
+                src
+            } else {
+                gather(src, dyg, cout, hw);
+                dyg
+            };
+            gemm_f32(
+                (k, cout, l),
+                acc,
+                (k, 1),
+                !first,
+                lhs,
+                (1, l),
+                rhs,
+                (l, 1),
+                plan.inner,
+            );
+        })
+    };
+    if plan.par_groups {
+        (0..groups)
+            .into_par_iter()
+            .fold(
+                || (vec![0f32; cout * k], true),
+                |(mut acc, first), gi| {
+                    one(gi, &mut acc, first);
+                    (acc, false)
+                },
+            )
+            .map(|(acc, _)| acc)
+            .reduce(
+                || vec![0f32; cout * k],
+                |mut a, b| {
+                    for (x, y) in a.iter_mut().zip(&b) {
+                        *x += y;
+                    }
+                    a
+                },
+            )
+    } else {
+        let mut acc = vec![0f32; cout * k];
+        for gi in 0..groups {
+            one(gi, &mut acc, gi == 0);
+        }
+        acc
+    }
+}

@@ -1,0 +1,275 @@
+//! Fast CPU kernels for candle, forward and backward.
+//!
+//! [`conv2d`] is a drop-in for `Tensor::conv2d` (groups = 1, dilation = 1) that, on the CPU in
+//! f32, runs as a candle custom op built on im2col + one GEMM per group of images, with the GEMM
+//! laid out so that its large dimension is the number of output pixels (see [`cpu`] for why), and
+//! a backward pass made of two GEMMs (kernel gradient `dy·colᵀ`, input gradient `Wᵀ·dy` + col2im)
+//! instead of candle's transposed convolution. On CPU in f16/bf16 it computes in f32 and rounds
+//! back; on other devices (CUDA, Metal) it calls candle's own `conv2d`, so nothing changes there.
+//!
+//! [`Conv2d`] is the matching `Module` (weight, optional bias, stride, padding), used by every
+//! model of the workspace: the server's generators and the client's encoder.
+
+pub mod cpu;
+pub mod device;
+
+use candle_core::{
+    CpuStorage, CustomOp2, DType, Device, Layout, Module, Result, Shape, Tensor,
+};
+use candle_core::backend::BackendStorage;
+use cpu::Geometry;
+
+/// `x` `[B, C_in, H, W]` ⊛ `w` `[C_out, C_in, kh, kw]` with the given stride and zero padding
+/// (the same on both spatial dims) → `[B, C_out, H_out, W_out]`.
+///
+/// Errors name the mismatch (rank, channels, kernel larger than the padded input, stride 0,
+/// dtype or device mismatch).
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let geo = geometry(x.shape(), w.shape(), stride, padding)?;
+    if x.dtype() != w.dtype() {
+        candle_core::bail!(
+            "conv2d: input dtype {:?} and kernel dtype {:?} differ",
+            x.dtype(),
+            w.dtype()
+        );
+    }
+    if !x.device().same_device(w.device()) {
+        candle_core::bail!("conv2d: input and kernel are on different devices");
+    }
+    match (x.device(), x.dtype()) {
+        (Device::Cpu, DType::F32) => {
+            if geo.batch == 0 || geo.cout == 0 {
+                return Tensor::zeros((geo.batch, geo.cout, geo.ho, geo.wo), DType::F32, x.device());
+            }
+            x.contiguous()?
+                .apply_op2(&w.contiguous()?, Conv2dOp { stride, padding })
+        }
+        (Device::Cpu, DType::F16 | DType::BF16) => {
+            conv2d(&x.to_dtype(DType::F32)?, &w.to_dtype(DType::F32)?, stride, padding)?
+                .to_dtype(x.dtype())
+        }
+        _ => x.conv2d(w, padding, stride, 1, 1),
+    }
+}
+
+fn geometry(x: &Shape, w: &Shape, stride: usize, padding: usize) -> Result<Geometry> {
+    let xd = x.dims4().map_err(|_| {
+        candle_core::Error::Msg(format!("conv2d: input must be [B, C, H, W], got {x:?}"))
+    })?;
+    let wd = w.dims4().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "conv2d: kernel must be [C_out, C_in, kh, kw], got {w:?}"
+        ))
+    })?;
+    if stride == 0 {
+        candle_core::bail!("conv2d: stride must be at least 1");
+    }
+    if xd.1 != wd.1 {
+        candle_core::bail!(
+            "conv2d: input has {} channels but the kernel {w:?} expects {}",
+            xd.1,
+            wd.1
+        );
+    }
+    Geometry::new(xd, wd, stride, padding).ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "conv2d: kernel {}x{} does not fit input {}x{} with padding {padding}",
+            wd.2, wd.3, xd.2, xd.3
+        ))
+    })
+}
+
+/// The f32 slice a contiguous layout covers.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        other => candle_core::bail!("conv2d: {what} must be f32, got {:?}", other.dtype()),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("conv2d: {what} must be contiguous"),
+    }
+}
+
+/// Forward convolution (arguments: input, kernel).
+struct Conv2dOp {
+    stride: usize,
+    padding: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "genrep-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let geo = geometry(l1.shape(), l2.shape(), self.stride, self.padding)?;
+        let out = cpu::conv2d_forward(slice(s1, l1, "input")?, slice(s2, l2, "kernel")?, &geo);
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((geo.batch, geo.cout, geo.ho, geo.wo)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // The input image of the first layer needs no gradient; skipping it saves a GEMM.
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(
+                w,
+                &Conv2dInputGrad {
+                    stride: self.stride,
+                    padding: self.padding,
+                    x_shape: x.shape().clone(),
+                },
+            )?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(
+                &grad,
+                &Conv2dKernelGrad {
+                    stride: self.stride,
+                    padding: self.padding,
+                    w_shape: w.shape().clone(),
+                },
+            )?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// `dy`, kernel → input gradient.
+struct Conv2dInputGrad {
+    stride: usize,
+    padding: usize,
+    x_shape: Shape,
+}
+
+impl CustomOp2 for Conv2dInputGrad {
+    fn name(&self) -> &'static str {
+        "genrep-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let geo = geometry(&self.x_shape, l2.shape(), self.stride, self.padding)?;
+        check_grad_shape(&geo, l1.shape())?;
+        let dx = cpu::conv2d_backward_input(slice(s1, l1, "gradient")?, slice(s2, l2, "kernel")?, &geo);
+        Ok((CpuStorage::F32(dx), self.x_shape.clone()))
+    }
+}
+
+/// Input, `dy` → kernel gradient.
+struct Conv2dKernelGrad {
+    stride: usize,
+    padding: usize,
+    w_shape: Shape,
+}
+
+impl CustomOp2 for Conv2dKernelGrad {
+    fn name(&self) -> &'static str {
+        "genrep-conv2d-kernel-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let geo = geometry(l1.shape(), &self.w_shape, self.stride, self.padding)?;
+        check_grad_shape(&geo, l2.shape())?;
+        let dw =
+            cpu::conv2d_backward_kernel(slice(s1, l1, "input")?, slice(s2, l2, "gradient")?, &geo);
+        Ok((CpuStorage::F32(dw), self.w_shape.clone()))
+    }
+}
+
+fn check_grad_shape(geo: &Geometry, dy: &Shape) -> Result<()> {
+    let expected = [geo.batch, geo.cout, geo.ho, geo.wo];
+    if dy.dims() != expected {
+        candle_core::bail!("conv2d backward: gradient shape {dy:?}, expected {expected:?}");
+    }
+    Ok(())
+}
+
+/// A 2-D convolution layer over [`conv2d`]: weight `[C_out, C_in, k, k]`, optional bias
+/// `[C_out]`, square stride and zero padding.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, stride: usize, padding: usize) -> Self {
+        Self {
+            weight,
+            bias,
+            stride,
+            padding,
+        }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    pub fn padding(&self) -> usize {
+        self.padding
+    }
+
+    /// Keeps only the first `n` output channels (a layer whose later outputs are never used).
+    pub fn narrow_out(&self, n: usize) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.narrow(0, 0, n)?.contiguous()?,
+            bias: match &self.bias {
+                Some(b) => Some(b.narrow(0, 0, n)?.contiguous()?),
+                None => None,
+            },
+            ..*self
+        })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = conv2d(x, &self.weight, self.stride, self.padding)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
