@@ -27,6 +27,8 @@ fn time_batch(g: &dyn Generator, b: usize, reps: usize) -> f64 {
 }
 
 fn main() {
+    // As the binaries do: freed activations stay in the heap (genrep_kernels::alloc).
+    genrep_kernels::tune_allocator();
     let quick = std::env::args().any(|a| a == "--quick");
     let dev = Device::Cpu;
     println!(

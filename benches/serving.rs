@@ -144,6 +144,8 @@ async fn single_samples(max_batch: usize, dur: Duration) -> f64 {
 }
 
 fn main() {
+    // As the binaries do: freed activations stay in the heap (genrep_kernels::alloc).
+    genrep_kernels::tune_allocator();
     let quick = std::env::args().any(|a| a == "--quick");
     let per = if quick { 200 } else { 1000 };
     let rt = tokio::runtime::Runtime::new().unwrap();

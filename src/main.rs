@@ -524,6 +524,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
 }
 
 fn main() {
+    // Freed activations stay in the heap for the next batch (see genrep_kernels::alloc).
+    genrep_kernels::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -13,6 +13,8 @@ use genrep_client::optim::{Optimizer, Param, Rule};
 use std::time::Instant;
 
 fn main() {
+    // As the binaries do: freed activations stay in the heap (genrep_kernels::alloc).
+    genrep_kernels::tune_allocator();
     let quick = std::env::args().any(|a| a == "--quick");
     let dev = Device::Cpu;
     let cfg = EncoderConfig {

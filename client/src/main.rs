@@ -292,6 +292,8 @@ fn eval(a: EvalArgs) -> Result<()> {
 }
 
 fn main() {
+    // Freed activations stay in the heap for the next step (see genrep_kernels::alloc).
+    genrep_kernels::tune_allocator();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Train(a) => train(*a),

@@ -3,8 +3,8 @@
 //! uses the running statistics for evaluation.
 
 use candle_core::{DType, Device, Module, ModuleT, Result, Tensor};
-use candle_nn::{batch_norm, linear, BatchNorm, BatchNormConfig, Linear, VarBuilder, VarMap};
-use genrep_kernels::Conv2d;
+use candle_nn::{linear, Linear, VarBuilder, VarMap};
+use genrep_kernels::{BatchNorm2d as BatchNorm, Conv2d};
 use serde::{Deserialize, Serialize};
 
 /// Encoder shape; saved next to the weights in checkpoints.
@@ -38,17 +38,9 @@ fn conv(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Res
     Ok(Conv2d::new(w, None, stride, k / 2))
 }
 
+/// Batch norm with PyTorch's defaults (eps 1e-5, momentum 0.1), named as `candle_nn`'s.
 fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
-    batch_norm(
-        c,
-        BatchNormConfig {
-            eps: 1e-5,
-            remove_mean: true,
-            affine: true,
-            momentum: 0.1,
-        },
-        vb,
-    )
+    BatchNorm::load(c, 1e-5, 0.1, vb)
 }
 
 struct Block {
@@ -78,7 +70,7 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let h = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
         let h = self.bn2.forward_t(&self.conv2.forward(&h)?, train)?;
         let s = match &self.shortcut {
             Some((c, b)) => b.forward_t(&c.forward(x)?, train)?,
@@ -129,10 +121,7 @@ impl Encoder {
     /// Pooled features [B, feature_dim] of images [B, C, H, W] in [0, 1].
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = ((x - 0.5)? * 2.0)?;
-        let mut h = self
-            .stem_bn
-            .forward_t(&self.stem.forward(&x)?, train)?
-            .relu()?;
+        let mut h = self.stem_bn.forward_relu_t(&self.stem.forward(&x)?, train)?;
         for b in &self.blocks {
             h = b.forward(&h, train)?;
         }

@@ -8,10 +8,16 @@
 //! back; on other devices (CUDA, Metal) it calls candle's own `conv2d`, so nothing changes there.
 //!
 //! [`Conv2d`] is the matching `Module` (weight, optional bias, stride, padding), used by every
-//! model of the workspace: the server's generators and the client's encoder.
+//! model of the workspace: the server's generators and the client's encoder. [`BatchNorm2d`] is a
+//! training-mode batch norm (optionally fused with its ReLU) in one pass forward and two backward.
 
+pub mod alloc;
+pub mod batch_norm;
 pub mod cpu;
 pub mod device;
+
+pub use alloc::tune_allocator;
+pub use batch_norm::BatchNorm2d;
 
 use candle_core::{
     CpuStorage, CustomOp2, DType, Device, Layout, Module, Result, Shape, Tensor,

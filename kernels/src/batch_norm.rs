@@ -1,0 +1,384 @@
+//! Batch normalisation over NCHW (optionally fused with the ReLU that follows it): one pass for
+//! the statistics and one for the output in training mode, two passes backward.
+//!
+//! Composed from candle's element-wise ops, a training-mode batch norm is a transpose copy, two
+//! means, a subtraction, a square, a division and two broadcasts forward, and roughly three times
+//! as many passes backward, each allocating a tensor the size of the activation: on CPU that cost
+//! more than the convolutions it sits between. Here the forward pass is one custom op whose
+//! backward pass is another, with the analytic gradient
+//! `dx = γ·σ⁻¹·(dy − mean(dy) − x̂·mean(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`.
+//! Statistics are summed in f64. Off the CPU (and for dtypes other than f32) the same maths runs
+//! as candle ops.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, ModuleT, Result, Shape, Tensor, Var};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// Batch normalisation of `[B, C, …]` over every dim but the channel dim, with running
+/// statistics for evaluation; parameter names and update rule are those of `candle_nn`'s
+/// `BatchNorm` (and PyTorch's `BatchNorm2d`): `running = (1 − m)·running + m·batch`, the running
+/// variance taking the unbiased batch variance.
+#[derive(Clone, Debug)]
+pub struct BatchNorm2d {
+    running_mean: Var,
+    running_var: Var,
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm2d {
+    /// `running_mean`/`running_var` must be variables (their values are updated in place in
+    /// training mode); `weight`/`bias` are the affine parameters `[C]`.
+    pub fn new(
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        eps: f64,
+        momentum: f64,
+    ) -> Result<Self> {
+        let c = weight.dims1()?;
+        for (name, t) in [
+            ("running_mean", running_mean),
+            ("running_var", running_var),
+            ("bias", &bias),
+        ] {
+            if t.dims() != [c] {
+                candle_core::bail!("batch norm: {name} has shape {:?}, expected [{c}]", t.dims());
+            }
+        }
+        Ok(Self {
+            running_mean: Var::from_tensor(running_mean)?,
+            running_var: Var::from_tensor(running_var)?,
+            weight,
+            bias,
+            eps,
+            momentum,
+        })
+    }
+
+    /// A layer over `c` channels whose tensors live in `vb` under the names `candle_nn` uses
+    /// (`running_mean`, `running_var`, `weight`, `bias`), initialised to 0, 1, 1, 0.
+    pub fn load(c: usize, eps: f64, momentum: f64, vb: candle_nn::VarBuilder) -> Result<Self> {
+        use candle_nn::Init::Const;
+        let rm = vb.get_with_hints(c, "running_mean", Const(0.))?;
+        let rv = vb.get_with_hints(c, "running_var", Const(1.))?;
+        let w = vb.get_with_hints(c, "weight", Const(1.))?;
+        let b = vb.get_with_hints(c, "bias", Const(0.))?;
+        Self::new(&rm, &rv, w, b, eps, momentum)
+    }
+
+    /// `relu(bn(x))` in one pass (and one backward op).
+    pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.run(x, train, true)
+    }
+
+    fn run(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        let c = self.weight.dim(0)?;
+        if x.rank() < 2 || x.dim(1)? != c {
+            candle_core::bail!(
+                "batch norm over {c} channels got input of shape {:?}",
+                x.dims()
+            );
+        }
+        if !train {
+            let shape = chan_shape(x.rank(), c);
+            let inv = (self.running_var.as_detached_tensor() + self.eps)?.sqrt()?.recip()?;
+            let a = (&self.weight * &inv)?;
+            let b = (&self.bias - (&a * self.running_mean.as_detached_tensor())?)?;
+            let y = x
+                .broadcast_mul(&a.reshape(shape.as_slice())?.to_dtype(x.dtype())?)?
+                .broadcast_add(&b.reshape(shape.as_slice())?.to_dtype(x.dtype())?)?;
+            return if relu { y.relu() } else { Ok(y) };
+        }
+        let n = x.elem_count() / c;
+        if n < 2 {
+            candle_core::bail!(
+                "batch norm in training mode needs more than one value per channel, got input {:?}",
+                x.dims()
+            );
+        }
+        let (y, mean, var) = if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
+            let saved = Arc::new(Mutex::new(None));
+            let op = BnTrain {
+                eps: self.eps,
+                relu,
+                saved: saved.clone(),
+            };
+            let y = x.contiguous()?.apply_op3(
+                &self.weight.contiguous()?,
+                &self.bias.contiguous()?,
+                op,
+            )?;
+            let stats: Stats = saved
+                .lock()
+                .unwrap()
+                .clone()
+                .expect("forward saved its statistics");
+            let dev = x.device();
+            let mean = Tensor::from_vec(stats.mean.iter().map(|&m| m as f32).collect(), c, dev)?;
+            let var = Tensor::from_vec(stats.var.iter().map(|&v| v as f32).collect(), c, dev)?;
+            (y, mean, var)
+        } else {
+            composed_train(x, &self.weight, &self.bias, self.eps, relu)?
+        };
+        let m = self.momentum;
+        let rm = ((self.running_mean.as_detached_tensor() * (1.0 - m))? + (mean * m)?)?;
+        let unbiased = m * n as f64 / (n as f64 - 1.0);
+        let rv = ((self.running_var.as_detached_tensor() * (1.0 - m))? + (var * unbiased)?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)?;
+        Ok(y)
+    }
+}
+
+impl ModuleT for BatchNorm2d {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.run(x, train, false)
+    }
+}
+
+fn chan_shape(rank: usize, c: usize) -> Vec<usize> {
+    (0..rank).map(|i| if i == 1 { c } else { 1 }).collect()
+}
+
+/// Training-mode batch norm from candle ops (other devices and dtypes): `(y, mean, biased var)`.
+fn composed_train(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let c = w.dim(0)?;
+    let shape = chan_shape(x.rank(), c);
+    let dims: Vec<usize> = (0..x.rank()).filter(|&i| i != 1).collect();
+    let xf = x.to_dtype(DType::F32)?;
+    let mean = xf.mean_keepdim(dims.as_slice())?;
+    let xc = xf.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(dims.as_slice())?;
+    let y = xc
+        .broadcast_div(&(&var + eps)?.sqrt()?)?
+        .broadcast_mul(&w.reshape(shape.as_slice())?)?
+        .broadcast_add(&b.reshape(shape.as_slice())?)?;
+    let y = if relu { y.relu()? } else { y }.to_dtype(x.dtype())?;
+    Ok((y, mean.flatten_all()?.detach(), var.flatten_all()?.detach()))
+}
+
+/// Per-channel statistics of a forward pass (f64 sums), kept for the backward pass and for the
+/// running-statistics update.
+#[derive(Clone, Debug)]
+struct Stats {
+    mean: Vec<f64>,
+    /// Biased (population) variance.
+    var: Vec<f64>,
+    /// `1 / sqrt(var + eps)`.
+    inv_std: Vec<f64>,
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        other => candle_core::bail!("batch norm: {what} must be f32, got {:?}", other.dtype()),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("batch norm: {what} must be contiguous"),
+    }
+}
+
+/// `(batch, channels, inner)` of a `[B, C, …]` layout.
+fn bci(shape: &Shape) -> (usize, usize, usize) {
+    let d = shape.dims();
+    (d[0], d[1], d[2..].iter().product())
+}
+
+/// Per-channel `(Σ f(i), Σ g(i))` over the `(b, c, inner)` blocks of channel `c`, in f64.
+fn channel_sums(
+    (b, c, inner): (usize, usize, usize),
+    f: impl Fn(usize, usize) -> (f64, f64) + Sync,
+) -> Vec<(f64, f64)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut acc = (0.0, 0.0);
+            for bi in 0..b {
+                let (s1, s2) = f((bi * c + ch) * inner, ch);
+                acc.0 += s1;
+                acc.1 += s2;
+            }
+            acc
+        })
+        .collect()
+}
+
+struct BnTrain {
+    eps: f64,
+    relu: bool,
+    saved: Arc<Mutex<Option<Stats>>>,
+}
+
+impl CustomOp3 for BnTrain {
+    fn name(&self) -> &'static str {
+        "genrep-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "input")?;
+        let (gamma, beta) = (f32_slice(s2, l2, "weight")?, f32_slice(s3, l3, "bias")?);
+        let (b, c, inner) = bci(l1.shape());
+        let n = (b * inner) as f64;
+        let sums = channel_sums((b, c, inner), |off, _| {
+            // f32 partial sums over one contiguous block (vectorised), f64 across blocks.
+            let blk = &x[off..off + inner];
+            let (mut s, mut q) = (0f32, 0f32);
+            for &v in blk {
+                s += v;
+                q += v * v;
+            }
+            (s as f64, q as f64)
+        });
+        let mean: Vec<f64> = sums.iter().map(|s| s.0 / n).collect();
+        let var: Vec<f64> = sums
+            .iter()
+            .zip(&mean)
+            .map(|(s, m)| (s.1 / n - m * m).max(0.0))
+            .collect();
+        let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+        let mut y = vec![0f32; x.len()];
+        let relu = self.relu;
+        y.par_chunks_mut(inner.max(1))
+            .zip(x.par_chunks(inner.max(1)))
+            .enumerate()
+            .for_each(|(blk, (yo, xi))| {
+                let ch = blk % c;
+                let a = (gamma[ch] as f64 * inv_std[ch]) as f32;
+                let sh = (beta[ch] as f64 - mean[ch] * gamma[ch] as f64 * inv_std[ch]) as f32;
+                for (o, &v) in yo.iter_mut().zip(xi) {
+                    let t = v * a + sh;
+                    *o = if relu { t.max(0.0) } else { t };
+                }
+            });
+        *self.saved.lock().unwrap() = Some(Stats { mean, var, inv_std });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // The statistics were stashed by this op's forward pass; recompute them only if the op
+        // is replayed without one (cannot happen through `BatchNorm2d`).
+        let stats = self.saved.lock().unwrap().clone();
+        let stats = match stats {
+            Some(s) => s,
+            None => candle_core::bail!("batch norm backward without a forward pass"),
+        };
+        let param_grads = Arc::new(Mutex::new(None));
+        let dx = x.apply_op3_no_bwd(
+            &grad.contiguous()?,
+            res,
+            &BnBackward {
+                relu: self.relu,
+                stats,
+                gamma: gamma.to_vec1::<f32>()?,
+                param_grads: param_grads.clone(),
+            },
+        )?;
+        let (dg, db): (Vec<f32>, Vec<f32>) = param_grads.lock().unwrap().take().expect("set");
+        let dev = x.device();
+        let c = dg.len();
+        Ok((
+            Some(dx),
+            Some(Tensor::from_vec(dg, c, dev)?),
+            Some(Tensor::from_vec(db, c, dev)?),
+        ))
+    }
+}
+
+/// `(x, dy, y)` → `dx`; stashes `(dγ, dβ)`.
+struct BnBackward {
+    relu: bool,
+    stats: Stats,
+    gamma: Vec<f32>,
+    param_grads: Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>,
+}
+
+impl CustomOp3 for BnBackward {
+    fn name(&self) -> &'static str {
+        "genrep-batch-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "input")?;
+        let dy = f32_slice(s2, l2, "gradient")?;
+        let y = f32_slice(s3, l3, "output")?;
+        let (b, c, inner) = bci(l1.shape());
+        let n = (b * inner) as f64;
+        let relu = self.relu;
+        let st = &self.stats;
+        // Σ dy and Σ dy·(x − mean) per channel, with dy masked by the ReLU (y > 0).
+        let sums = channel_sums((b, c, inner), |off, ch| {
+            let m = st.mean[ch] as f32;
+            let (mut s, mut q) = (0f32, 0f32);
+            for i in off..off + inner {
+                let g = if relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
+                s += g;
+                q += g * (x[i] - m);
+            }
+            (s as f64, q as f64)
+        });
+        let mut dg = Vec::with_capacity(c);
+        let mut db = Vec::with_capacity(c);
+        let mut coef = Vec::with_capacity(c);
+        for ch in 0..c {
+            let (s, q) = sums[ch];
+            let inv = st.inv_std[ch];
+            // dγ = Σ dy·x̂, dβ = Σ dy;  dx = γσ⁻¹ (dy − dβ/n − x̂·dγ/n)
+            let dgamma = q * inv;
+            dg.push(dgamma as f32);
+            db.push(s as f32);
+            let k = self.gamma[ch] as f64 * inv;
+            coef.push((k, s / n, dgamma * inv / n, st.mean[ch]));
+        }
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(inner.max(1))
+            .enumerate()
+            .for_each(|(blk, out)| {
+                let ch = blk % c;
+                let (k, mdy, mq, mean) = coef[ch];
+                let (k, mdy, mq, mean) = (k as f32, mdy as f32, mq as f32, mean as f32);
+                let off = blk * inner;
+                for (j, o) in out.iter_mut().enumerate() {
+                    let i = off + j;
+                    let g = if relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
+                    *o = k * (g - mdy - (x[i] - mean) * mq);
+                }
+            });
+        *self.param_grads.lock().unwrap() = Some((dg, db));
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
