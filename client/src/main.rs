@@ -1,13 +1,13 @@
 //! `genrep-train`: contrastive training from genrep streams or shards on disk, and evaluation.
 
 use anyhow::{bail, Context, Result};
-use genrep_kernels::device::parse_device;
 use clap::{Parser, Subcommand};
 use genrep_client::eval::{features, knn_top1, linear_probe, load_labelled};
 use genrep_client::model::EncoderConfig;
 use genrep_client::train::{
     latest_checkpoint, load_encoder, log_jsonl, Objective, TrainConfig, Trainer,
 };
+use genrep_kernels::device::parse_device;
 use std::path::PathBuf;
 use std::time::Instant;
 

@@ -121,7 +121,9 @@ impl Encoder {
     /// Pooled features [B, feature_dim] of images [B, C, H, W] in [0, 1].
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = ((x - 0.5)? * 2.0)?;
-        let mut h = self.stem_bn.forward_relu_t(&self.stem.forward(&x)?, train)?;
+        let mut h = self
+            .stem_bn
+            .forward_relu_t(&self.stem.forward(&x)?, train)?;
         for b in &self.blocks {
             h = b.forward(&h, train)?;
         }

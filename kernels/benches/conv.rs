@@ -19,22 +19,78 @@ use std::time::Instant;
 const SHAPES: &[(&str, [usize; 8], bool)] = &[
     ("biggan 3x3 512 @4 b8", [8, 512, 4, 4, 512, 3, 1, 1], false),
     ("biggan 3x3 512 @8 b8", [8, 512, 8, 8, 512, 3, 1, 1], false),
-    ("biggan 3x3 256 @16 b8", [8, 256, 16, 16, 256, 3, 1, 1], false),
-    ("biggan 3x3 256 @32 b8", [8, 256, 32, 32, 256, 3, 1, 1], false),
-    ("biggan 3x3 128 @64 b8", [8, 128, 64, 64, 128, 3, 1, 1], false),
-    ("biggan 3x3 64 @128 b8", [8, 64, 128, 128, 64, 3, 1, 1], false),
-    ("biggan 3x3 64 @128 b1", [1, 64, 128, 128, 64, 3, 1, 1], false),
-    ("biggan rgb 128->3 @128 b8", [8, 128, 128, 128, 3, 3, 1, 1], false),
-    ("biggan 1x1 2048->512 @4 b8", [8, 2048, 4, 4, 512, 1, 1, 0], false),
-    ("biggan 1x1 512->2048 @8 b8", [8, 512, 8, 8, 2048, 1, 1, 0], false),
-    ("biggan 1x1 256->64 @64 b8", [8, 256, 64, 64, 64, 1, 1, 0], false),
-    ("biggan 1x1 64->128 @128 b8", [8, 64, 128, 128, 128, 1, 1, 0], false),
-    ("encoder stem 1->16 @28", [512, 1, 28, 28, 16, 3, 1, 1], true),
+    (
+        "biggan 3x3 256 @16 b8",
+        [8, 256, 16, 16, 256, 3, 1, 1],
+        false,
+    ),
+    (
+        "biggan 3x3 256 @32 b8",
+        [8, 256, 32, 32, 256, 3, 1, 1],
+        false,
+    ),
+    (
+        "biggan 3x3 128 @64 b8",
+        [8, 128, 64, 64, 128, 3, 1, 1],
+        false,
+    ),
+    (
+        "biggan 3x3 64 @128 b8",
+        [8, 64, 128, 128, 64, 3, 1, 1],
+        false,
+    ),
+    (
+        "biggan 3x3 64 @128 b1",
+        [1, 64, 128, 128, 64, 3, 1, 1],
+        false,
+    ),
+    (
+        "biggan rgb 128->3 @128 b8",
+        [8, 128, 128, 128, 3, 3, 1, 1],
+        false,
+    ),
+    (
+        "biggan 1x1 2048->512 @4 b8",
+        [8, 2048, 4, 4, 512, 1, 1, 0],
+        false,
+    ),
+    (
+        "biggan 1x1 512->2048 @8 b8",
+        [8, 512, 8, 8, 2048, 1, 1, 0],
+        false,
+    ),
+    (
+        "biggan 1x1 256->64 @64 b8",
+        [8, 256, 64, 64, 64, 1, 1, 0],
+        false,
+    ),
+    (
+        "biggan 1x1 64->128 @128 b8",
+        [8, 64, 128, 128, 128, 1, 1, 0],
+        false,
+    ),
+    (
+        "encoder stem 1->16 @28",
+        [512, 1, 28, 28, 16, 3, 1, 1],
+        true,
+    ),
     ("encoder 3x3 16 @28", [512, 16, 28, 28, 16, 3, 1, 1], true),
-    ("encoder 3x3 16->32 s2 @28", [512, 16, 28, 28, 32, 3, 2, 1], true),
+    (
+        "encoder 3x3 16->32 s2 @28",
+        [512, 16, 28, 28, 32, 3, 2, 1],
+        true,
+    ),
     ("encoder 3x3 32 @14", [512, 32, 14, 14, 32, 3, 1, 1], true),
-    ("encoder 1x1 16->32 s2 @28", [512, 16, 28, 28, 32, 1, 2, 0], true),
-    ("encoder 3x3 32->64 s2 @14", [512, 32, 14, 14, 64, 3, 2, 1], true),
+    (
+        "encoder 1x1 16->32 s2 @28",
+        [512, 16, 28, 28, 32, 1, 2, 0],
+        true,
+    ),
+    (
+        "encoder 3x3 32->64 s2 @14",
+        [512, 32, 14, 14, 64, 3, 2, 1],
+        true,
+    ),
     ("encoder 3x3 64 @7", [512, 64, 7, 7, 64, 3, 1, 1], true),
 ];
 
@@ -70,11 +126,20 @@ struct Torch {
 /// Runs `tools/bench_conv_reference.py` with the same shapes and thread count, if asked to.
 fn torch_side(threads: usize, min_s: f64) -> Option<Torch> {
     let python = std::env::var("GENREP_BENCH_PYTHON").ok()?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/bench_conv_reference.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tools/bench_conv_reference.py"
+    );
     let shapes: Vec<Vec<usize>> = SHAPES.iter().map(|s| s.1.to_vec()).collect();
     let shapes = format!("{shapes:?}");
     let mut child = Command::new(&python)
-        .args([script, "--threads", &threads.to_string(), "--shapes", &shapes])
+        .args([
+            script,
+            "--threads",
+            &threads.to_string(),
+            "--shapes",
+            &shapes,
+        ])
         .env("BENCH_MIN_TIME", min_s.to_string())
         .stdout(Stdio::piped())
         .spawn()
@@ -132,13 +197,25 @@ fn main() {
     let torch = torch_side(threads, min_s);
     println!("threads {threads}; f32 GEMM {n}x{n}x{n}: candle {gemm:.1} GFLOP/s");
     if let Some(t) = &torch {
-        println!("                          PyTorch {} {:.1} GFLOP/s", t.version, t.gemm);
+        println!(
+            "                          PyTorch {} {:.1} GFLOP/s",
+            t.version, t.gemm
+        );
     } else {
         println!("(set GENREP_BENCH_PYTHON to a Python with torch for the PyTorch columns)");
     }
     println!(
         "{:<28} {:>8} {:>8} {:>8} {:>7} {:>6} | {:>8} {:>8} {:>8} {:>7}",
-        "GFLOP/s", "ours", "candle", "torch", "÷torch", "%peak", "ours tr", "cand tr", "torch tr", "÷torch"
+        "GFLOP/s",
+        "ours",
+        "candle",
+        "torch",
+        "÷torch",
+        "%peak",
+        "ours tr",
+        "cand tr",
+        "torch tr",
+        "÷torch"
     );
     for (i, (label, s, train)) in SHAPES.iter().enumerate() {
         let [bsz, cin, h, w, cout, k, st, p] = *s;
@@ -159,7 +236,10 @@ fn main() {
             f,
             min_s,
         );
-        let (tf, tt) = torch.as_ref().map(|t| t.rows[i]).unwrap_or((f64::NAN, f64::NAN));
+        let (tf, tt) = torch
+            .as_ref()
+            .map(|t| t.rows[i])
+            .unwrap_or((f64::NAN, f64::NAN));
         let mut line = format!(
             "{label:<28} {ours:>8.1} {cand:>8.1} {tf:>8.1} {:>7.2} {:>5.0}% |",
             ours / tf,

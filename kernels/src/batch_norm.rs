@@ -11,7 +11,9 @@
 //! as candle ops.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, ModuleT, Result, Shape, Tensor, Var};
+use candle_core::{
+    CpuStorage, CustomOp3, DType, Device, Layout, ModuleT, Result, Shape, Tensor, Var,
+};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -47,7 +49,10 @@ impl BatchNorm2d {
             ("bias", &bias),
         ] {
             if t.dims() != [c] {
-                candle_core::bail!("batch norm: {name} has shape {:?}, expected [{c}]", t.dims());
+                candle_core::bail!(
+                    "batch norm: {name} has shape {:?}, expected [{c}]",
+                    t.dims()
+                );
             }
         }
         Ok(Self {
@@ -86,7 +91,9 @@ impl BatchNorm2d {
         }
         if !train {
             let shape = chan_shape(x.rank(), c);
-            let inv = (self.running_var.as_detached_tensor() + self.eps)?.sqrt()?.recip()?;
+            let inv = (self.running_var.as_detached_tensor() + self.eps)?
+                .sqrt()?
+                .recip()?;
             let a = (&self.weight * &inv)?;
             let b = (&self.bias - (&a * self.running_mean.as_detached_tensor())?)?;
             let y = x

@@ -165,9 +165,18 @@ fn gemm_f32(
             (rows - 1) * rs + (cols - 1) * cs + 1
         }
     };
-    assert!(reach(m, n, dst_cs, dst_rs) <= dst.len(), "gemm dst out of bounds");
-    assert!(reach(m, k, lhs_cs, lhs_rs) <= lhs.len(), "gemm lhs out of bounds");
-    assert!(reach(k, n, rhs_cs, rhs_rs) <= rhs.len(), "gemm rhs out of bounds");
+    assert!(
+        reach(m, n, dst_cs, dst_rs) <= dst.len(),
+        "gemm dst out of bounds"
+    );
+    assert!(
+        reach(m, k, lhs_cs, lhs_rs) <= lhs.len(),
+        "gemm lhs out of bounds"
+    );
+    assert!(
+        reach(k, n, rhs_cs, rhs_rs) <= rhs.len(),
+        "gemm rhs out of bounds"
+    );
     if k == 0 {
         if !accumulate {
             for j in 0..n {
@@ -346,8 +355,20 @@ fn for_groups(
     }
 }
 
-/// Forward convolution: `x` `[B, C_in, H, W]`, `w` `[C_out, C_in, kh, kw]` → `[B, C_out, H_o, W_o]`.
-pub fn conv2d_forward(x: &[f32], w: &[f32], geo: &Geometry) -> Vec<f32> {
+/// Adds `bias[c]` to every plane of `c` in `[g, C, hw]` NCHW data.
+fn add_bias(out: &mut [f32], bias: &[f32], hw: usize) {
+    for (i, plane) in out.chunks_exact_mut(hw).enumerate() {
+        let b = bias[i % bias.len()];
+        for v in plane {
+            *v += b;
+        }
+    }
+}
+
+/// Forward convolution: `x` `[B, C_in, H, W]`, `w` `[C_out, C_in, kh, kw]`, optional `bias`
+/// `[C_out]` → `[B, C_out, H_o, W_o]`. The bias is added to each group's output right after its
+/// GEMM, while it is still in cache.
+pub fn conv2d_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Geometry) -> Vec<f32> {
     let plan = geo.plan();
     let (hw, k, cout) = (geo.hw_out(), geo.k(), geo.cout);
     let mut out = vec![0f32; geo.batch * cout * hw];
@@ -357,7 +378,11 @@ pub fn conv2d_forward(x: &[f32], w: &[f32], geo: &Geometry) -> Vec<f32> {
         let l = g * hw;
         let inside = !plan.par_groups;
         let direct = g == 1;
-        let col_len = if direct && geo.is_pointwise() { 0 } else { k * l };
+        let col_len = if direct && geo.is_pointwise() {
+            0
+        } else {
+            k * l
+        };
         let tmp_len = if direct { 0 } else { cout * l };
         with_scratch(col_len, tmp_len, |col, tmp| {
             let lhs: &[f32] = if col_len == 0 {
@@ -380,6 +405,9 @@ pub fn conv2d_forward(x: &[f32], w: &[f32], geo: &Geometry) -> Vec<f32> {
             );
             if !direct {
                 scatter(tmp, og, cout, hw);
+            }
+            if let Some(b) = bias {
+                add_bias(og, b, hw);
             }
         })
     });
@@ -445,7 +473,11 @@ pub fn conv2d_backward_kernel(x: &[f32], dy: &[f32], geo: &Geometry) -> Vec<f32>
         let l = g * hw;
         let inside = !plan.par_groups;
         let direct = g == 1;
-        let col_len = if direct && geo.is_pointwise() { 0 } else { k * l };
+        let col_len = if direct && geo.is_pointwise() {
+            0
+        } else {
+            k * l
+        };
         let dy_len = if direct { 0 } else { cout * l };
         with_scratch(col_len, dy_len, |col, dyg| {
             let lhs: &[f32] = if col_len == 0 {

@@ -15,14 +15,15 @@ pub mod alloc;
 pub mod batch_norm;
 pub mod cpu;
 pub mod device;
+pub mod fused;
 
 pub use alloc::tune_allocator;
 pub use batch_norm::BatchNorm2d;
 
-use candle_core::{
-    CpuStorage, CustomOp2, DType, Device, Layout, Module, Result, Shape, Tensor,
-};
 use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module, Result, Shape, Tensor,
+};
 use cpu::Geometry;
 
 /// `x` `[B, C_in, H, W]` ⊛ `w` `[C_out, C_in, kh, kw]` with the given stride and zero padding
@@ -31,7 +32,28 @@ use cpu::Geometry;
 /// Errors name the mismatch (rank, channels, kernel larger than the padded input, stride 0,
 /// dtype or device mismatch).
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    conv2d_bias(x, w, None, stride, padding)
+}
+
+/// [`conv2d`] plus a per-channel `bias` `[C_out]`, added inside the op (one pass less than a
+/// separate broadcast add).
+pub fn conv2d_bias(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     let geo = geometry(x.shape(), w.shape(), stride, padding)?;
+    if let Some(b) = bias {
+        if b.dims() != [geo.cout] {
+            candle_core::bail!(
+                "conv2d: bias has shape {:?}, expected [{}]",
+                b.dims(),
+                geo.cout
+            );
+        }
+    }
     if x.dtype() != w.dtype() {
         candle_core::bail!(
             "conv2d: input dtype {:?} and kernel dtype {:?} differ",
@@ -45,16 +67,33 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
     match (x.device(), x.dtype()) {
         (Device::Cpu, DType::F32) => {
             if geo.batch == 0 || geo.cout == 0 {
-                return Tensor::zeros((geo.batch, geo.cout, geo.ho, geo.wo), DType::F32, x.device());
+                let y = Tensor::zeros(
+                    (geo.batch, geo.cout, geo.ho, geo.wo),
+                    DType::F32,
+                    x.device(),
+                )?;
+                return add_bias_composed(y, bias);
             }
-            x.contiguous()?
-                .apply_op2(&w.contiguous()?, Conv2dOp { stride, padding })
+            let op = Conv2dOp { stride, padding };
+            let (x, w) = (x.contiguous()?, w.contiguous()?);
+            match bias {
+                Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+                None => x.apply_op2(&w, op),
+            }
         }
         (Device::Cpu, DType::F16 | DType::BF16) => {
-            conv2d(&x.to_dtype(DType::F32)?, &w.to_dtype(DType::F32)?, stride, padding)?
-                .to_dtype(x.dtype())
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            let b = bias.map(f).transpose()?;
+            conv2d_bias(&f(x)?, &f(w)?, b.as_ref(), stride, padding)?.to_dtype(x.dtype())
         }
-        _ => x.conv2d(w, padding, stride, 1, 1),
+        _ => add_bias_composed(x.conv2d(w, padding, stride, 1, 1)?, bias),
+    }
+}
+
+fn add_bias_composed(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+        None => Ok(y),
     }
 }
 
@@ -116,7 +155,12 @@ impl CustomOp2 for Conv2dOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let geo = geometry(l1.shape(), l2.shape(), self.stride, self.padding)?;
-        let out = cpu::conv2d_forward(slice(s1, l1, "input")?, slice(s2, l2, "kernel")?, &geo);
+        let out = cpu::conv2d_forward(
+            slice(s1, l1, "input")?,
+            slice(s2, l2, "kernel")?,
+            None,
+            &geo,
+        );
         Ok((
             CpuStorage::F32(out),
             Shape::from((geo.batch, geo.cout, geo.ho, geo.wo)),
@@ -130,8 +174,65 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        self.grads(x, w, grad)
+    }
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "genrep-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let geo = geometry(l1.shape(), l2.shape(), self.stride, self.padding)?;
+        let out = cpu::conv2d_forward(
+            slice(s1, l1, "input")?,
+            slice(s2, l2, "kernel")?,
+            Some(slice(s3, l3, "bias")?),
+            &geo,
+        );
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((geo.batch, geo.cout, geo.ho, geo.wo)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = self.grads(x, w, grad)?;
+        let db = if b.track_op() {
+            Some(grad.sum((0, 2, 3))?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+impl Conv2dOp {
+    /// Input and kernel gradients, each only if its tensor takes part in the graph (the input
+    /// image of the first layer needs none, which saves a GEMM).
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        // The input image of the first layer needs no gradient; skipping it saves a GEMM.
         let dx = if x.track_op() {
             Some(grad.apply_op2_no_bwd(
                 w,
@@ -181,7 +282,8 @@ impl CustomOp2 for Conv2dInputGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let geo = geometry(&self.x_shape, l2.shape(), self.stride, self.padding)?;
         check_grad_shape(&geo, l1.shape())?;
-        let dx = cpu::conv2d_backward_input(slice(s1, l1, "gradient")?, slice(s2, l2, "kernel")?, &geo);
+        let dx =
+            cpu::conv2d_backward_input(slice(s1, l1, "gradient")?, slice(s2, l2, "kernel")?, &geo);
         Ok((CpuStorage::F32(dx), self.x_shape.clone()))
     }
 }
@@ -272,10 +374,12 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv2d(x, &self.weight, self.stride, self.padding)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-            None => Ok(y),
-        }
+        conv2d_bias(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            self.stride,
+            self.padding,
+        )
     }
 }

@@ -21,7 +21,14 @@ fn tensor(dims: &[usize], seed: u64, scale: f32, shift: f32) -> Tensor {
 }
 
 fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     let s = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
     d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-12)
 }
@@ -30,11 +37,15 @@ fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
 fn pair(c: usize, seed: u64) -> (BatchNorm2d, VarMap, BatchNorm, VarMap) {
     let init = |vm: &VarMap| {
         let vb = VarBuilder::from_varmap(vm, DType::F32, &Device::Cpu);
-        let _ = vb.get_with_hints(c, "weight", candle_nn::Init::Const(1.)).unwrap();
+        let _ = vb
+            .get_with_hints(c, "weight", candle_nn::Init::Const(1.))
+            .unwrap();
         let data = vm.data().lock().unwrap();
         data["weight"].set(&tensor(&[c], seed, 0.5, 1.0)).unwrap();
         drop(data);
-        let _ = vb.get_with_hints(c, "bias", candle_nn::Init::Const(0.)).unwrap();
+        let _ = vb
+            .get_with_hints(c, "bias", candle_nn::Init::Const(0.))
+            .unwrap();
         let data = vm.data().lock().unwrap();
         data["bias"].set(&tensor(&[c], seed + 1, 0.5, 0.0)).unwrap();
     };
@@ -65,9 +76,14 @@ fn pair(c: usize, seed: u64) -> (BatchNorm2d, VarMap, BatchNorm, VarMap) {
 
 #[test]
 fn training_mode_matches_candle_nn_with_and_without_relu() {
-    for (case, &(b, c, h, w)) in [(4usize, 3usize, 5usize, 7usize), (9, 16, 7, 7), (3, 5, 1, 2), (64, 8, 14, 14)]
-        .iter()
-        .enumerate()
+    for (case, &(b, c, h, w)) in [
+        (4usize, 3usize, 5usize, 7usize),
+        (9, 16, 7, 7),
+        (3, 5, 1, 2),
+        (64, 8, 14, 14),
+    ]
+    .iter()
+    .enumerate()
     {
         for relu in [false, true] {
             let (ours, vm1, theirs, vm2) = pair(c, 10 + case as u64);

@@ -6,7 +6,9 @@ use genrep_kernels::{conv2d, Conv2d};
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
             s = s
@@ -81,11 +83,7 @@ fn forward_matches_candle_on_a_table_of_shapes() {
         let ours = conv2d(&x, &wt, s, p).unwrap();
         let theirs = x.conv2d(&wt, p, s, 1, 1).unwrap();
         let e = rel_err(&ours, &theirs);
-        assert!(
-            e < 1e-5,
-            "shape {:?}: relative error {e}",
-            SHAPES[i]
-        );
+        assert!(e < 1e-5, "shape {:?}: relative error {e}", SHAPES[i]);
     }
 }
 
@@ -137,7 +135,11 @@ fn gradients_match_candle_backward() {
             let a = g_ours.get(v).unwrap();
             let b = g_theirs.get(v).unwrap();
             let e = rel_err(a, b);
-            assert!(e < 1e-4, "shape {:?}: {name} gradient relative error {e}", SHAPES[i]);
+            assert!(
+                e < 1e-4,
+                "shape {:?}: {name} gradient relative error {e}",
+                SHAPES[i]
+            );
         }
     }
 }
@@ -167,22 +169,42 @@ fn gradients_match_finite_differences() {
             .sum_all()
             .unwrap();
         let g = l.backward().unwrap();
-        let gx = g.get(&xv).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let gw = g.get(&wv).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let gx = g
+            .get(&xv)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let gw = g
+            .get(&wv)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let h = 1e-2f32;
         for i in 0..x0.len() {
             let (mut a, mut b) = (x0.clone(), x0.clone());
             a[i] += h;
             b[i] -= h;
             let fd = (loss(&a, &w0) - loss(&b, &w0)) / (2.0 * h);
-            assert!((fd - gx[i]).abs() < 2e-3, "s{s} p{p} dx[{i}]: fd {fd} vs {}", gx[i]);
+            assert!(
+                (fd - gx[i]).abs() < 2e-3,
+                "s{s} p{p} dx[{i}]: fd {fd} vs {}",
+                gx[i]
+            );
         }
         for i in 0..w0.len() {
             let (mut a, mut b) = (w0.clone(), w0.clone());
             a[i] += h;
             b[i] -= h;
             let fd = (loss(&x0, &a) - loss(&x0, &b)) / (2.0 * h);
-            assert!((fd - gw[i]).abs() < 2e-3, "s{s} p{p} dw[{i}]: fd {fd} vs {}", gw[i]);
+            assert!(
+                (fd - gw[i]).abs() < 2e-3,
+                "s{s} p{p} dw[{i}]: fd {fd} vs {}",
+                gw[i]
+            );
         }
     }
 }
@@ -208,7 +230,10 @@ fn module_adds_bias_and_half_precision_rounds_back() {
     )
     .unwrap();
     assert_eq!(y16.dtype(), DType::BF16);
-    let e = rel_err(&y16.to_dtype(DType::F32).unwrap(), &x.conv2d(&w, 1, 1, 1, 1).unwrap());
+    let e = rel_err(
+        &y16.to_dtype(DType::F32).unwrap(),
+        &x.conv2d(&w, 1, 1, 1, 1).unwrap(),
+    );
     assert!(e < 2e-2, "bf16: {e}");
     // The bias broadcasts per channel: the mean over space of (with − without) is the bias.
     let nob = Conv2d::new(w, None, 1, 1).forward(&x).unwrap();
@@ -230,8 +255,13 @@ fn bad_shapes_are_named_errors() {
     assert!(msg(conv2d(&x, &tensor(&[4, 2, 3, 3], 2), 1, 1)).contains("3 channels"));
     assert!(msg(conv2d(&x, &tensor(&[4, 3, 9, 9], 2), 1, 0)).contains("does not fit"));
     assert!(msg(conv2d(&x, &tensor(&[4, 3, 3, 3], 2), 0, 1)).contains("stride"));
-    assert!(msg(conv2d(&x.flatten_all().unwrap(), &tensor(&[4, 3, 3, 3], 2), 1, 1))
-        .contains("[B, C, H, W]"));
+    assert!(msg(conv2d(
+        &x.flatten_all().unwrap(),
+        &tensor(&[4, 3, 3, 3], 2),
+        1,
+        1
+    ))
+    .contains("[B, C, H, W]"));
     let xf64 = x.to_dtype(DType::F64).unwrap();
     assert!(msg(conv2d(&xf64, &tensor(&[4, 3, 3, 3], 2), 1, 1)).contains("dtype"));
 }

@@ -7,9 +7,10 @@
 //! RGB conv computes only the 3 channels that the package keeps.
 
 use super::weights::{conv, Conv, Linear, Weights};
+use super::{ClassInput, Generator, GeneratorError, GeneratorSpec, Result};
 use candle_core::Module;
-use super::{chan, upsample2, ClassInput, Generator, GeneratorError, GeneratorSpec, Result};
 use candle_core::{DType, Device, Tensor};
+use genrep_kernels::fused;
 use serde::{Deserialize, Serialize};
 
 /// `config.json` of a BigGAN-deep model directory (the package's fields, plus optional extras).
@@ -220,11 +221,11 @@ impl CondBn {
         Ok((a, b))
     }
 
-    fn forward(&self, x: &Tensor, cond: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+    /// `relu(bn(x))` in one pass.
+    fn forward_relu(&self, x: &Tensor, cond: &Tensor, t: f64) -> candle_core::Result<Tensor> {
         let (a, b) = self.affine(cond, t, x.device())?;
         let dt = x.dtype();
-        x.broadcast_mul(&chan(&a.to_dtype(dt)?)?)?
-            .broadcast_add(&chan(&b.to_dtype(dt)?)?)
+        fused::scale_shift(x, &a.to_dtype(dt)?, &b.to_dtype(dt)?, true)
     }
 }
 
@@ -232,27 +233,20 @@ struct GenBlock {
     bn: [CondBn; 4],
     conv: [Conv; 4],
     up: bool,
-    drop_to: Option<usize>,
 }
 
 impl GenBlock {
     fn forward(&self, x: &Tensor, cond: &Tensor, t: f64) -> candle_core::Result<Tensor> {
-        let mut h = self.conv[0].forward(&self.bn[0].forward(x, cond, t)?.relu()?)?;
-        h = self.bn[1].forward(&h, cond, t)?.relu()?;
+        let mut h = self.conv[0].forward(&self.bn[0].forward_relu(x, cond, t)?)?;
+        h = self.bn[1].forward_relu(&h, cond, t)?;
         if self.up {
-            h = upsample2(&h)?;
+            h = fused::upsample_nearest2x(&h)?;
         }
         h = self.conv[1].forward(&h)?;
-        h = self.conv[2].forward(&self.bn[2].forward(&h, cond, t)?.relu()?)?;
-        h = self.conv[3].forward(&self.bn[3].forward(&h, cond, t)?.relu()?)?;
-        let mut x0 = match self.drop_to {
-            Some(n) => x.narrow(1, 0, n)?,
-            None => x.clone(),
-        };
-        if self.up {
-            x0 = upsample2(&x0)?;
-        }
-        h + x0
+        h = self.conv[2].forward(&self.bn[2].forward_relu(&h, cond, t)?)?;
+        h = self.conv[3].forward(&self.bn[3].forward_relu(&h, cond, t)?)?;
+        // The skip path keeps the first `cout` channels of x (all of them when cin = cout).
+        fused::add_skip(&h, x, self.up)
     }
 }
 
@@ -346,7 +340,6 @@ impl BigGanDeep {
                     block_conv(3, mid, cout, 1)?,
                 ],
                 up,
-                drop_to: (cin != cout).then_some(cin / 2),
             })));
         }
         let bn_stats = BnStats::load(w, "generator.bn", ch, cfg.n_stats, cfg.eps)?;
@@ -438,10 +431,7 @@ impl Generator for BigGanDeep {
         let bias: Vec<f32> = (0..ch).map(|j| self.bn_bias[j] - m[j] * a[j]).collect();
         let a = Tensor::from_vec(a, ch, &self.device)?.to_dtype(self.dtype)?;
         let bias = Tensor::from_vec(bias, ch, &self.device)?.to_dtype(self.dtype)?;
-        h = h
-            .broadcast_mul(&chan(&a)?)?
-            .broadcast_add(&chan(&bias)?)?
-            .relu()?;
+        h = fused::scale_shift(&h, &a, &bias, true)?;
         let out = self.to_rgb.forward(&h)?.tanh()?;
         Ok(out.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
     }

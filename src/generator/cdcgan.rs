@@ -6,9 +6,10 @@
 //! `b[y]`. Soft class vectors mix the class tables linearly (identical to ids for one-hot rows).
 
 use super::weights::{conv, Conv, Linear, Weights};
+use super::{ClassInput, Generator, GeneratorError, GeneratorSpec, Result};
 use candle_core::Module;
-use super::{chan, upsample2, ClassInput, Generator, GeneratorError, GeneratorSpec, Result};
 use candle_core::{DType, Device, Tensor};
+use genrep_kernels::fused;
 use serde::{Deserialize, Serialize};
 
 /// `config.json` of a `cdcgan` model directory.
@@ -79,13 +80,14 @@ impl CondBn {
         })
     }
 
-    fn forward(&self, x: &Tensor, cls: &ClassSel) -> candle_core::Result<Tensor> {
-        let h = x
-            .broadcast_mul(&chan(&self.a)?)?
-            .broadcast_add(&chan(&self.b)?)?;
+    /// `relu(((x · a + b) · g + β))` with the per-class `g = 1 + gain[y]`, `β = bias[y]`, as one
+    /// per-sample affine map and ReLU (one pass over the activation).
+    fn forward_relu(&self, x: &Tensor, cls: &ClassSel) -> candle_core::Result<Tensor> {
         let g = (cls.pick(&self.gain)? + 1.0)?;
-        let b = cls.pick(&self.bias)?;
-        h.broadcast_mul(&chan(&g)?)?.broadcast_add(&chan(&b)?)
+        let beta = cls.pick(&self.bias)?;
+        let scale = g.broadcast_mul(&self.a)?;
+        let shift = (g.broadcast_mul(&self.b)? + beta)?;
+        fused::scale_shift(x, &scale, &shift, true)
     }
 }
 
@@ -181,13 +183,11 @@ impl Generator for CdcGan {
             .linear
             .forward(&cond)?
             .reshape((b, self.cfg.channels[0], s, s))?;
-        h = upsample2(&self.bn[0].forward(&h, &sel)?.relu()?)?;
+        h = fused::upsample_nearest2x(&self.bn[0].forward_relu(&h, &sel)?)?;
         h = self.conv1.forward(&h)?;
-        h = upsample2(&self.bn[1].forward(&h, &sel)?.relu()?)?;
+        h = fused::upsample_nearest2x(&self.bn[1].forward_relu(&h, &sel)?)?;
         h = self.conv2.forward(&h)?;
-        h = self
-            .conv_out
-            .forward(&self.bn[2].forward(&h, &sel)?.relu()?)?;
+        h = self.conv_out.forward(&self.bn[2].forward_relu(&h, &sel)?)?;
         Ok(h.tanh()?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
     }
 }

@@ -272,17 +272,3 @@ fn parse_config<T: serde::de::DeserializeOwned>(
         msg: format!("field `{}`: {}", e.path(), e.inner()),
     })
 }
-
-/// Nearest-neighbour ×2 upsampling of an NCHW tensor.
-pub(crate) fn upsample2(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    x.upsample_nearest2d(h * 2, w * 2)
-}
-
-/// Broadcasts a per-channel vector [C] (or per-sample [B, C]) over NCHW.
-pub(crate) fn chan(v: &Tensor) -> candle_core::Result<Tensor> {
-    match v.rank() {
-        1 => v.reshape((1, v.dim(0)?, 1, 1)),
-        _ => v.reshape((v.dim(0)?, v.dim(1)?, 1, 1)),
-    }
-}

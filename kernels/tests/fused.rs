@@ -1,0 +1,156 @@
+//! The fused element-wise ops and the conv bias against the candle ops they replace, forward and
+//! backward.
+
+use candle_core::{Device, Tensor, Var};
+use genrep_kernels::fused::{add_skip, scale_shift, upsample_nearest2x};
+use genrep_kernels::{conv2d_bias, Conv2d};
+
+fn tensor(dims: &[usize], seed: u64) -> Tensor {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let n: usize = dims.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Gradients of `sum(f(vars) · r)` for each var.
+fn grads(vars: &[&Var], y: &Tensor, seed: u64) -> Vec<Tensor> {
+    let r = tensor(y.dims(), seed);
+    let g = (y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    vars.iter().map(|v| g.get(v).unwrap().clone()).collect()
+}
+
+#[test]
+fn upsample_matches_candle_forward_and_backward() {
+    for dims in [[2, 3, 4, 5], [1, 1, 1, 1], [3, 2, 7, 3]] {
+        let x = Var::from_tensor(&tensor(&dims, 1)).unwrap();
+        let ours = upsample_nearest2x(&x).unwrap();
+        let theirs = x.upsample_nearest2d(2 * dims[2], 2 * dims[3]).unwrap();
+        assert_eq!(max_abs_diff(&ours, &theirs), 0.0, "{dims:?}");
+        let g1 = grads(&[&x], &ours, 2);
+        let g2 = grads(&[&x], &theirs, 2);
+        assert!(max_abs_diff(&g1[0], &g2[0]) < 1e-6, "{dims:?}");
+    }
+    // Non-contiguous input.
+    let x = tensor(&[2, 3, 4, 5], 3).transpose(2, 3).unwrap();
+    let theirs = x.contiguous().unwrap().upsample_nearest2d(10, 8).unwrap();
+    assert_eq!(max_abs_diff(&upsample_nearest2x(&x).unwrap(), &theirs), 0.0);
+}
+
+#[test]
+fn scale_shift_matches_composed_ops() {
+    let (b, c) = (3, 4);
+    for per_sample in [true, false] {
+        for relu in [true, false] {
+            let x = Var::from_tensor(&tensor(&[b, c, 5, 6], 4)).unwrap();
+            let ad: &[usize] = if per_sample { &[b, c] } else { &[c] };
+            let a = Var::from_tensor(&tensor(ad, 5)).unwrap();
+            let s = Var::from_tensor(&tensor(ad, 6)).unwrap();
+            let ours = scale_shift(&x, &a, &s, relu).unwrap();
+            let shape = if per_sample {
+                (b, c, 1, 1)
+            } else {
+                (1, c, 1, 1)
+            };
+            let y = x
+                .broadcast_mul(&a.reshape(shape).unwrap())
+                .unwrap()
+                .broadcast_add(&s.reshape(shape).unwrap())
+                .unwrap();
+            let theirs = if relu { y.relu().unwrap() } else { y };
+            assert_eq!(max_abs_diff(&ours, &theirs), 0.0);
+            if per_sample {
+                let g1 = grads(&[&x, &a, &s], &ours, 7);
+                let g2 = grads(&[&x, &a, &s], &theirs, 7);
+                for (i, (p, q)) in g1.iter().zip(&g2).enumerate() {
+                    assert!(max_abs_diff(p, q) < 1e-5, "relu {relu}: gradient {i}");
+                }
+            }
+        }
+    }
+    let e = scale_shift(
+        &tensor(&[2, 3, 2, 2], 1),
+        &tensor(&[4], 1),
+        &tensor(&[3], 1),
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("scale has shape [4]"), "{e}");
+}
+
+#[test]
+fn add_skip_matches_narrow_upsample_add() {
+    for (up, cx) in [(false, 4), (false, 8), (true, 4), (true, 8)] {
+        let f = if up { 2 } else { 1 };
+        let h = Var::from_tensor(&tensor(&[2, 4, 3 * f, 5 * f], 8)).unwrap();
+        let x = Var::from_tensor(&tensor(&[2, cx, 3, 5], 9)).unwrap();
+        let ours = add_skip(&h, &x, up).unwrap();
+        let mut s = x.narrow(1, 0, 4).unwrap();
+        if up {
+            s = s.upsample_nearest2d(6, 10).unwrap();
+        }
+        let theirs = (h.as_tensor() + s).unwrap();
+        assert_eq!(max_abs_diff(&ours, &theirs), 0.0, "up {up} cx {cx}");
+        let g1 = grads(&[&h, &x], &ours, 10);
+        let g2 = grads(&[&h, &x], &theirs, 10);
+        for (i, (p, q)) in g1.iter().zip(&g2).enumerate() {
+            assert!(max_abs_diff(p, q) < 1e-5, "up {up} cx {cx}: gradient {i}");
+        }
+    }
+    let e = add_skip(&tensor(&[2, 4, 6, 6], 1), &tensor(&[2, 2, 3, 3], 1), true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot take the skip path"), "{e}");
+}
+
+#[test]
+fn conv_bias_forward_and_gradient() {
+    let x = Var::from_tensor(&tensor(&[3, 4, 6, 6], 11)).unwrap();
+    let w = Var::from_tensor(&tensor(&[5, 4, 3, 3], 12)).unwrap();
+    let b = Var::from_tensor(&tensor(&[5], 13)).unwrap();
+    let ours = conv2d_bias(&x, &w, Some(&b), 2, 1).unwrap();
+    let theirs = x
+        .conv2d(&w, 1, 2, 1, 1)
+        .unwrap()
+        .broadcast_add(&b.reshape((1, 5, 1, 1)).unwrap())
+        .unwrap();
+    assert!(max_abs_diff(&ours, &theirs) < 1e-5);
+    let g1 = grads(&[&x, &w, &b], &ours, 14);
+    let g2 = grads(&[&x, &w, &b], &theirs, 14);
+    for (i, (p, q)) in g1.iter().zip(&g2).enumerate() {
+        assert!(max_abs_diff(p, q) < 1e-4, "gradient {i}");
+    }
+    // The module keeps the first n output channels when narrowed.
+    let m = Conv2d::new(w.as_tensor().clone(), Some(b.as_tensor().clone()), 1, 1)
+        .narrow_out(2)
+        .unwrap();
+    use candle_core::Module;
+    let y = m.forward(&x).unwrap();
+    let full = conv2d_bias(&x, &w, Some(&b), 1, 1).unwrap();
+    assert_eq!(max_abs_diff(&y, &full.narrow(1, 0, 2).unwrap()), 0.0);
+    let e = conv2d_bias(&x, &w, Some(&tensor(&[4], 1)), 1, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bias has shape [4]"), "{e}");
+}
