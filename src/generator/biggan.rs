@@ -267,7 +267,8 @@ impl SelfAttn {
             .forward(x)?
             .max_pool2d(2)?
             .reshape((b, c / 8, h * w / 4))?;
-        let attn = theta.transpose(1, 2)?.contiguous()?.matmul(&phi)?;
+        // Transposed operands go to the GEMM as strides: no copies of the [HW, HW/4] map.
+        let attn = theta.transpose(1, 2)?.matmul(&phi)?;
         let attn = candle_nn::ops::softmax_last_dim(&attn)?;
         let g = self
             .g
@@ -275,7 +276,7 @@ impl SelfAttn {
             .max_pool2d(2)?
             .reshape((b, c / 2, h * w / 4))?;
         let attn_g = g
-            .matmul(&attn.transpose(1, 2)?.contiguous()?)?
+            .matmul(&attn.transpose(1, 2)?)?
             .reshape((b, c / 2, h, w))?;
         let o = self.o.forward(&attn_g)?;
         x + o.broadcast_mul(&self.gamma.reshape((1, 1, 1, 1))?)?
