@@ -222,6 +222,70 @@ fn channel_sums(
         .collect()
 }
 
+/// Lanes of the f32 partial sums: independent accumulators let the compiler vectorise a
+/// reduction that IEEE ordering would otherwise keep sequential.
+const LANES: usize = 16;
+
+/// `(Σ f(v).0, Σ f(v).1)` over `xs`: f32 lanes within the block, f64 for the total.
+#[inline]
+fn lane_sums(xs: &[f32], f: impl Fn(f32) -> (f32, f32)) -> (f64, f64) {
+    let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            let (p, q) = f(c[i]);
+            a[i] += p;
+            b[i] += q;
+        }
+    }
+    let (mut sa, mut sb) = (0f64, 0f64);
+    for i in 0..LANES {
+        sa += a[i] as f64;
+        sb += b[i] as f64;
+    }
+    for &v in rest {
+        let (p, q) = f(v);
+        sa += p as f64;
+        sb += q as f64;
+    }
+    (sa, sb)
+}
+
+/// [`lane_sums`] over three aligned slices.
+#[inline]
+fn lane_sums3(
+    xs: &[f32],
+    ys: &[f32],
+    zs: &[f32],
+    f: impl Fn(f32, f32, f32) -> (f32, f32),
+) -> (f64, f64) {
+    let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
+    let n = xs.len() / LANES * LANES;
+    for ((cx, cy), cz) in xs[..n]
+        .chunks_exact(LANES)
+        .zip(ys[..n].chunks_exact(LANES))
+        .zip(zs[..n].chunks_exact(LANES))
+    {
+        for i in 0..LANES {
+            let (p, q) = f(cx[i], cy[i], cz[i]);
+            a[i] += p;
+            b[i] += q;
+        }
+    }
+    let (mut sa, mut sb) = (0f64, 0f64);
+    for i in 0..LANES {
+        sa += a[i] as f64;
+        sb += b[i] as f64;
+    }
+    for i in n..xs.len() {
+        let (p, q) = f(xs[i], ys[i], zs[i]);
+        sa += p as f64;
+        sb += q as f64;
+    }
+    (sa, sb)
+}
+
 struct BnTrain {
     eps: f64,
     relu: bool,
@@ -247,14 +311,7 @@ impl CustomOp3 for BnTrain {
         let (b, c, inner) = bci(l1.shape());
         let n = (b * inner) as f64;
         let sums = channel_sums((b, c, inner), |off, _| {
-            // f32 partial sums over one contiguous block (vectorised), f64 across blocks.
-            let blk = &x[off..off + inner];
-            let (mut s, mut q) = (0f32, 0f32);
-            for &v in blk {
-                s += v;
-                q += v * v;
-            }
-            (s as f64, q as f64)
+            lane_sums(&x[off..off + inner], |v| (v, v * v))
         });
         let mean: Vec<f64> = sums.iter().map(|s| s.0 / n).collect();
         let var: Vec<f64> = sums
@@ -350,13 +407,11 @@ impl CustomOp3 for BnBackward {
         // Σ dy and Σ dy·(x − mean) per channel, with dy masked by the ReLU (y > 0).
         let sums = channel_sums((b, c, inner), |off, ch| {
             let m = st.mean[ch] as f32;
-            let (mut s, mut q) = (0f32, 0f32);
-            for i in off..off + inner {
-                let g = if relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
-                s += g;
-                q += g * (x[i] - m);
-            }
-            (s as f64, q as f64)
+            let r = off..off + inner;
+            lane_sums3(&dy[r.clone()], &x[r.clone()], &y[r], |g, xv, yv| {
+                let g = if relu && yv <= 0.0 { 0.0 } else { g };
+                (g, g * (xv - m))
+            })
         });
         let mut dg = Vec::with_capacity(c);
         let mut db = Vec::with_capacity(c);
@@ -378,11 +433,11 @@ impl CustomOp3 for BnBackward {
                 let ch = blk % c;
                 let (k, mdy, mq, mean) = coef[ch];
                 let (k, mdy, mq, mean) = (k as f32, mdy as f32, mq as f32, mean as f32);
-                let off = blk * inner;
-                for (j, o) in out.iter_mut().enumerate() {
-                    let i = off + j;
-                    let g = if relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
-                    *o = k * (g - mdy - (x[i] - mean) * mq);
+                let r = blk * inner..(blk + 1) * inner;
+                let (dyb, xb, yb) = (&dy[r.clone()], &x[r.clone()], &y[r]);
+                for (((o, &g), &xv), &yv) in out.iter_mut().zip(dyb).zip(xb).zip(yb) {
+                    let g = if relu && yv <= 0.0 { 0.0 } else { g };
+                    *o = k * (g - mdy - (xv - mean) * mq);
                 }
             });
         *self.param_grads.lock().unwrap() = Some((dg, db));
