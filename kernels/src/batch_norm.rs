@@ -320,7 +320,7 @@ impl CustomOp3 for BnTrain {
             .map(|(s, m)| (s.1 / n - m * m).max(0.0))
             .collect();
         let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-        let mut y = vec![0f32; x.len()];
+        let mut y = crate::cpu::output_buffer(x.len());
         let relu = self.relu;
         y.par_chunks_mut(inner.max(1))
             .zip(x.par_chunks(inner.max(1)))
@@ -426,7 +426,7 @@ impl CustomOp3 for BnBackward {
             let k = self.gamma[ch] as f64 * inv;
             coef.push((k, s / n, dgamma * inv / n, st.mean[ch]));
         }
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = crate::cpu::output_buffer(x.len());
         dx.par_chunks_mut(inner.max(1))
             .enumerate()
             .for_each(|(blk, out)| {

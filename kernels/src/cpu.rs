@@ -119,6 +119,19 @@ struct Plan {
     inner: Parallelism,
 }
 
+/// A vector of `n` f32 for an output that the caller overwrites completely before it is read.
+///
+/// Zero-filling such an output is a whole extra pass over memory (8 % of a training step on this
+/// crate's benchmark).
+#[allow(clippy::uninit_vec)]
+pub(crate) fn output_buffer(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: f32 has no invalid bit patterns, and every caller writes all `n` elements before
+    // the vector is read or handed out.
+    unsafe { v.set_len(n) };
+    v
+}
+
 thread_local! {
     /// Per-thread scratch (im2col matrix, gathered gradient, GEMM result) kept between calls so
     /// that a training step does not page-fault fresh buffers for every convolution.
@@ -371,7 +384,8 @@ fn add_bias(out: &mut [f32], bias: &[f32], hw: usize) {
 pub fn conv2d_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Geometry) -> Vec<f32> {
     let plan = geo.plan();
     let (hw, k, cout) = (geo.hw_out(), geo.k(), geo.cout);
-    let mut out = vec![0f32; geo.batch * cout * hw];
+    // Every element is written: by the GEMM (or the scatter after it) of its group.
+    let mut out = output_buffer(geo.batch * cout * hw);
     for_groups(&mut out, cout * hw, &plan, |gi, og| {
         let b0 = gi * plan.group;
         let g = og.len() / (cout * hw);

@@ -60,7 +60,7 @@ impl CustomOp1 for Upsample2x {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "upsample")?;
         let (b, c, h, w) = l.shape().dims4()?;
-        let mut y = vec![0f32; x.len() * 4];
+        let mut y = crate::cpu::output_buffer(x.len() * 4);
         if w > 0 && h > 0 {
             y.par_chunks_mut(4 * h * w)
                 .zip(x.par_chunks(h * w))
@@ -133,7 +133,7 @@ impl CustomOp3 for ScaleShift {
         let (_, _, h, w) = l1.shape().dims4()?;
         let hw = (h * w).max(1);
         let relu = self.relu;
-        let mut y = vec![0f32; x.len()];
+        let mut y = crate::cpu::output_buffer(x.len());
         y.par_chunks_mut(hw)
             .zip(x.par_chunks(hw))
             .enumerate()
@@ -220,7 +220,7 @@ impl CustomOp2 for AddSkip {
         let (_, ch, hh, wh) = l1.shape().dims4()?;
         let (_, cx, hx, wx) = l2.shape().dims4()?;
         let (ph, px) = ((hh * wh).max(1), (hx * wx).max(1));
-        let mut y = vec![0f32; h.len()];
+        let mut y = crate::cpu::output_buffer(h.len());
         let up = self.upsample;
         y.par_chunks_mut(ph)
             .zip(h.par_chunks(ph))
