@@ -3,11 +3,13 @@
 //!
 //!     cargo bench --bench generator [-- --quick]
 //!
-//! `tools/bench_reference.py` times pytorch-pretrained-biggan on the same config; compare the
-//! printed images/s side by side.
+//! With `GENREP_BENCH_PYTHON` naming a Python that has torch and pytorch-pretrained-biggan, it also
+//! runs `tools/bench_reference.py` (same config, thread count and batch sizes) and prints the
+//! ratio.
 
 use candle_core::{DType, Device, Tensor};
 use genrep::generator::{random_biggan, BigGanConfig, ClassInput, Generator};
+use genrep_kernels::bench_support::{torch_reference, value_before};
 use std::time::Instant;
 
 fn time_batch(g: &dyn Generator, b: usize, reps: usize) -> f64 {
@@ -39,13 +41,46 @@ fn main() {
     );
     let g = random_biggan(BigGanConfig::deep(128).unwrap(), 0, &dev, DType::F32).unwrap();
     let batches: &[usize] = if quick { &[1, 8] } else { &[1, 8, 32] };
-    for &b in batches {
-        let reps = if b == 1 { 3 } else { 1 };
-        let ips = time_batch(&g, b, reps);
-        println!(
+    let ours: Vec<f64> = batches
+        .iter()
+        .map(|&b| time_batch(&g, b, if b == 1 { 3 } else { 1 }))
+        .collect();
+    drop(g);
+    // The PyTorch side, same config, thread count and batch sizes, when GENREP_BENCH_PYTHON names a
+    // Python with torch and pytorch-pretrained-biggan.
+    let threads = candle_core::utils::get_num_threads().to_string();
+    let list = batches
+        .iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let torch = torch_reference(
+        "bench_reference.py",
+        &["--threads", &threads, "--batches", &list],
+    );
+    for (i, &b) in batches.iter().enumerate() {
+        let ips = ours[i];
+        let mut line = format!(
             "biggan-deep-128 candle f32  batch {b:>2}: {ips:7.3} images/s  ({:.3} s/image)",
             1.0 / ips
         );
+        if let Some(lines) = &torch {
+            let pat = format!("batch {b:>2}:");
+            let t = lines
+                .iter()
+                .find(|l| l.contains(&pat))
+                .and_then(|l| value_before(l, "images/s"))
+                .expect("torch figure for this batch");
+            line += &format!(
+                "   torch {t:7.3} images/s ({:.3} s/image)   candle/torch {:.2}x",
+                1.0 / t,
+                ips / t
+            );
+        }
+        println!("{line}");
+    }
+    if torch.is_none() {
+        println!("(set GENREP_BENCH_PYTHON to a Python with torch for the PyTorch column)");
     }
     let model_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist-cdcgan");
     if model_dir.join("model.safetensors").exists() {

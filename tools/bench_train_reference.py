@@ -82,6 +82,15 @@ def main():
 
     step()
     per = sum(step() for _ in range(args.steps)) / args.steps
+    # Where the time goes, as the Rust runner prints it: forward + loss, then backward.
+    t = time.time()
+    loss = nt_xent(enc(x), 2, 0.1)
+    fwd = time.time() - t
+    opt.zero_grad()
+    t = time.time()
+    loss.backward()
+    bwd = time.time() - t
+    print(f"  forward {fwd:.3f} s, backward {bwd:.3f} s, optimizer + rest {max(per - fwd - bwd, 0):.3f} s")
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads) train step, batch 256 x 2 views: {per:.3f} s/step, {256 / per:.1f} samples/s")
 
 

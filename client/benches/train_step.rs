@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use genrep_client::loss::{l2_normalize, nt_xent};
 use genrep_client::model::{build, trainable, EncoderConfig};
 use genrep_client::optim::{Optimizer, Param, Rule};
+use genrep_kernels::bench_support::{torch_reference, value_before};
 use std::time::Instant;
 
 fn main() {
@@ -66,4 +67,19 @@ fn main() {
         "candle train step, batch {batch} x 2 views: {per:.3} s/step, {:.1} samples/s",
         batch as f64 / per
     );
+    // The same model and step in PyTorch, same thread count, when GENREP_BENCH_PYTHON is set.
+    let threads = candle_core::utils::get_num_threads().to_string();
+    match torch_reference("bench_train_reference.py", &["--threads", &threads]) {
+        Some(lines) => {
+            for l in &lines {
+                println!("{l}");
+            }
+            let t = lines
+                .iter()
+                .find_map(|l| value_before(l, "samples/s"))
+                .expect("torch samples/s");
+            println!("candle / torch: {:.2}x", batch as f64 / per / t);
+        }
+        None => println!("(set GENREP_BENCH_PYTHON to a Python with torch for the PyTorch side)"),
+    }
 }

@@ -11,8 +11,7 @@
 //! shapes would take minutes and the generator never trains here).
 
 use candle_core::{Device, Tensor, Var};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use genrep_kernels::bench_support::torch_reference;
 use std::time::Instant;
 
 /// (label, [batch, cin, h, w, cout, k, stride, padding], train)
@@ -125,26 +124,13 @@ struct Torch {
 
 /// Runs `tools/bench_conv_reference.py` with the same shapes and thread count, if asked to.
 fn torch_side(threads: usize, min_s: f64) -> Option<Torch> {
-    let python = std::env::var("GENREP_BENCH_PYTHON").ok()?;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tools/bench_conv_reference.py"
-    );
     let shapes: Vec<Vec<usize>> = SHAPES.iter().map(|s| s.1.to_vec()).collect();
     let shapes = format!("{shapes:?}");
-    let mut child = Command::new(&python)
-        .args([
-            script,
-            "--threads",
-            &threads.to_string(),
-            "--shapes",
-            &shapes,
-        ])
-        .env("BENCH_MIN_TIME", min_s.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {python}: {e}"));
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    std::env::set_var("BENCH_MIN_TIME", min_s.to_string());
+    let lines = torch_reference(
+        "bench_conv_reference.py",
+        &["--threads", &threads.to_string(), "--shapes", &shapes],
+    )?;
     let field = |l: &str, key: &str| -> f64 {
         let pat = format!("\"{key}\": ");
         let i = l.find(&pat).unwrap_or_else(|| panic!("no {key} in {l}")) + pat.len();
@@ -156,24 +142,19 @@ fn torch_side(threads: usize, min_s: f64) -> Option<Torch> {
             .parse()
             .unwrap()
     };
-    let head = lines.next()?.ok()?;
+    let head = &lines[0];
     let version = head
         .split("\"torch\": \"")
         .nth(1)
         .and_then(|s| s.split('"').next())
         .unwrap_or("?")
         .to_string();
-    let gemm = field(&head, "gflops");
-    let rows = lines
-        .map(|l| {
-            let l = l.unwrap();
-            (field(&l, "fwd"), field(&l, "train"))
-        })
+    let rows = lines[1..]
+        .iter()
+        .map(|l| (field(l, "fwd"), field(l, "train")))
         .collect();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{python} {script} failed");
     Some(Torch {
-        gemm,
+        gemm: field(head, "gflops"),
         rows,
         version,
     })

@@ -383,3 +383,43 @@ impl Module for Conv2d {
         )
     }
 }
+
+/// Support for the workspace's benchmark runners: the PyTorch side of a side-by-side figure.
+#[doc(hidden)]
+pub mod bench_support {
+    use std::process::Command;
+
+    /// Runs `tools/<script>` with `args` under the Python named by `GENREP_BENCH_PYTHON` (one
+    /// with torch) and returns its stdout lines; `None` when the variable is unset. Panics if
+    /// the script fails, so a benchmark never prints a half-empty comparison.
+    pub fn torch_reference(script: &str, args: &[&str]) -> Option<Vec<String>> {
+        let python = std::env::var("GENREP_BENCH_PYTHON").ok()?;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/").to_string() + script;
+        let out = Command::new(&python)
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot start {python}: {e}"));
+        assert!(
+            out.status.success(),
+            "{python} {path} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect(),
+        )
+    }
+
+    /// The number just before `unit` in `line` (e.g. `"6.0 images/s"` → 6.0).
+    pub fn value_before(line: &str, unit: &str) -> Option<f64> {
+        let head = &line[..line.find(unit)?];
+        head.split_whitespace()
+            .last()?
+            .trim_end_matches(',')
+            .parse()
+            .ok()
+    }
+}
