@@ -6,14 +6,16 @@ use crate::model::Encoder;
 use crate::optim::{Optimizer, Param, Rule};
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 
-/// Features [N, F] of images [N, C, H, W] (eval-mode BN), computed in chunks.
+/// Features [N, F] of images [N, C, H, W] (eval-mode BN), computed in chunks and detached from
+/// the encoder's graph: evaluation treats the encoder as frozen, and a graph kept alive here would
+/// hold every chunk's activations and make a probe's backward pass run through the encoder.
 pub fn features(enc: &Encoder, images: &Tensor, chunk: usize) -> Result<Tensor> {
     let n = images.dim(0)?;
     let mut out = Vec::new();
     let mut i = 0;
     while i < n {
         let m = chunk.min(n - i);
-        out.push(enc.features(&images.narrow(0, i, m)?, false)?);
+        out.push(enc.features(&images.narrow(0, i, m)?, false)?.detach());
         i += m;
     }
     Tensor::cat(&out, 0)
@@ -29,6 +31,12 @@ pub fn knn_top1(
     k: usize,
     classes: usize,
 ) -> Result<f32> {
+    if k == 0 {
+        candle_core::bail!("kNN needs k >= 1 neighbours (got k = 0)");
+    }
+    if train_y.is_empty() || test_y.is_empty() {
+        candle_core::bail!("kNN needs labelled train and test samples");
+    }
     let a = l2_normalize(train)?;
     let b = l2_normalize(test)?;
     let sim = b.matmul(&a.t()?)?.to_vec2::<f32>()?;
@@ -125,6 +133,33 @@ pub fn load_labelled(source: &str, device: &Device) -> anyhow::Result<(Tensor, V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn features_are_detached_from_the_encoder() {
+        let cfg = crate::model::EncoderConfig {
+            in_channels: 1,
+            width: 4,
+            depth: 1,
+            stages: 2,
+            proj_dim: 8,
+        };
+        let (enc, _vm) = crate::model::build(cfg, &Device::Cpu).unwrap();
+        let x = Tensor::rand(0f32, 1f32, (5, 1, 8, 8), &Device::Cpu).unwrap();
+        let f = features(&enc, &x, 2).unwrap();
+        assert_eq!(f.dims(), &[5, 8]);
+        // No graph: nothing upstream of the features takes part in a later backward pass.
+        assert!(!f.track_op());
+    }
+
+    #[test]
+    fn knn_rejects_k_zero() {
+        let dev = Device::Cpu;
+        let t = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &dev).unwrap();
+        let e = knn_top1(&t, &[0, 1], &t, &[0, 1], 0, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("k >= 1"), "{e}");
+    }
 
     #[test]
     fn knn_and_probe_on_separable_points() {

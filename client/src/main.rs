@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use genrep_client::eval::{features, knn_top1, linear_probe, load_labelled};
 use genrep_client::model::EncoderConfig;
 use genrep_client::train::{
-    latest_checkpoint, load_encoder, log_jsonl, Objective, TrainConfig, Trainer,
+    check_channels, latest_checkpoint, load_encoder, log_jsonl, Objective, TrainConfig, Trainer,
 };
 use genrep_kernels::device::parse_device;
 use std::path::PathBuf;
@@ -120,6 +120,10 @@ struct TrainArgs {
     knn_test: Option<String>,
     #[arg(long, default_value_t = 100)]
     knn_every: usize,
+    /// When stderr is not a terminal (nohup, a scheduler, a pipe), print a plain progress line
+    /// every N steps instead of the progress bar, which would print nothing until the end.
+    #[arg(long, env = "GENREP_TRAIN_LOG_EVERY", default_value_t = 10)]
+    log_every: usize,
 }
 
 #[derive(clap::Args)]
@@ -220,15 +224,36 @@ fn train(a: TrainArgs) -> Result<()> {
         );
     }
     let knn_sets = match (&a.knn_train, &a.knn_test) {
-        (Some(tr), Some(te)) => Some((load_labelled(tr, &dev)?, load_labelled(te, &dev)?)),
+        (Some(tr), Some(te)) => {
+            let sets = (load_labelled(tr, &dev)?, load_labelled(te, &dev)?);
+            for set in [&sets.0 .0, &sets.1 .0] {
+                check_channels(set.dim(1)?, t.encoder.cfg.in_channels)
+                    .context("--knn-train/--knn-test")?;
+            }
+            Some(sets)
+        }
         (None, None) => None,
         _ => bail!("--knn-train and --knn-test go together"),
     };
-    let bar = indicatif::ProgressBar::new(steps as u64);
+    // A bar on a terminal; plain lines elsewhere (indicatif draws nothing to a pipe or a file).
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = if tty {
+        indicatif::ProgressBar::new(steps as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} eta {eta}").unwrap(),
     );
     bar.set_position(t.step as u64);
+    let say = |line: String| {
+        if tty {
+            bar.println(line)
+        } else {
+            eprintln!("{line}")
+        }
+    };
+    let log_every = a.log_every.max(1);
     let start = Instant::now();
     while t.step < steps {
         let log = t.step()?;
@@ -237,13 +262,24 @@ fn train(a: TrainArgs) -> Result<()> {
             "loss {:.4} {:.1} samples/s",
             log.loss, log.samples_per_s
         ));
+        if !tty && (log.step % log_every == 0 || log.step == steps) {
+            say(format!(
+                "step {}/{steps} loss {:.4} lr {:.5} {:.1} samples/s epoch {} elapsed {:.1}s",
+                log.step,
+                log.loss,
+                log.lr,
+                log.samples_per_s,
+                log.epoch,
+                start.elapsed().as_secs_f64()
+            ));
+        }
         if let Some(m) = &a.metrics {
             log_jsonl(m, &log)?;
         }
         if let Some((tr, te)) = &knn_sets {
             if log.step % a.knn_every == 0 || log.step == steps {
                 let acc = knn_eval(&t.encoder, tr, te)?;
-                bar.println(format!("step {}: kNN top-1 {acc:.4}", log.step));
+                say(format!("step {}: kNN top-1 {acc:.4}", log.step));
                 if let Some(m) = &a.metrics {
                     log_jsonl(m, &serde_json::json!({"step": log.step, "knn_top1": acc}))?;
                 }
@@ -265,6 +301,9 @@ fn train(a: TrainArgs) -> Result<()> {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
+    if a.k == 0 {
+        bail!("--k must be at least 1 (neighbours in the kNN vote)");
+    }
     let dev = parse_device(&a.device)?;
     let ckpt = if a.checkpoint.join("state.json").exists() {
         a.checkpoint.clone()
@@ -274,6 +313,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     let (enc, state) = load_encoder(&ckpt, &dev)?;
     let tr = load_labelled(&a.train, &dev)?;
     let te = load_labelled(&a.test, &dev)?;
+    for set in [&tr.0, &te.0] {
+        check_channels(set.dim(1)?, enc.cfg.in_channels)?;
+    }
     let classes =
         tr.1.iter()
             .chain(&te.1)

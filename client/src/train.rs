@@ -184,6 +184,7 @@ impl Trainer {
             &self.device,
         )?;
         let x = Tensor::cat(&batch.views, 0)?;
+        check_channels(x.dim(1)?, c.encoder.in_channels)?;
         let z = l2_normalize(&self.encoder.project(&self.encoder.features(&x, true)?)?)?;
         let loss = match c.objective {
             Objective::Simclr => nt_xent(&z, c.views, c.temperature)?,
@@ -235,6 +236,17 @@ impl Trainer {
     }
 }
 
+/// Errors unless the data's image channels are what the encoder takes.
+pub fn check_channels(data: usize, encoder: usize) -> Result<()> {
+    if data != encoder {
+        anyhow::bail!(
+            "the images have {data} channel(s) but the encoder takes {encoder} (--in-channels {encoder}); \
+             use --in-channels {data} for this data"
+        );
+    }
+    Ok(())
+}
+
 /// The checkpoint `dir/latest` points to.
 pub fn latest_checkpoint(dir: &Path) -> Result<PathBuf> {
     let name = std::fs::read_to_string(dir.join("latest"))
@@ -268,8 +280,11 @@ pub fn load_encoder(ckpt: &Path, device: &Device) -> Result<(Encoder, TrainState
     Ok((enc, state))
 }
 
-/// Appends one JSON line.
+/// Appends one JSON line, creating the file's folder if needed.
 pub fn log_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -277,4 +292,29 @@ pub fn log_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
         .with_context(|| format!("cannot open {}", path.display()))?;
     writeln!(f, "{}", serde_json::to_string(value)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_log_creates_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs/a/metrics.jsonl");
+        log_jsonl(&path, &serde_json::json!({"step": 1})).unwrap();
+        log_jsonl(&path, &serde_json::json!({"step": 2})).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2);
+    }
+
+    #[test]
+    fn channel_mismatch_names_the_flag() {
+        let e = check_channels(1, 3).unwrap_err().to_string();
+        assert!(
+            e.contains("1 channel(s)") && e.contains("--in-channels 1"),
+            "{e}"
+        );
+        check_channels(3, 3).unwrap();
+    }
 }
