@@ -531,25 +531,45 @@ pub fn decode_image(field: &str, data: &[u8]) -> Result<Image, String> {
     }
 }
 
-/// The view images of a sample: `anchor.*`, `pos0.*`, … (genrep samples) or a single image field
-/// (`png`/`jpg`/…, real data) repeated. Returns the first `views` of them (repeating the last one
-/// when the sample has fewer, e.g. real images: views then differ only by pixel augmentation).
+fn find_field<'a>(s: &'a RawSample, stem: &str) -> Option<(&'a String, &'a Vec<u8>)> {
+    s.fields
+        .iter()
+        .find(|(k, _)| k.split('.').next() == Some(stem) && k.contains('.'))
+}
+
+/// Views a sample offers: anchor + its positives for genrep samples (the server's `views`
+/// parameter counts the positives), 2 for a plain image (real data: two augmentations of it).
+pub fn views_in(s: &RawSample) -> usize {
+    if find_field(s, "anchor").is_none() {
+        return 2;
+    }
+    1 + (0..)
+        .take_while(|i| find_field(s, &format!("pos{i}")).is_some())
+        .count()
+}
+
+/// The first `views` view images of a sample: `anchor.*`, `pos0.*`, … (genrep samples), or a
+/// single image field (`png`/`jpg`/…, real data) repeated, so that views differ only by pixel
+/// augmentation. Asking a genrep sample for more views than it has is an error that says what
+/// to change, never a silent repeat.
 pub fn sample_views(s: &RawSample, views: usize) -> Result<Vec<Image>, String> {
-    let find = |stem: &str| -> Option<(&String, &Vec<u8>)> {
-        s.fields
-            .iter()
-            .find(|(k, _)| k.split('.').next() == Some(stem) && k.contains('.'))
-    };
     let mut out = Vec::new();
-    if let Some((k, v)) = find("anchor") {
+    if let Some((k, v)) = find_field(s, "anchor") {
+        let have = views_in(s);
+        if views > have {
+            return Err(format!(
+                "--views {views} asks for the anchor and {} positive(s), but the sample has {} \
+                 (the server's `views` parameter counts positives: request views={} from it, \
+                 or pass --views {have})",
+                views - 1,
+                have - 1,
+                views - 1
+            ));
+        }
         out.push(decode_image(k, v)?);
-        let mut i = 0;
-        while out.len() < views {
-            match find(&format!("pos{i}")) {
-                Some((k, v)) => out.push(decode_image(k, v)?),
-                None => break,
-            }
-            i += 1;
+        for i in 0..views.saturating_sub(1) {
+            let (k, v) = find_field(s, &format!("pos{i}")).expect("counted above");
+            out.push(decode_image(k, v)?);
         }
     } else {
         let (k, v) = s
@@ -558,15 +578,16 @@ pub fn sample_views(s: &RawSample, views: usize) -> Result<Vec<Image>, String> {
             .find(|(k, _)| matches!(k.as_str(), "png" | "jpg" | "jpeg" | "npy"))
             .ok_or("no image field (anchor.* or png/jpg/npy)")?;
         out.push(decode_image(k, v)?);
-    }
-    while out.len() < views {
-        out.push(out.last().unwrap().clone());
+        while out.len() < views {
+            out.push(out.last().unwrap().clone());
+        }
     }
     Ok(out)
 }
 
-/// Reads `batch` samples and decodes them into a [`Batch`] of `views` views, applying `augment`
-/// (with per-view seeds from `seed`, `step`) when given.
+/// Reads `batch` samples and decodes them into a [`Batch`] of `views` views (0: as many as the
+/// first sample offers, see [`views_in`]), applying `augment` (with per-view seeds from `seed`,
+/// `step`) when given.
 pub fn next_batch(
     loader: &mut Loader,
     batch: usize,
@@ -576,7 +597,8 @@ pub fn next_batch(
     step: u64,
     device: &Device,
 ) -> Result<Batch, LoaderError> {
-    let mut per_view: Vec<Vec<f32>> = vec![Vec::new(); views];
+    let mut views = views;
+    let mut per_view: Vec<Vec<f32>> = Vec::new();
     let mut labels = Vec::new();
     let mut keys = Vec::new();
     let mut meta = Vec::new();
@@ -584,6 +606,12 @@ pub fn next_batch(
     for b in 0..batch {
         let s = loader.next_sample()?;
         let err = |m: String| LoaderError::Sample("batch".into(), s.key.clone(), m);
+        if views == 0 {
+            views = views_in(&s);
+        }
+        if per_view.is_empty() {
+            per_view = vec![Vec::new(); views];
+        }
         let vs = sample_views(&s, views).map_err(err)?;
         for (v, (mut px, c, h, w)) in vs.into_iter().enumerate() {
             match shape {
@@ -687,6 +715,42 @@ mod tests {
             v.truncate(v.len());
             v
         }
+    }
+
+    fn png_1x1(v: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, 1, 1);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.write_header().unwrap().write_image_data(&[v]).unwrap();
+        out
+    }
+
+    #[test]
+    fn views_come_from_the_data_and_more_is_an_error() {
+        let genrep = RawSample {
+            key: "000000000007".into(),
+            fields: BTreeMap::from([
+                ("anchor.png".to_string(), png_1x1(10)),
+                ("pos0.png".to_string(), png_1x1(20)),
+                ("cls".to_string(), b"3".to_vec()),
+            ]),
+        };
+        assert_eq!(views_in(&genrep), 2);
+        let v = sample_views(&genrep, 2).unwrap();
+        assert_eq!((v[0].0[0], v[1].0[0]), (10.0 / 255.0, 20.0 / 255.0));
+        assert_eq!(sample_views(&genrep, 1).unwrap().len(), 1);
+        let e = sample_views(&genrep, 3).unwrap_err();
+        assert!(
+            e.contains("request views=2") && e.contains("--views 2"),
+            "{e}"
+        );
+        let real = RawSample {
+            key: "x".into(),
+            fields: BTreeMap::from([("png".to_string(), png_1x1(5))]),
+        };
+        assert_eq!(views_in(&real), 2);
+        assert_eq!(sample_views(&real, 3).unwrap().len(), 3);
     }
 
     #[test]

@@ -44,10 +44,11 @@ struct TrainArgs {
     /// simclr (positives = the sample's views) or supcon (positives = same `cls`).
     #[arg(long, default_value = "simclr")]
     method: String,
-    /// Views per sample in the loss (anchor + positives). Real images are repeated and differ only
-    /// by augmentation.
-    #[arg(long, default_value_t = 2)]
-    views: usize,
+    /// Views per sample in the loss (anchor + positives). Default: what the data offers (a
+    /// server shard requested with `views=K` gives the anchor + K positives; real images give 2,
+    /// differing only by augmentation). Asking for more than the data has is an error.
+    #[arg(long)]
+    views: Option<usize>,
     /// Pixel augmentation preset: genrep, simclr or none.
     #[arg(long, default_value = "genrep")]
     augment: String,
@@ -166,6 +167,9 @@ fn knn_eval(
 }
 
 fn train(a: TrainArgs) -> Result<()> {
+    if a.views == Some(0) {
+        bail!("--views must be at least 1 (omit it to use every view the data offers)");
+    }
     let dev = parse_device(&a.device)?;
     let objective = match a.method.as_str() {
         "simclr" => Objective::Simclr,
@@ -182,7 +186,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let cfg = TrainConfig {
         source: a.source.clone(),
         objective,
-        views: a.views,
+        views: a.views.unwrap_or(0),
         augment: a.augment.clone(),
         steps,
         batch_size: a.batch_size,

@@ -27,7 +27,8 @@ pub enum Objective {
 pub struct TrainConfig {
     pub source: String,
     pub objective: Objective,
-    /// Views per sample used for the loss (anchor + positives; real images are repeated).
+    /// Views per sample used for the loss (anchor + positives; real images are repeated); 0 =
+    /// as many as the data offers (fixed by the first batch).
     pub views: usize,
     pub augment: String,
     pub steps: usize,
@@ -81,7 +82,7 @@ pub struct Trainer {
 impl Trainer {
     /// A new run, or one resumed from `checkpoint` (a directory written by [`Trainer::save`]).
     pub fn new(cfg: TrainConfig, checkpoint: Option<&Path>, device: &Device) -> Result<Self> {
-        if cfg.views < 2 && cfg.objective == Objective::Simclr {
+        if cfg.views == 1 && cfg.objective == Objective::Simclr {
             bail!("simclr needs at least 2 views per sample (--views)");
         }
         if cfg.batch_size == 0 || cfg.steps == 0 {
@@ -183,6 +184,18 @@ impl Trainer {
             self.step as u64,
             &self.device,
         )?;
+        // `views` 0 means "what the data offers": fixed by the first batch, then kept (and saved in
+        // checkpoints) so every batch has the same number of views.
+        if c.views == 0 {
+            self.cfg.views = batch.views.len();
+        }
+        let c = &self.cfg;
+        if c.views < 2 && c.objective == Objective::Simclr {
+            bail!(
+                "simclr needs at least 2 views per sample, the data offers {}",
+                c.views
+            );
+        }
         let x = Tensor::cat(&batch.views, 0)?;
         check_channels(x.dim(1)?, c.encoder.in_channels)?;
         let z = l2_normalize(&self.encoder.project(&self.encoder.features(&x, true)?)?)?;

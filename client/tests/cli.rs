@@ -101,8 +101,14 @@ fn bad_flags_are_messages_not_panics() {
     let out = run(&args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("1 channel(s)") && err.contains("--in-channels 1"), "{err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert!(
+        err.contains("1 channel(s)") && err.contains("--in-channels 1"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
 
     let out = run(&[
         "eval",
