@@ -110,9 +110,45 @@ pub fn load(path: &Path, split: Split) -> Result<Digits, DataError> {
     Ok(out)
 }
 
+/// A seeded permutation of `0..n`: the order `genrep real-data` writes digits in. The CSV is
+/// grouped by class, and a loader that shuffles only shard order would see one-class batches.
+pub fn shuffled_order(n: usize, seed: u64) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shard_order_mixes_classes() {
+        let tr = load(&default_path(), Split::Train).unwrap();
+        let order = shuffled_order(tr.len(), 0);
+        assert_eq!(order, shuffled_order(tr.len(), 0), "seeded");
+        assert_ne!(order, shuffled_order(tr.len(), 1));
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..tr.len()).collect::<Vec<_>>(), "a permutation");
+        // Every window of 64 (a batch) holds most classes, and every 1000-digit shard all ten
+        // with roughly equal counts.
+        for w in order.chunks(64) {
+            let mut seen = [false; 10];
+            for &i in w {
+                seen[tr.labels[i] as usize] = true;
+            }
+            assert!(seen.iter().filter(|&&s| s).count() >= 8);
+        }
+        for shard in order.chunks(1000) {
+            for c in 0..10u8 {
+                let n = shard.iter().filter(|&&i| tr.labels[i] == c).count();
+                assert!((70..=130).contains(&n), "class {c}: {n} of 1000");
+            }
+        }
+    }
 
     #[test]
     fn split_is_stratified_4000_1000() {

@@ -185,6 +185,10 @@ struct RealDataArgs {
     /// The gzipped CSV (784 pixel columns + label). Default: data/mnist_5k.csv.gz of the source tree.
     #[arg(long)]
     csv: Option<PathBuf>,
+    /// Seed of the order digits are written in (shuffled, so that shards and batches mix
+    /// classes; a sample's key stays its index in the split).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 fn real_data(a: RealDataArgs) -> Result<()> {
@@ -197,10 +201,11 @@ fn real_data(a: RealDataArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     for split in [Split::Train, Split::Test] {
         let d = data::load(&csv, split)?;
+        let order = data::shuffled_order(d.len(), a.seed);
         let mut written = 0;
-        for (n, start) in (0..d.len()).step_by(a.shard_size).enumerate() {
+        for (n, chunk) in order.chunks(a.shard_size).enumerate() {
             let mut buf = Vec::new();
-            for i in start..(start + a.shard_size).min(d.len()) {
+            for &i in chunk {
                 let img = Image8 {
                     width: 28,
                     height: 28,
