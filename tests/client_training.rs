@@ -36,6 +36,7 @@ fn config(source: String, steps: usize) -> TrainConfig {
         world_size: 1,
         prefetch: 2,
         cache_shards: true,
+        shuffle_buffer: 0,
     }
 }
 

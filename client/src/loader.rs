@@ -297,8 +297,12 @@ pub struct Cursor {
     pub epoch: u64,
     /// Position in this rank's shard order of the epoch.
     pub shard: usize,
-    /// Samples of that shard already delivered.
+    /// Samples of that shard already read.
     pub sample: usize,
+    /// With a shuffle buffer, `(epoch, shard, sample)` is where the current buffer window
+    /// starts and this counts the window's samples already delivered.
+    #[serde(default)]
+    pub in_window: usize,
 }
 
 /// Loader settings.
@@ -313,6 +317,9 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// Keep fetched shards in memory for later epochs (small datasets, repeated epochs).
     pub cache: bool,
+    /// Sample-level shuffle: read this many samples, deliver them in a permutation seeded by
+    /// (seed, window position), repeat. 0 or 1 = shard order.
+    pub shuffle_buffer: usize,
     pub policy: FetchPolicy,
 }
 
@@ -325,6 +332,7 @@ impl Default for LoaderConfig {
             shuffle: true,
             prefetch: 2,
             cache: false,
+            shuffle_buffer: 0,
             policy: FetchPolicy::default(),
         }
     }
@@ -341,6 +349,10 @@ pub struct Loader {
     pending: VecDeque<(usize, Pending)>,
     current: Option<Arc<Vec<RawSample>>>,
     cache: Arc<Mutex<HashMap<String, Arc<Vec<RawSample>>>>>,
+    /// The shuffle buffer's window (already permuted), where it started, how much is delivered.
+    window: Vec<RawSample>,
+    window_start: Cursor,
+    window_pos: usize,
 }
 
 impl Loader {
@@ -362,6 +374,13 @@ impl Loader {
             .skip(cfg.rank)
             .step_by(w)
             .collect();
+        // Resuming inside a shuffle window: re-read the window from its start and skip what was
+        // delivered (the permutation depends only on the window's position).
+        let skip = cursor.in_window;
+        let cursor = Cursor {
+            in_window: 0,
+            ..cursor
+        };
         let mut l = Self {
             shards,
             cfg,
@@ -370,6 +389,9 @@ impl Loader {
             pending: VecDeque::new(),
             current: None,
             cache: Default::default(),
+            window: Vec::new(),
+            window_start: cursor,
+            window_pos: skip,
         };
         l.start_epoch();
         Ok(l)
@@ -380,7 +402,14 @@ impl Loader {
     }
 
     pub fn cursor(&self) -> Cursor {
-        self.cursor
+        if self.cfg.shuffle_buffer > 1 {
+            Cursor {
+                in_window: self.window_pos,
+                ..self.window_start
+            }
+        } else {
+            self.cursor
+        }
     }
 
     fn start_epoch(&mut self) {
@@ -421,6 +450,39 @@ impl Loader {
 
     /// The next sample; advances through shards and epochs forever.
     pub fn next_sample(&mut self) -> Result<RawSample, LoaderError> {
+        let n = self.cfg.shuffle_buffer;
+        if n <= 1 {
+            return self.next_in_order();
+        }
+        if self.window.is_empty() || self.window_pos >= self.window.len() {
+            let skip = if self.window.is_empty() {
+                self.window_pos
+            } else {
+                0
+            };
+            self.window_start = self.cursor;
+            self.window.clear();
+            for _ in 0..n {
+                let s = self.next_in_order()?;
+                self.window.push(s);
+            }
+            let st = self.window_start;
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+                self.cfg.seed
+                    ^ st.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ (st.shard as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+                    ^ (st.sample as u64).wrapping_mul(0x1656_67B1_9E37_79F9),
+            );
+            self.window.shuffle(&mut rng);
+            self.window_pos = skip.min(n);
+        }
+        let s = self.window[self.window_pos].clone();
+        self.window_pos += 1;
+        Ok(s)
+    }
+
+    /// The next sample in shard order.
+    fn next_in_order(&mut self) -> Result<RawSample, LoaderError> {
         loop {
             if self.current.is_none() {
                 self.fill();
@@ -446,8 +508,7 @@ impl Loader {
             if self.cursor.shard >= self.order.len() {
                 self.cursor = Cursor {
                     epoch: self.cursor.epoch + 1,
-                    shard: 0,
-                    sample: 0,
+                    ..Cursor::default()
                 };
                 self.start_epoch();
             }
@@ -786,5 +847,54 @@ mod tests {
         flat.dedup();
         assert_eq!(flat.len(), 6);
         assert!(Loader::new(all[..2].to_vec(), cfg(0), Cursor::default()).is_err());
+    }
+
+    #[test]
+    fn shuffle_buffer_permutes_each_window_and_resumes_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut shards = Vec::new();
+        for sh in 0..3 {
+            let mut b = tar::Builder::new(Vec::new());
+            for i in 0..4 {
+                let mut h = tar::Header::new_ustar();
+                h.set_size(1);
+                h.set_mode(0o444);
+                h.set_cksum();
+                b.append_data(&mut h, format!("s{sh}i{i}.cls"), b"1".as_slice())
+                    .unwrap();
+            }
+            let p = dir.path().join(format!("d-{sh:06}.tar"));
+            std::fs::write(&p, b.into_inner().unwrap()).unwrap();
+            shards.push(p.to_string_lossy().into_owned());
+        }
+        let cfg = LoaderConfig {
+            shuffle: false,
+            shuffle_buffer: 6,
+            seed: 5,
+            ..Default::default()
+        };
+        let keys = |l: &mut Loader, n: usize| -> Vec<String> {
+            (0..n).map(|_| l.next_sample().unwrap().key).collect()
+        };
+        let mut l = Loader::new(shards.clone(), cfg.clone(), Cursor::default()).unwrap();
+        let first = keys(&mut l, 24);
+        let in_order: Vec<String> = (0..3)
+            .flat_map(|sh| (0..4).map(move |i| format!("s{sh}i{i}")))
+            .collect();
+        // Each epoch (two windows of 6) is a permutation of the 12 samples, not shard order.
+        for epoch in first.chunks(12) {
+            let mut sorted = epoch.to_vec();
+            sorted.sort();
+            assert_eq!(sorted, in_order);
+            assert_ne!(epoch, in_order.as_slice());
+        }
+        // Resume from the cursor taken mid-window: the continuation is identical.
+        let mut a = Loader::new(shards.clone(), cfg.clone(), Cursor::default()).unwrap();
+        let head = keys(&mut a, 8);
+        assert_eq!(head, first[..8]);
+        let c = a.cursor();
+        assert_eq!(c.in_window, 2, "{c:?}");
+        let mut b = Loader::new(shards, cfg, c).unwrap();
+        assert_eq!(keys(&mut b, 16), first[8..24]);
     }
 }

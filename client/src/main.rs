@@ -102,6 +102,11 @@ struct TrainArgs {
     /// Keep downloaded shards in memory for later epochs.
     #[arg(long)]
     cache_shards: bool,
+    /// Sample-level shuffle, as webdataset's `.shuffle(N)`: read N samples, deliver them in a
+    /// seeded random order, repeat; resumes exactly from checkpoints. 0 = shard order (shards
+    /// are still shuffled per epoch).
+    #[arg(long, default_value_t = 0)]
+    shuffle_buffer: usize,
     /// Checkpoint directory (`step-NNNNNNNN/` + `latest`).
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
@@ -208,6 +213,7 @@ fn train(a: TrainArgs) -> Result<()> {
         world_size: a.world_size,
         prefetch: a.prefetch,
         cache_shards: a.cache_shards,
+        shuffle_buffer: a.shuffle_buffer,
     };
     let resume_from = if a.resume {
         let dir = a

@@ -45,6 +45,9 @@ pub struct TrainConfig {
     pub world_size: usize,
     pub prefetch: usize,
     pub cache_shards: bool,
+    /// Sample-level shuffle window (0 = shard order), see `LoaderConfig::shuffle_buffer`.
+    #[serde(default)]
+    pub shuffle_buffer: usize,
 }
 
 /// Saved with the weights: where training stands.
@@ -151,6 +154,7 @@ impl Trainer {
             shuffle: true,
             prefetch: cfg.prefetch,
             cache: cfg.cache_shards,
+            shuffle_buffer: cfg.shuffle_buffer,
             ..Default::default()
         };
         let loader = Loader::new(shards, lcfg, cursor)?;
