@@ -2,10 +2,12 @@
 //! deterministic shuffle, bounded parallel prefetch, retries with backoff, a resumable cursor, and
 //! decoding to candle tensors.
 //!
-//! A shard is read whole and must end with the tar end-of-archive marker (two zero blocks), and,
-//! when the server announces `x-genrep-samples`, hold exactly that many samples: a truncated shard
-//! is an error, never a silently short epoch. A failed download is retried from the start of the
-//! shard (shards are deterministic), and the loader skips the samples it already delivered.
+//! Shards are read as a stream: a sample is handed on as soon as the next one starts (so an endless
+//! `/v1/stream` URL yields from its first samples), and the last one only once the tar
+//! end-of-archive marker (two zero blocks) has arrived and, when the server announces
+//! `x-genrep-samples`, the count matches: a truncated shard is an error, never a silently short
+//! epoch. A failed download is retried from the start of the shard (shards are deterministic),
+//! skipping the samples already delivered, so every sample is delivered exactly once.
 
 use candle_core::{Device, Tensor};
 use genrep_wire::SampleMeta;
@@ -159,75 +161,143 @@ pub struct RawSample {
     pub fields: BTreeMap<String, Vec<u8>>,
 }
 
-/// Parses a whole shard, checking that it is complete.
+/// Counts the bytes that pass through and keeps the last 1024 of them, to check the tar
+/// end-of-archive marker (the `tar` crate treats a stream cut at a header boundary as a clean end).
+struct TailReader<R> {
+    inner: R,
+    total: u64,
+    tail: Vec<u8>,
+}
+
+impl<R: Read> Read for TailReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.total += n as u64;
+        self.tail.extend_from_slice(&buf[..n]);
+        if self.tail.len() > 1024 {
+            self.tail.drain(..self.tail.len() - 1024);
+        }
+        Ok(n)
+    }
+}
+
+impl<R> TailReader<R> {
+    fn ends_with_marker(&self) -> bool {
+        self.total >= 1024
+            && self.total % 512 == 0
+            && self.tail.len() == 1024
+            && self.tail.iter().all(|&b| b == 0)
+    }
+}
+
+/// Reads a tar stream sample by sample and calls `emit(index, sample)` for each, in order. A
+/// sample is emitted once the next one starts; the last one only after the end-of-archive marker
+/// and the announced count (`expected`) are checked, so an emitted sample is always complete.
+/// `emit` returns `false` to stop reading (the consumer went away). Returns the sample count.
+pub fn read_samples<R: Read>(
+    name: &str,
+    reader: R,
+    expected: Option<usize>,
+    mut emit: impl FnMut(usize, RawSample) -> bool,
+) -> Result<usize, LoaderError> {
+    let trunc = |m: String| LoaderError::Truncated(name.into(), m);
+    let mut src = TailReader {
+        inner: reader,
+        total: 0,
+        tail: Vec::new(),
+    };
+    let mut count = 0;
+    let mut cur: Option<RawSample> = None;
+    {
+        let mut ar = tar::Archive::new(&mut src);
+        for e in ar.entries().map_err(|e| trunc(e.to_string()))? {
+            let mut e = e.map_err(|e| trunc(e.to_string()))?;
+            if e.header().entry_type() != tar::EntryType::Regular {
+                continue;
+            }
+            let path = e
+                .path()
+                .map_err(|e| trunc(e.to_string()))?
+                .to_string_lossy()
+                .into_owned();
+            let base = path.rsplit('/').next().unwrap_or(&path);
+            let Some(dot) = base.find('.') else { continue };
+            if dot == 0 {
+                continue;
+            }
+            let key = format!("{}{}", &path[..path.len() - base.len()], &base[..dot]);
+            let field = base[dot + 1..].to_lowercase();
+            let mut buf = Vec::with_capacity(e.size() as usize);
+            e.read_to_end(&mut buf).map_err(|e| trunc(e.to_string()))?;
+            match &mut cur {
+                Some(s) if s.key == key => {
+                    if s.fields.insert(field.clone(), buf).is_some() {
+                        return Err(LoaderError::Sample(
+                            name.into(),
+                            key,
+                            format!("duplicate field `{field}`"),
+                        ));
+                    }
+                }
+                _ => {
+                    if let Some(done) = cur.take() {
+                        if !emit(count, done) {
+                            return Ok(count);
+                        }
+                        count += 1;
+                    }
+                    cur = Some(RawSample {
+                        key,
+                        fields: BTreeMap::from([(field, buf)]),
+                    });
+                }
+            }
+        }
+    }
+    // The archive stops after the first zero block; read the rest to see the whole end.
+    std::io::copy(&mut src, &mut std::io::sink()).map_err(|e| trunc(e.to_string()))?;
+    if !src.ends_with_marker() {
+        return Err(trunc(format!(
+            "{} bytes, no end-of-archive marker",
+            src.total
+        )));
+    }
+    let total = count + usize::from(cur.is_some());
+    if let Some(n) = expected {
+        if total != n {
+            return Err(trunc(format!("{total} samples, the server announced {n}")));
+        }
+    }
+    if let Some(done) = cur {
+        if emit(count, done) {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// Parses a whole shard held in memory, checking that it is complete.
 pub fn parse_shard(
     name: &str,
     data: &[u8],
     expected: Option<usize>,
 ) -> Result<Vec<RawSample>, LoaderError> {
-    let trunc = |m: String| LoaderError::Truncated(name.into(), m);
-    if data.len() < 1024
-        || data.len() % 512 != 0
-        || data[data.len() - 1024..].iter().any(|&b| b != 0)
-    {
-        return Err(trunc(format!(
-            "{} bytes, no end-of-archive marker",
-            data.len()
-        )));
-    }
-    let mut ar = tar::Archive::new(data);
-    let mut out: Vec<RawSample> = Vec::new();
-    for e in ar.entries().map_err(|e| trunc(e.to_string()))? {
-        let mut e = e.map_err(|e| trunc(e.to_string()))?;
-        if e.header().entry_type() != tar::EntryType::Regular {
-            continue;
-        }
-        let path = e
-            .path()
-            .map_err(|e| trunc(e.to_string()))?
-            .to_string_lossy()
-            .into_owned();
-        let base = path.rsplit('/').next().unwrap_or(&path);
-        let Some(dot) = base.find('.') else { continue };
-        if dot == 0 {
-            continue;
-        }
-        let key = format!("{}{}", &path[..path.len() - base.len()], &base[..dot]);
-        let field = base[dot + 1..].to_lowercase();
-        let mut buf = Vec::with_capacity(e.size() as usize);
-        e.read_to_end(&mut buf).map_err(|e| trunc(e.to_string()))?;
-        match out.last_mut() {
-            Some(s) if s.key == key => {
-                if s.fields.insert(field.clone(), buf).is_some() {
-                    return Err(LoaderError::Sample(
-                        name.into(),
-                        key,
-                        format!("duplicate field `{field}`"),
-                    ));
-                }
-            }
-            _ => out.push(RawSample {
-                key,
-                fields: BTreeMap::from([(field, buf)]),
-            }),
-        }
-    }
-    if let Some(n) = expected {
-        if out.len() != n {
-            return Err(trunc(format!(
-                "{} samples, the server announced {n}",
-                out.len()
-            )));
-        }
-    }
+    let mut out = Vec::new();
+    read_samples(name, data, expected, |_, s| {
+        out.push(s);
+        true
+    })?;
     Ok(out)
 }
 
 /// Network behaviour.
 #[derive(Debug, Clone)]
 pub struct FetchPolicy {
+    /// Tries per shard (the first included).
     pub attempts: usize,
+    /// Wait before the second try; doubled for each further one.
     pub backoff: Duration,
+    /// Longest wait for the next bytes of a response (streams are endless, so not a total).
     pub timeout: Duration,
 }
 
@@ -241,15 +311,23 @@ impl Default for FetchPolicy {
     }
 }
 
-/// Reads one shard (HTTP with retries, or a local file) and parses it.
-pub fn fetch(url: &str, policy: &FetchPolicy) -> Result<Vec<RawSample>, LoaderError> {
+/// Streams shard `url` (HTTP, or a local file) into `on_sample(index, sample)`, retrying a
+/// failed HTTP download with exponential backoff; each attempt re-reads the shard from its start,
+/// so `on_sample` sees indices from 0 again and must skip what it already has. 4xx answers other
+/// than 429 fail at once. `on_sample` returns `false` to stop.
+pub fn stream_shard(
+    url: &str,
+    policy: &FetchPolicy,
+    mut on_sample: impl FnMut(usize, RawSample) -> bool,
+) -> Result<(), LoaderError> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
-        let data = std::fs::read(url).map_err(|e| LoaderError::Io(url.into(), e.to_string()))?;
-        return parse_shard(url, &data, None);
+        let f = std::fs::File::open(url).map_err(|e| LoaderError::Io(url.into(), e.to_string()))?;
+        read_samples(url, std::io::BufReader::new(f), None, on_sample)?;
+        return Ok(());
     }
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(10))
-        .timeout(policy.timeout)
+        .timeout_read(policy.timeout)
         .build();
     let mut last = String::new();
     for attempt in 0..policy.attempts.max(1) {
@@ -258,15 +336,13 @@ pub fn fetch(url: &str, policy: &FetchPolicy) -> Result<Vec<RawSample>, LoaderEr
         }
         match agent.get(url).call() {
             Ok(resp) => {
-                let expected = resp.header("x-genrep-samples").and_then(|v| v.parse().ok());
-                let mut data = Vec::new();
-                match resp.into_reader().read_to_end(&mut data) {
-                    Ok(_) => match parse_shard(url, &data, expected) {
-                        Ok(s) => return Ok(s),
-                        // A cut connection shows up as a truncated body: retry it.
-                        Err(e) => last = e.to_string(),
-                    },
-                    Err(e) => last = format!("reading body: {e}"),
+                let expected = resp
+                    .header(genrep_wire::SAMPLES_HEADER)
+                    .and_then(|v| v.parse().ok());
+                // A cut connection shows up as a truncated body: retry it.
+                match read_samples(url, resp.into_reader(), expected, &mut on_sample) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = e.to_string(),
                 }
             }
             Err(ureq::Error::Status(code, resp)) => {
@@ -289,6 +365,18 @@ pub fn fetch(url: &str, policy: &FetchPolicy) -> Result<Vec<RawSample>, LoaderEr
         attempts: policy.attempts.max(1),
         last,
     })
+}
+
+/// Reads one whole shard (HTTP with retries, or a local file).
+pub fn fetch(url: &str, policy: &FetchPolicy) -> Result<Vec<RawSample>, LoaderError> {
+    let mut out = Vec::new();
+    stream_shard(url, policy, |i, s| {
+        if i == out.len() {
+            out.push(s);
+        }
+        true
+    })?;
+    Ok(out)
 }
 
 /// Where the loader is: enough to resume exactly (saved in checkpoints).
@@ -338,7 +426,17 @@ impl Default for LoaderConfig {
     }
 }
 
-type Pending = std::sync::mpsc::Receiver<Result<Arc<Vec<RawSample>>, LoaderError>>;
+/// What a shard's reader thread sends: samples as they arrive, then the end or the failure.
+enum ShardMsg {
+    Sample(RawSample),
+    End,
+    Failed(LoaderError),
+}
+
+type Pending = std::sync::mpsc::Receiver<ShardMsg>;
+
+/// Samples a prefetching shard reader may hold ahead of the consumer.
+const READ_AHEAD: usize = 1024;
 
 /// Iterates samples epoch after epoch, from a cursor.
 pub struct Loader {
@@ -347,7 +445,7 @@ pub struct Loader {
     cursor: Cursor,
     order: Vec<usize>,
     pending: VecDeque<(usize, Pending)>,
-    current: Option<Arc<Vec<RawSample>>>,
+    current: Option<Pending>,
     cache: Arc<Mutex<HashMap<String, Arc<Vec<RawSample>>>>>,
     /// The shuffle buffer's window (already permuted), where it started, how much is delivered.
     window: Vec<RawSample>,
@@ -424,24 +522,59 @@ impl Loader {
         self.current = None;
     }
 
+    /// Starts reader threads for the next shards, up to `prefetch` ahead. The shard at the cursor
+    /// starts at `cursor.sample` (after a failure or a resume), later ones at 0.
     fn fill(&mut self) {
         let next = self.cursor.shard + self.pending.len() + usize::from(self.current.is_some());
         let mut pos = next;
         while self.pending.len() < self.cfg.prefetch.max(1) && pos < self.order.len() {
             let url = self.shards[self.order[pos]].clone();
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let skip = if pos == self.cursor.shard {
+                self.cursor.sample
+            } else {
+                0
+            };
+            let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
             let (policy, cache, use_cache) =
                 (self.cfg.policy.clone(), self.cache.clone(), self.cfg.cache);
             std::thread::spawn(move || {
-                if let Some(hit) = cache.lock().unwrap().get(&url).cloned() {
-                    let _ = tx.send(Ok(hit));
+                let hit = cache.lock().unwrap().get(&url).cloned();
+                if let Some(hit) = hit {
+                    for s in hit.iter().skip(skip) {
+                        if tx.send(ShardMsg::Sample(s.clone())).is_err() {
+                            return;
+                        }
+                    }
+                    let _ = tx.send(ShardMsg::End);
                     return;
                 }
-                let r = fetch(&url, &policy).map(Arc::new);
-                if let (Ok(s), true) = (&r, use_cache) {
-                    cache.lock().unwrap().insert(url, s.clone());
+                // Index of the next sample to send: a retried download starts again at 0 and
+                // skips what was already sent.
+                let mut next = skip;
+                let mut all = Vec::new();
+                let mut alive = true;
+                let r = stream_shard(&url, &policy, |i, s| {
+                    if use_cache && i == all.len() {
+                        all.push(s.clone());
+                    }
+                    if i == next {
+                        next += 1;
+                        alive = tx.send(ShardMsg::Sample(s)).is_ok();
+                    }
+                    alive
+                });
+                match r {
+                    Ok(()) if alive => {
+                        if use_cache {
+                            cache.lock().unwrap().insert(url, Arc::new(all));
+                        }
+                        let _ = tx.send(ShardMsg::End);
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        let _ = tx.send(ShardMsg::Failed(e));
+                    }
                 }
-                let _ = tx.send(r);
             });
             self.pending.push_back((pos, rx));
             pos += 1;
@@ -490,27 +623,37 @@ impl Loader {
                     .pending
                     .pop_front()
                     .expect("fill queues at least one shard");
-                let shard = rx.recv().map_err(|_| {
-                    LoaderError::Io("prefetch".into(), "fetch thread died".into())
-                })??;
-                self.current = Some(shard);
+                self.current = Some(rx);
                 self.fill();
             }
-            let shard = self.current.as_ref().unwrap();
-            if self.cursor.sample < shard.len() {
-                let s = shard[self.cursor.sample].clone();
-                self.cursor.sample += 1;
-                return Ok(s);
-            }
-            self.current = None;
-            self.cursor.sample = 0;
-            self.cursor.shard += 1;
-            if self.cursor.shard >= self.order.len() {
-                self.cursor = Cursor {
-                    epoch: self.cursor.epoch + 1,
-                    ..Cursor::default()
-                };
-                self.start_epoch();
+            let msg = self.current.as_ref().unwrap().recv();
+            match msg {
+                Ok(ShardMsg::Sample(s)) => {
+                    self.cursor.sample += 1;
+                    return Ok(s);
+                }
+                Ok(ShardMsg::End) => {
+                    self.current = None;
+                    self.cursor.sample = 0;
+                    self.cursor.shard += 1;
+                    if self.cursor.shard >= self.order.len() {
+                        self.cursor = Cursor {
+                            epoch: self.cursor.epoch + 1,
+                            ..Cursor::default()
+                        };
+                        self.start_epoch();
+                    }
+                }
+                failed => {
+                    // Start over from the cursor on the next call: the failed shard again, from
+                    // its first undelivered sample, then the ones after it.
+                    self.current = None;
+                    self.pending.clear();
+                    return Err(match failed {
+                        Ok(ShardMsg::Failed(e)) => e,
+                        _ => LoaderError::Io("prefetch".into(), "shard reader thread died".into()),
+                    });
+                }
             }
         }
     }

@@ -120,7 +120,7 @@ fn tar_headers(first: u64, count: Option<u64>) -> HeaderMap {
     );
     h.insert("x-genrep-first-index", first.into());
     if let Some(c) = count {
-        h.insert("x-genrep-samples", c.into());
+        h.insert(genrep_wire::SAMPLES_HEADER, c.into());
     }
     h
 }

@@ -12,6 +12,9 @@ pub const KEY_DIGITS: usize = 12;
 /// Exclusive upper bound of sample indices.
 pub const MAX_INDEX: u64 = 1_000_000_000_000;
 
+/// Response header of a finite shard: how many samples it holds (a client checks the count).
+pub const SAMPLES_HEADER: &str = "x-genrep-samples";
+
 /// How positives are made from the anchor latent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
