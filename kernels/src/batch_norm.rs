@@ -10,7 +10,7 @@
 //! Statistics are summed in f64. Off the CPU (and for dtypes other than f32) the same maths runs
 //! as candle ops.
 
-use candle_core::backend::BackendStorage;
+use crate::f32_slice;
 use candle_core::{
     CpuStorage, CustomOp3, DType, Device, Layout, ModuleT, Result, Shape, Tensor, Var,
 };
@@ -186,17 +186,6 @@ struct Stats {
     inv_std: Vec<f64>,
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        other => candle_core::bail!("batch norm: {what} must be f32, got {:?}", other.dtype()),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("batch norm: {what} must be contiguous"),
-    }
-}
-
 /// `(batch, channels, inner)` of a `[B, C, …]` layout.
 fn bci(shape: &Shape) -> (usize, usize, usize) {
     let d = shape.dims();
@@ -306,8 +295,11 @@ impl CustomOp3 for BnTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "input")?;
-        let (gamma, beta) = (f32_slice(s2, l2, "weight")?, f32_slice(s3, l3, "bias")?);
+        let x = f32_slice(s1, l1, "batch norm: input")?;
+        let (gamma, beta) = (
+            f32_slice(s2, l2, "batch norm: weight")?,
+            f32_slice(s3, l3, "batch norm: bias")?,
+        );
         let (b, c, inner) = bci(l1.shape());
         let n = (b * inner) as f64;
         let sums = channel_sums((b, c, inner), |off, _| {
@@ -397,9 +389,9 @@ impl CustomOp3 for BnBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "input")?;
-        let dy = f32_slice(s2, l2, "gradient")?;
-        let y = f32_slice(s3, l3, "output")?;
+        let x = f32_slice(s1, l1, "batch norm: input")?;
+        let dy = f32_slice(s2, l2, "batch norm: gradient")?;
+        let y = f32_slice(s3, l3, "batch norm: output")?;
         let (b, c, inner) = bci(l1.shape());
         let n = (b * inner) as f64;
         let relu = self.relu;

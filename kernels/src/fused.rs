@@ -9,22 +9,11 @@
 //! of any training loop here), and falls back to the composed candle ops off the CPU or for
 //! dtypes other than f32.
 
-use candle_core::backend::BackendStorage;
+use crate::f32_slice;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        other => candle_core::bail!("{op}: expected f32, got {:?}", other.dtype()),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
-}
 
 fn on_cpu_f32(ts: &[&Tensor]) -> bool {
     ts.iter()

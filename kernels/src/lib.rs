@@ -124,16 +124,20 @@ fn geometry(x: &Shape, w: &Shape, stride: usize, padding: usize) -> Result<Geome
     })
 }
 
-/// The f32 slice a contiguous layout covers.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The f32 slice a contiguous layout covers; `what` names the operand in errors.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
-        other => candle_core::bail!("conv2d: {what} must be f32, got {:?}", other.dtype()),
+        other => candle_core::bail!("{what} must be f32, got {:?}", other.dtype()),
     };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("conv2d: {what} must be contiguous"),
+        None => candle_core::bail!("{what} must be contiguous"),
     }
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    f32_slice(s, l, &format!("conv2d: {what}"))
 }
 
 /// Forward convolution (arguments: input, kernel).
@@ -154,17 +158,7 @@ impl CustomOp2 for Conv2dOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let geo = geometry(l1.shape(), l2.shape(), self.stride, self.padding)?;
-        let out = cpu::conv2d_forward(
-            slice(s1, l1, "input")?,
-            slice(s2, l2, "kernel")?,
-            None,
-            &geo,
-        );
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((geo.batch, geo.cout, geo.ho, geo.wo)),
-        ))
+        self.forward_cpu((s1, l1), (s2, l2), None)
     }
 
     fn bwd(
@@ -192,17 +186,7 @@ impl CustomOp3 for Conv2dOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let geo = geometry(l1.shape(), l2.shape(), self.stride, self.padding)?;
-        let out = cpu::conv2d_forward(
-            slice(s1, l1, "input")?,
-            slice(s2, l2, "kernel")?,
-            Some(slice(s3, l3, "bias")?),
-            &geo,
-        );
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((geo.batch, geo.cout, geo.ho, geo.wo)),
-        ))
+        self.forward_cpu((s1, l1), (s2, l2), Some((s3, l3)))
     }
 
     fn bwd(
@@ -223,7 +207,29 @@ impl CustomOp3 for Conv2dOp {
     }
 }
 
+type Operand<'a> = (&'a CpuStorage, &'a Layout);
+
 impl Conv2dOp {
+    fn forward_cpu(
+        &self,
+        (s1, l1): Operand,
+        (s2, l2): Operand,
+        bias: Option<Operand>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let geo = geometry(l1.shape(), l2.shape(), self.stride, self.padding)?;
+        let bias = bias.map(|(s, l)| slice(s, l, "bias")).transpose()?;
+        let out = cpu::conv2d_forward(
+            slice(s1, l1, "input")?,
+            slice(s2, l2, "kernel")?,
+            bias,
+            &geo,
+        );
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((geo.batch, geo.cout, geo.ho, geo.wo)),
+        ))
+    }
+
     /// Input and kernel gradients, each only if its tensor takes part in the graph (the input
     /// image of the first layer needs none, which saves a GEMM).
     fn grads(

@@ -6,31 +6,12 @@ use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder, VarMap};
 use genrep_kernels::BatchNorm2d;
 
-fn tensor(dims: &[usize], seed: u64, scale: f32, shift: f32) -> Tensor {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let n: usize = dims.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale + shift
-        })
-        .collect();
-    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-}
+mod common;
 
-fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    let s = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-    d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap().max(1e-12)
+use common::rel_err as max_rel;
+
+fn tensor(dims: &[usize], seed: u64, scale: f32, shift: f32) -> Tensor {
+    ((common::tensor(dims, seed) * scale as f64).unwrap() + shift as f64).unwrap()
 }
 
 /// Both layers over the same initial values: ours and candle_nn's, each in its own VarMap.

@@ -4,51 +4,9 @@
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use genrep_kernels::{conv2d, Conv2d};
 
-/// Deterministic pseudo-random values in [-1, 1).
-fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+mod common;
 
-fn tensor(dims: &[usize], seed: u64) -> Tensor {
-    let n = dims.iter().product();
-    Tensor::from_vec(data(n, seed), dims, &Device::Cpu).unwrap()
-}
-
-/// max |a − b| / max |b|: relative to the reference's scale, so that values near zero in a sum
-/// of many terms do not inflate the error.
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    diff / scale.max(1e-12)
-}
+use common::{data, rel_err, tensor};
 
 /// (batch, cin, h, w, cout, k, stride, padding)
 const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[

@@ -1,37 +1,13 @@
 //! The fused element-wise ops and the conv bias against the candle ops they replace, forward and
 //! backward.
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Tensor, Var};
 use genrep_kernels::fused::{add_skip, scale_shift, upsample_nearest2x};
 use genrep_kernels::{conv2d_bias, Conv2d};
 
-fn tensor(dims: &[usize], seed: u64) -> Tensor {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let n: usize = dims.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-}
+mod common;
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use common::{max_abs_diff, tensor};
 
 /// Gradients of `sum(f(vars) · r)` for each var.
 fn grads(vars: &[&Var], y: &Tensor, seed: u64) -> Vec<Tensor> {
