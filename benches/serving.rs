@@ -7,8 +7,9 @@
 //!     cargo bench --bench serving [-- --quick]
 
 use genrep::api::{router, AppState, Limits};
-use genrep::engine::{produce, Engine, EngineConfig, SampleRequest, StreamEnd};
+use genrep::engine::{produce, Engine, EngineConfig, StreamEnd};
 use genrep::metrics::Metrics;
+use genrep::params::SampleRequest;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -31,9 +32,8 @@ async fn wait_ready(e: &Engine) {
 }
 
 fn request() -> SampleRequest {
-    let q = genrep::api::params::Query::from_pairs([("views".to_string(), "1".to_string())]);
     let g = genrep::embedded::load(&candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
-    q.sample_request(g.spec(), &limits()).unwrap()
+    SampleRequest::parse(|k| (k == "views").then_some("1"), g.spec(), &limits()).unwrap()
 }
 
 fn limits() -> Limits {

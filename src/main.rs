@@ -1,11 +1,29 @@
-//! `genrep` command line: serve, export, generate.
+//! `genrep` command line: parses flags and dispatches to [`genrep::server`], [`genrep::export`]
+//! and [`genrep::offline`].
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
-use genrep::format::image::{grid, Image8};
-use genrep::format::npy::{self, NpyArray};
-use genrep::generator::{load_model_dir, parse_dtype, ClassInput};
+use clap::{Parser, Subcommand, ValueEnum};
+use genrep::generator::load_model_dir;
+use genrep::params::{Limits, SamplingArgs};
 use std::path::PathBuf;
+
+/// Compute dtype of the generator.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Dtype {
+    fn candle(self) -> candle_core::DType {
+        match self {
+            Dtype::F32 => candle_core::DType::F32,
+            Dtype::F16 => candle_core::DType::F16,
+            Dtype::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -59,9 +77,9 @@ struct GenerateArgs {
     /// Device: `cpu`, or `cuda:N` when built with the `cuda` feature.
     #[arg(long, env = "GENREP_DEVICE", default_value = "cpu")]
     device: String,
-    /// Compute dtype: f32, f16 or bf16 (f16/bf16 on CUDA).
-    #[arg(long, env = "GENREP_DTYPE", default_value = "f32")]
-    dtype: String,
+    /// Compute dtype (f16/bf16 are meant for CUDA).
+    #[arg(long, env = "GENREP_DTYPE", value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
 }
 
 /// Which generator to run and where.
@@ -74,10 +92,10 @@ struct ModelArgs {
     /// `cpu`, or `cuda:N` with `--features cuda`. One thread owns the model on this device.
     #[arg(long, env = "GENREP_DEVICE", default_value = "cpu")]
     device: String,
-    /// f32, f16 or bf16. Half precision halves memory traffic on GPUs; CPU pixels are only
-    /// reproducible bit-for-bit in f32.
-    #[arg(long, env = "GENREP_DTYPE", default_value = "f32")]
-    dtype: String,
+    /// Half precision halves memory traffic on GPUs; CPU pixels are only reproducible
+    /// bit-for-bit in f32.
+    #[arg(long, env = "GENREP_DTYPE", value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
 }
 
 /// Batching knobs shared by `serve` and `export`.
@@ -147,24 +165,10 @@ struct ExportArgs {
     /// Samples per shard.
     #[arg(long, default_value_t = 1000)]
     shard_size: u64,
-    #[arg(long)]
-    seed: Option<String>,
-    #[arg(long)]
-    method: Option<String>,
-    #[arg(long)]
-    sigma: Option<String>,
-    #[arg(long)]
-    views: Option<String>,
-    #[arg(long)]
-    truncation: Option<String>,
-    #[arg(long)]
-    gen_truncation: Option<String>,
-    #[arg(long)]
-    classes: Option<String>,
-    #[arg(long)]
-    format: Option<String>,
-    #[arg(long)]
-    quality: Option<String>,
+    /// The sampling parameters (from the parameter table: the query parameters' names and
+    /// values).
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Shards generated at once (they share batches).
     #[arg(long, default_value_t = 2)]
     parallel: usize,
@@ -191,50 +195,9 @@ struct RealDataArgs {
     seed: u64,
 }
 
-fn real_data(a: RealDataArgs) -> Result<()> {
-    use genrep::data::{self, Split};
-    if a.shard_size == 0 {
-        bail!("--shard-size must be at least 1");
-    }
-    let csv = a.csv.clone().unwrap_or_else(data::default_path);
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
-    for split in [Split::Train, Split::Test] {
-        let d = data::load(&csv, split)?;
-        let order = data::shuffled_order(d.len(), a.seed);
-        let mut written = 0;
-        for (n, chunk) in order.chunks(a.shard_size).enumerate() {
-            let mut buf = Vec::new();
-            for &i in chunk {
-                let img = Image8 {
-                    width: 28,
-                    height: 28,
-                    channels: 1,
-                    pixels: d.image(i).to_vec(),
-                };
-                let members = [
-                    ("png".to_string(), bytes::Bytes::from(img.to_png())),
-                    (
-                        "cls".to_string(),
-                        bytes::Bytes::from(d.labels[i].to_string()),
-                    ),
-                ];
-                buf.extend_from_slice(&genrep::wds::sample_tar(&format!("{i:06}"), &members));
-            }
-            buf.extend_from_slice(&genrep::wds::TAR_END);
-            let path = a.out.join(format!("mnist-{}-{n:06}.tar", split.name()));
-            std::fs::write(&path, buf)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            written += 1;
-        }
-        eprintln!("{}: {} digits in {written} shards", split.name(), d.len());
-    }
-    Ok(())
-}
-
 fn load_generator(m: &ModelArgs) -> Result<Box<dyn genrep::generator::Generator>> {
     let device = genrep::device::parse_device(&m.device)?;
-    let dtype = parse_dtype(&m.dtype)?;
+    let dtype = m.dtype.candle();
     Ok(match &m.model {
         Some(dir) => load_model_dir(dir, &device, dtype)
             .with_context(|| format!("loading model directory {}", dir.display()))?,
@@ -264,27 +227,6 @@ fn engine_config(e: &EngineArgs) -> Result<genrep::engine::EngineConfig> {
     })
 }
 
-async fn shutdown_signal(token: tokio_util::sync::CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-    tracing::info!("shutdown requested: /ready is 503, streams end at the next sample boundary");
-    token.cancel();
-}
-
 fn serve(a: ServeArgs) -> Result<()> {
     if a.max_concurrent_streams == 0 || a.max_views == 0 || a.max_shard_size == 0 {
         bail!("--max-concurrent-streams, --max-views and --max-shard-size must be at least 1");
@@ -292,240 +234,51 @@ fn serve(a: ServeArgs) -> Result<()> {
     let generator = load_generator(&a.model)?;
     let cfg = engine_config(&a.engine)?;
     tracing::info!(?a.model, ?a.engine, host = %a.host, port = a.port, "starting");
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
-        let metrics = std::sync::Arc::new(genrep::metrics::Metrics::default());
-        let engine = genrep::engine::Engine::start(generator, cfg, metrics);
-        let limits = genrep::api::Limits {
+    let opts = genrep::server::ServeOptions {
+        host: a.host,
+        port: a.port,
+        limits: Limits {
             max_views: a.max_views,
             max_shard_size: a.max_shard_size,
             max_concurrent_streams: a.max_concurrent_streams,
             max_generate_latents: a.max_generate_latents,
             max_grid_rows: a.max_grid_rows,
-        };
-        let token = tokio_util::sync::CancellationToken::new();
-        let state = genrep::api::AppState::new(engine, limits, token.clone());
-        let app = genrep::api::router(state);
-        let addr = format!("{}:{}", a.host, a.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("cannot bind {addr}"))?;
-        tracing::info!("listening on http://{}", listener.local_addr()?);
-        tokio::spawn(shutdown_signal(token.clone()));
-        let drain = std::time::Duration::from_secs(a.drain_timeout_s);
-        let wait = token.clone();
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { wait.cancelled().await });
-        let deadline = async {
-            token.cancelled().await;
-            tokio::time::sleep(drain).await;
-        };
-        tokio::select! {
-            r = server => r.context("server error")?,
-            _ = deadline => tracing::warn!("drain timeout: closing remaining connections"),
-        }
-        tracing::info!("bye");
-        Ok(())
-    })
-}
-
-fn parse_shard_range(s: &str) -> Result<(u64, u64)> {
-    let (a, b) = match s.split_once("..") {
-        Some((a, b)) => (a.trim(), b.trim()),
-        None => (s.trim(), s.trim()),
+        },
+        drain: std::time::Duration::from_secs(a.drain_timeout_s),
     };
-    let parse = |x: &str| {
-        x.parse::<u64>()
-            .with_context(|| format!("--shards: `{x}` is not a shard number (expected A..B or N)"))
-    };
-    let (a, b) = (parse(a)?, parse(b)?);
-    if a > b {
-        bail!("--shards: {a}..{b} is empty (start > end)");
-    }
-    Ok((a, b))
+    genrep::server::run(generator, cfg, opts)
 }
 
 fn export(a: ExportArgs) -> Result<()> {
-    let (first, last) = parse_shard_range(&a.shards)?;
-    let name_ok = !a.prefix.is_empty()
-        && a.prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if !name_ok {
-        bail!("--prefix must be letters, digits, `_` or `-`");
-    }
+    let (first, last) = genrep::export::parse_shard_range(&a.shards)?;
     let generator = load_generator(&a.model)?;
-    let spec = generator.spec().clone();
     let cfg = engine_config(&a.engine)?;
-    // The same validation as the HTTP query string, so files equal the served shards.
-    let pairs = [
-        ("seed", &a.seed),
-        ("method", &a.method),
-        ("sigma", &a.sigma),
-        ("views", &a.views),
-        ("truncation", &a.truncation),
-        ("gen_truncation", &a.gen_truncation),
-        ("classes", &a.classes),
-        ("format", &a.format),
-        ("quality", &a.quality),
-    ];
-    let q = genrep::api::params::Query::from_pairs(
-        pairs
-            .iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.clone()))),
-    );
-    let limits = genrep::api::Limits {
-        max_views: 1024,
-        max_shard_size: u64::MAX,
-        max_concurrent_streams: 1,
-        max_generate_latents: 0,
-        max_grid_rows: 0,
-    };
-    let req = q
-        .sample_request(&spec, &limits)
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    let size = a.shard_size;
-    if size == 0 {
-        bail!("--shard-size must be at least 1");
-    }
-    if (last + 1)
-        .checked_mul(size)
-        .is_none_or(|e| e > genrep_wire::MAX_INDEX)
-    {
-        bail!("--shards {first}..{last} with --shard-size {size} goes past the last sample index");
-    }
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
-        let metrics = std::sync::Arc::new(genrep::metrics::Metrics::default());
-        let engine = genrep::engine::Engine::start(generator, cfg, metrics);
-        let req = std::sync::Arc::new(req);
-        let total = (last - first + 1) * size;
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} samples {per_sec} eta {eta} {msg}",
-            )
-            .unwrap(),
-        );
-        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(a.parallel.max(1)));
-        let mut tasks = Vec::new();
-        for n in first..=last {
-            let permit = sem.clone().acquire_owned().await.unwrap();
-            let (engine, req, bar) = (engine.clone(), req.clone(), bar.clone());
-            let path = a.out.join(format!("{}-{n:06}.tar", a.prefix));
-            tasks.push(tokio::spawn(async move {
-                let _permit = permit;
-                let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-                let start = n * size;
-                let prod = tokio::spawn(genrep::engine::produce(
-                    engine,
-                    req,
-                    start,
-                    genrep::engine::StreamEnd::Shard(start + size),
-                    tx,
-                    tokio_util::sync::CancellationToken::new(),
-                ));
-                let tmp = path.with_extension("tar.partial");
-                let mut buf = Vec::new();
-                while let Some(chunk) = rx.recv().await {
-                    let chunk = chunk.with_context(|| format!("generating {}", path.display()))?;
-                    if chunk.len() != 1024 || chunk.iter().any(|&b| b != 0) {
-                        bar.inc(1);
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-                prod.await?;
-                // Write then rename: an interrupted export never leaves a short shard behind.
-                std::fs::write(&tmp, &buf)
-                    .with_context(|| format!("cannot write {}", tmp.display()))?;
-                std::fs::rename(&tmp, &path)?;
-                anyhow::Ok(())
-            }));
-        }
-        for t in tasks {
-            t.await??;
-        }
-        bar.finish_with_message("done");
-        eprintln!("wrote shards {first}..={last} to {}", a.out.display());
-        Ok(())
-    })
-}
-
-fn read_npy(path: &PathBuf, what: &str) -> Result<NpyArray> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read {what} file {}", path.display()))?;
-    NpyArray::parse(&bytes).with_context(|| format!("{what} file {}", path.display()))
+    genrep::export::run(
+        generator,
+        cfg,
+        genrep::export::ExportOptions {
+            out: a.out,
+            first,
+            last,
+            prefix: a.prefix,
+            shard_size: a.shard_size,
+            parallel: a.parallel,
+            sampling: a.sampling.given,
+        },
+    )
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
     let device = genrep::device::parse_device(&a.device)?;
-    let dtype = parse_dtype(&a.dtype)?;
-    let g = load_model_dir(&a.model, &device, dtype)
-        .with_context(|| format!("loading model directory {}", a.model.display()))?;
-    let spec = g.spec().clone();
-
-    let z = read_npy(&a.z, "--z")?;
-    let zf = z
-        .to_f32()
-        .with_context(|| format!("--z must be a float array, got {}", z.dtype.name()))?;
-    if z.shape.len() != 2 || z.shape[1] != spec.latent_dim || z.shape[0] == 0 {
-        bail!(
-            "--z has shape {:?}, expected [B, {}] with B >= 1 (latent_dim of {})",
-            z.shape,
-            spec.latent_dim,
-            spec.name
-        );
-    }
-    let b = z.shape[0];
-    let classes = match (&a.class, spec.num_classes) {
-        (None, 0) => ClassInput::None,
-        (None, n) => bail!("{} is conditional on {n} classes: pass --class", spec.name),
-        (Some(_), 0) => bail!("{} is unconditional: --class must not be given", spec.name),
-        (Some(p), n) => {
-            let c = read_npy(p, "--class")?;
-            if c.dtype.is_float() {
-                if c.shape != [b, n] {
-                    bail!(
-                        "float --class has shape {:?}, expected class vectors [{b}, {n}]",
-                        c.shape
-                    );
-                }
-                ClassInput::Soft(c.to_f32().unwrap())
-            } else {
-                if c.shape != [b] {
-                    bail!(
-                        "integer --class has shape {:?}, expected class ids [{b}]",
-                        c.shape
-                    );
-                }
-                let ids = c.to_i64().unwrap();
-                if let Some(bad) = ids.iter().find(|&&v| v < 0 || v as usize >= n) {
-                    bail!("--class contains id {bad}, allowed range 0..={}", n - 1);
-                }
-                ClassInput::Ids(ids.iter().map(|&v| v as u32).collect())
-            }
-        }
+    let o = genrep::offline::GenerateOptions {
+        model: a.model,
+        z: a.z,
+        class: a.class,
+        truncation: a.truncation,
+        out: a.out,
+        grid: a.grid,
     };
-    let out = g.generate(&zf, &classes, a.truncation)?;
-    let dims = out.dims().to_vec();
-    let data = out.flatten_all()?.to_vec1::<f32>()?;
-    std::fs::write(&a.out, npy::write_f32(&dims, &data))
-        .with_context(|| format!("cannot write {}", a.out.display()))?;
-    eprintln!("wrote {} {:?}", a.out.display(), dims);
-    if let Some(gp) = &a.grid {
-        let (c, h, w) = (dims[1], dims[2], dims[3]);
-        let imgs: Vec<Image8> = data
-            .chunks_exact(c * h * w)
-            .map(|x| Image8::from_chw(x, c, h, w))
-            .collect();
-        let rows: Vec<Vec<Image8>> = imgs.chunks(8).map(|r| r.to_vec()).collect();
-        std::fs::write(gp, grid(&rows, 2).to_png())
-            .with_context(|| format!("cannot write {}", gp.display()))?;
-        eprintln!("wrote {}", gp.display());
-    }
-    Ok(())
+    genrep::offline::generate(&o, &device, a.dtype.candle())
 }
 
 fn main() {
@@ -543,7 +296,9 @@ fn main() {
         Command::Generate(a) => generate(a),
         Command::Serve(a) => serve(*a),
         Command::Export(a) => export(*a),
-        Command::RealData(a) => real_data(a),
+        Command::RealData(a) => {
+            genrep::offline::real_data(&a.out, a.shard_size, a.csv.as_deref(), a.seed)
+        }
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -114,7 +114,7 @@ pub fn load_labelled(source: &str, device: &Device) -> anyhow::Result<(Tensor, V
             shape.get_or_insert((c, h, w));
             let cls = sample
                 .fields
-                .get("cls")
+                .get(genrep_wire::CLS_FIELD)
                 .and_then(|c| std::str::from_utf8(c).ok()?.trim().parse::<u32>().ok())
                 .ok_or_else(|| {
                     anyhow::anyhow!("{s}: sample {} has no integer `cls` label", sample.key)

@@ -840,7 +840,7 @@ pub fn next_batch(
             }
             per_view[v].extend_from_slice(&px);
         }
-        if let Some(c) = s.fields.get("cls") {
+        if let Some(c) = s.fields.get(genrep_wire::CLS_FIELD) {
             labels.push(
                 std::str::from_utf8(c)
                     .ok()
@@ -850,7 +850,7 @@ pub fn next_batch(
         }
         meta.push(
             s.fields
-                .get("json")
+                .get(genrep_wire::JSON_FIELD)
                 .and_then(|j| serde_json::from_slice::<SampleMeta>(j).ok()),
         );
         keys.push(s.key.clone());

@@ -45,6 +45,12 @@ impl ApiError {
     }
 }
 
+impl From<crate::params::ParamError> for ApiError {
+    fn from(e: crate::params::ParamError) -> Self {
+        Self::invalid(e.0)
+    }
+}
+
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {

@@ -4,10 +4,13 @@ pub mod error;
 mod openapi;
 pub mod params;
 
-use crate::engine::{produce, Engine, SampleRequest, StreamEnd};
-use crate::format::image::{grid, Image8};
+use crate::engine::{produce, Engine, StreamEnd};
+use crate::format::image::{grid, grid_of, Image8};
 use crate::format::npy;
+use crate::generator::inputs::{check_latents, check_truncation, class_input, ClassArg};
 use crate::generator::ClassInput;
+pub use crate::params::Limits;
+use crate::params::{Group, SampleRequest, DEFAULT_SHARD_SIZE};
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -17,22 +20,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use error::ApiError;
 use genrep_wire::MAX_INDEX;
-use params::{defaults, parse_shard_name, Query, ENCODING, SAMPLING};
+use params::{parse_shard_name, Query};
 use serde::Deserialize;
 use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-
-/// Request limits (CLI flags), reported by `/v1/info`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Limits {
-    pub max_views: usize,
-    pub max_shard_size: u64,
-    pub max_concurrent_streams: usize,
-    pub max_generate_latents: usize,
-    pub max_grid_rows: usize,
-}
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -160,11 +153,15 @@ async fn shard(
             "no shard `{name}`: shard names are {{prefix}}-{{NNNNNN}}.tar (prefix of letters, digits, `_` or `-`; 6-12 digits)"
         ))
     })?;
-    let q = Query::parse(q.as_deref(), &[SAMPLING, ENCODING, &["shard_size"]])?;
+    let q = Query::parse(
+        q.as_deref(),
+        &[Group::Sampling, Group::Encoding],
+        &["shard_size"],
+    )?;
     let req = q.sample_request(st.engine.spec(), &st.limits)?;
     let size = q.u64_in(
         "shard_size",
-        defaults::SHARD_SIZE,
+        DEFAULT_SHARD_SIZE,
         1,
         st.limits.max_shard_size,
     )?;
@@ -191,7 +188,11 @@ async fn shard(
 
 /// `GET /v1/stream?start=I&limit=N`: an endless (or limited) tar stream from sample `start`.
 async fn stream(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    let q = Query::parse(q.as_deref(), &[SAMPLING, ENCODING, &["start", "limit"]])?;
+    let q = Query::parse(
+        q.as_deref(),
+        &[Group::Sampling, Group::Encoding],
+        &["start", "limit"],
+    )?;
     let req = q.sample_request(st.engine.spec(), &st.limits)?;
     let start = q.index("start", 0)?;
     let limit = match q.u64_in("limit", 0, 1, MAX_INDEX - start) {
@@ -264,7 +265,7 @@ async fn sample_file(
                 MAX_INDEX - 1
             ))
         })?;
-    let q = Query::parse(q.as_deref(), &[SAMPLING])?;
+    let q = Query::parse(q.as_deref(), &[Group::Sampling], &[])?;
     let req = q.sample_request(st.engine.spec(), &st.limits)?;
     let spec = st.engine.spec().clone();
     if ext == "json" {
@@ -281,7 +282,7 @@ async fn sample_file(
 
 /// `GET /v1/grid.png?rows=R&start=I`: R samples, one row each (anchor then positives).
 async fn grid_png(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    let q = Query::parse(q.as_deref(), &[SAMPLING, &["rows", "start"]])?;
+    let q = Query::parse(q.as_deref(), &[Group::Sampling], &["rows", "start"])?;
     let req = q.sample_request(st.engine.spec(), &st.limits)?;
     let rows = q.u64_in("rows", 8, 1, st.limits.max_grid_rows as u64)?;
     let start = q.index("start", 0)?;
@@ -350,66 +351,31 @@ async fn generate(State(st): State<AppState>, body: Bytes) -> Result<Response, A
                 z.len()
             )));
         }
-        if z.iter().any(|v| !v.is_finite()) {
-            return Err(ApiError::invalid(format!(
-                "`z[{i}]` contains a non-finite value"
-            )));
-        }
         rows.extend_from_slice(z);
     }
-    let nc = spec.num_classes;
-    let classes = match (b.classes, b.class_vectors, nc) {
-        (Some(_), Some(_), _) => {
+    check_latents(&spec, n, d, &rows, "`z`").map_err(ApiError::invalid)?;
+    let arg = match (b.classes, b.class_vectors) {
+        (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 "give `classes` or `class_vectors`, not both",
             ))
         }
-        (None, None, 0) => ClassInput::None,
-        (None, None, _) => {
-            return Err(ApiError::invalid(format!(
-            "the generator is conditional on {nc} classes: give `classes` (ids) or `class_vectors`"
-        )))
-        }
-        (_, _, 0) => {
-            return Err(ApiError::invalid(
-                "the generator is unconditional: omit `classes`",
-            ))
-        }
-        (Some(c), None, _) => {
-            if c.len() != n {
-                return Err(ApiError::invalid(format!(
-                    "`classes` has {} entries for {n} latents",
-                    c.len()
-                )));
-            }
-            if let Some(bad) = c.iter().find(|&&v| v < 0 || v as usize >= nc) {
-                return Err(ApiError::invalid(format!(
-                    "`classes` contains {bad}, allowed range 0..={}",
-                    nc - 1
-                )));
-            }
-            ClassInput::Ids(c.iter().map(|&v| v as u32).collect())
-        }
-        (None, Some(v), _) => {
-            if v.len() != n || v.iter().any(|r| r.len() != nc) {
-                return Err(ApiError::invalid(format!(
-                    "`class_vectors` must be {n} rows of {nc} values"
-                )));
-            }
-            if v.iter().flatten().any(|x| !x.is_finite()) {
-                return Err(ApiError::invalid(
-                    "`class_vectors` contains a non-finite value",
-                ));
-            }
-            ClassInput::Soft(v.into_iter().flatten().collect())
-        }
+        (Some(ids), None) => ClassArg::Ids(ids),
+        (None, Some(v)) => ClassArg::Vectors {
+            rows: v.len(),
+            cols: v.first().map_or(0, Vec::len),
+            values: if v.iter().all(|r| r.len() == spec.num_classes) {
+                v.into_iter().flatten().collect()
+            } else {
+                Vec::new()
+            },
+        },
+        (None, None) => ClassArg::Absent,
     };
-    let t = b.truncation.unwrap_or(defaults::GEN_TRUNCATION);
-    if !(t > 0.0 && t <= 1.0) {
-        return Err(ApiError::invalid(format!(
-            "`truncation` must be in (0, 1], got {t}"
-        )));
-    }
+    let classes =
+        class_input(&spec, n, arg, "`classes`", "`class_vectors`").map_err(ApiError::invalid)?;
+    let t = b.truncation.unwrap_or(1.0);
+    check_truncation(t, "`truncation`").map_err(ApiError::invalid)?;
     let format = b.format.as_deref().unwrap_or("png").to_string();
     if !["png", "npy", "tar"].contains(&format.as_str()) {
         return Err(ApiError::invalid(format!(
@@ -433,20 +399,17 @@ async fn generate(State(st): State<AppState>, body: Bytes) -> Result<Response, A
             "tar" => {
                 let mut out = Vec::new();
                 for (i, img) in image_rows(&spec, &images).into_iter().enumerate() {
-                    let mut members = vec![("png".to_string(), Bytes::from(img.to_png()))];
-                    if let Some(ids) = &ids {
-                        members.push(("cls".to_string(), Bytes::from(ids[i].to_string())));
-                    }
-                    out.extend_from_slice(&crate::wds::sample_tar(&format!("{i:06}"), &members));
+                    let cls = ids.as_ref().map(|ids| ids[i]);
+                    out.extend_from_slice(&crate::wds::image_sample(
+                        &format!("{i:06}"),
+                        img.to_png(),
+                        cls,
+                    ));
                 }
                 out.extend_from_slice(&crate::wds::TAR_END);
                 ([(header::CONTENT_TYPE, "application/x-tar")], out).into_response()
             }
-            _ => {
-                let imgs = image_rows(&spec, &images);
-                let rows: Vec<Vec<Image8>> = imgs.chunks(8).map(|r| r.to_vec()).collect();
-                png_response(grid(&rows, 2).to_png())
-            }
+            _ => png_response(grid_of(&image_rows(&spec, &images), 8, 2).to_png()),
         }
     })
     .await
@@ -467,12 +430,7 @@ async fn info(State(st): State<AppState>) -> Json<serde_json::Value> {
             "methods": genrep_wire::Method::ALL,
             "formats": genrep_wire::ImageFormat::ALL,
         },
-        "defaults": {
-            "seed": defaults::SEED, "method": defaults::METHOD, "sigma": defaults::SIGMA,
-            "views": defaults::VIEWS, "truncation": defaults::TRUNCATION,
-            "gen_truncation": defaults::GEN_TRUNCATION, "format": defaults::FORMAT,
-            "quality": defaults::QUALITY, "shard_size": defaults::SHARD_SIZE,
-        },
+        "defaults": crate::params::defaults_json(),
         "limits": {
             "max_views": st.limits.max_views,
             "max_shard_size": st.limits.max_shard_size,

@@ -9,7 +9,7 @@
 
 mod stream;
 
-pub use stream::{encode_sample, job_inputs, produce, SampleRequest, StreamEnd};
+pub use stream::{job_inputs, produce, StreamEnd};
 
 use crate::generator::{ClassInput, Generator, GeneratorSpec};
 use crate::metrics::Metrics;

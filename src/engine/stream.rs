@@ -7,13 +7,12 @@
 //! which drops their result receivers, so the batcher discards their queued jobs.
 
 use super::{Engine, EngineError};
-use crate::format::image::Image8;
-use crate::format::npy;
-use crate::generator::{ClassInput, GeneratorSpec};
-use crate::sampler::{sample, SampleLatents, SamplerSettings};
-use crate::wds::{sample_tar, TAR_END};
+use crate::generator::ClassInput;
+use crate::params::SampleRequest;
+use crate::sampler::SampleLatents;
+use crate::wds::{encode_sample, TAR_END};
 use bytes::Bytes;
-use genrep_wire::{anchor_field, pos_field, sample_key, ImageFormat, SampleMeta, MAX_INDEX};
+use genrep_wire::MAX_INDEX;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -21,40 +20,6 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
-
-/// What to sample and how to encode it.
-#[derive(Debug, Clone)]
-pub struct SampleRequest {
-    pub settings: SamplerSettings,
-    pub seed: u64,
-    pub format: ImageFormat,
-    /// JPEG quality (1-100).
-    pub quality: u8,
-}
-
-impl SampleRequest {
-    pub fn latents(&self, spec: &GeneratorSpec, index: u64) -> SampleLatents {
-        sample(&self.settings, spec.latent_dim, self.seed, index)
-    }
-
-    pub fn meta(&self, spec: &GeneratorSpec, l: &SampleLatents) -> SampleMeta {
-        let s = &self.settings;
-        SampleMeta {
-            index: l.index,
-            seed: self.seed,
-            class: l.class,
-            method: s.method,
-            sigma: s.sigma,
-            views: s.views,
-            truncation: s.truncation,
-            gen_truncation: s.gen_truncation,
-            generator: spec.name.clone(),
-            weights_sha256: spec.weights_sha256.clone(),
-            z_anchor: l.z_anchor.clone(),
-            z_pos: l.z_pos.clone(),
-        }
-    }
-}
 
 /// How a stream ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,38 +29,6 @@ pub enum StreamEnd {
     /// An endless or limited stream: ends at `min(limit end, MAX_INDEX)`, or at the next sample
     /// boundary on shutdown, with a valid tar end.
     Stream(Option<u64>),
-}
-
-/// Encodes one sample (its `1 + K` images, `[n, C, H, W]` flattened) as tar bytes.
-pub fn encode_sample(
-    spec: &GeneratorSpec,
-    req: &SampleRequest,
-    l: &SampleLatents,
-    images: &[f32],
-) -> Bytes {
-    let (c, r) = (spec.channels, spec.resolution);
-    let per = c * r * r;
-    let enc = |x: &[f32]| -> Bytes {
-        match req.format {
-            ImageFormat::Png => Image8::from_chw(x, c, r, r).to_png().into(),
-            ImageFormat::Jpg => Image8::from_chw(x, c, r, r).to_jpeg(req.quality).into(),
-            ImageFormat::Npy => npy::write_f32(&[c, r, r], x).into(),
-        }
-    };
-    let mut members = Vec::with_capacity(l.z_pos.len() + 3);
-    members.push((anchor_field(req.format), enc(&images[..per])));
-    for k in 0..l.z_pos.len() {
-        members.push((
-            pos_field(k, req.format),
-            enc(&images[(k + 1) * per..(k + 2) * per]),
-        ));
-    }
-    if let Some(cls) = l.class {
-        members.push(("cls".to_string(), Bytes::from(cls.to_string())));
-    }
-    let meta = serde_json::to_vec(&req.meta(spec, l)).expect("metadata serialises");
-    members.push(("json".to_string(), meta.into()));
-    sample_tar(&sample_key(l.index), &members)
 }
 
 /// Generator rows and classes of one sample.

@@ -73,6 +73,12 @@ impl Image8 {
 }
 
 /// Lays out `rows` of images (all the same size and channels) with a `pad`-pixel border.
+/// Images as a grid of `per_row` columns (PNG previews of a batch).
+pub fn grid_of(images: &[Image8], per_row: usize, pad: usize) -> Image8 {
+    let rows: Vec<Vec<Image8>> = images.chunks(per_row.max(1)).map(|r| r.to_vec()).collect();
+    grid(&rows, pad)
+}
+
 pub fn grid(rows: &[Vec<Image8>], pad: usize) -> Image8 {
     let first = &rows[0][0];
     let (h, w, c) = (first.height, first.width, first.channels);

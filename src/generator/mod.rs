@@ -6,6 +6,7 @@
 
 mod biggan;
 mod cdcgan;
+pub mod inputs;
 mod weights;
 
 pub use biggan::{BigGanConfig, BigGanDeep};

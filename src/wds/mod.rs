@@ -1,7 +1,13 @@
 //! WebDataset tar encoding: one sample = adjacent ustar members `{key}.{field}`, written as one
 //! chunk so the stream can be flushed per sample.
 
+use crate::format::image::Image8;
+use crate::format::npy;
+use crate::generator::GeneratorSpec;
+use crate::params::SampleRequest;
+use crate::sampler::SampleLatents;
 use bytes::Bytes;
+use genrep_wire::{anchor_field, pos_field, sample_key, ImageFormat};
 
 /// The tar end-of-archive marker: two zero blocks.
 pub const TAR_END: [u8; 1024] = [0u8; 1024];
@@ -32,6 +38,53 @@ pub fn sample_tar(key: &str, members: &[(String, Bytes)]) -> Bytes {
     Bytes::from(out)
 }
 
+/// A labelled image sample: `{key}.png` and, when given, `{key}.cls` (the layout of
+/// `genrep real-data` shards and of `POST /v1/generate` with `format=tar`).
+pub fn image_sample(key: &str, png: Vec<u8>, cls: Option<u32>) -> Bytes {
+    let mut members = vec![("png".to_string(), Bytes::from(png))];
+    if let Some(c) = cls {
+        members.push((
+            genrep_wire::CLS_FIELD.to_string(),
+            Bytes::from(c.to_string()),
+        ));
+    }
+    sample_tar(key, &members)
+}
+
+/// Writes a tar made of `chunks` (whole samples, then [`TAR_END`]) to `path` through a buffered
+/// temporary file that is renamed when complete, so an interrupted write never leaves a short
+/// shard behind. Returns the number of bytes written.
+pub fn write_shard<E>(
+    path: &std::path::Path,
+    chunks: impl IntoIterator<Item = Result<Bytes, E>>,
+) -> Result<u64, WriteShardError<E>> {
+    use std::io::Write;
+    let tmp = path.with_extension("tar.partial");
+    let io = |e: std::io::Error| WriteShardError::Io(tmp.clone(), e);
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+    let mut n = 0u64;
+    for c in chunks {
+        let c = c.map_err(WriteShardError::Source)?;
+        w.write_all(&c).map_err(io)?;
+        n += c.len() as u64;
+    }
+    w.into_inner()
+        .map_err(|e| io(e.into_error()))?
+        .sync_all()
+        .map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| WriteShardError::Io(path.to_path_buf(), e))?;
+    Ok(n)
+}
+
+/// Why [`write_shard`] failed: the file, or the source of the samples.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteShardError<E> {
+    #[error("cannot write {0}: {1}")]
+    Io(std::path::PathBuf, std::io::Error),
+    #[error(transparent)]
+    Source(E),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,4 +108,39 @@ mod tests {
             .collect();
         assert_eq!(names, vec!["000000000001.anchor.png", "000000000001.json"]);
     }
+}
+
+/// Encodes one sample (its `1 + K` images, `[n, C, H, W]` flattened) as tar bytes.
+pub fn encode_sample(
+    spec: &GeneratorSpec,
+    req: &SampleRequest,
+    l: &SampleLatents,
+    images: &[f32],
+) -> Bytes {
+    let (c, r) = (spec.channels, spec.resolution);
+    let per = c * r * r;
+    let enc = |x: &[f32]| -> Bytes {
+        match req.format {
+            ImageFormat::Png => Image8::from_chw(x, c, r, r).to_png().into(),
+            ImageFormat::Jpg => Image8::from_chw(x, c, r, r).to_jpeg(req.quality).into(),
+            ImageFormat::Npy => npy::write_f32(&[c, r, r], x).into(),
+        }
+    };
+    let mut members = Vec::with_capacity(l.z_pos.len() + 3);
+    members.push((anchor_field(req.format), enc(&images[..per])));
+    for k in 0..l.z_pos.len() {
+        members.push((
+            pos_field(k, req.format),
+            enc(&images[(k + 1) * per..(k + 2) * per]),
+        ));
+    }
+    if let Some(cls) = l.class {
+        members.push((
+            genrep_wire::CLS_FIELD.to_string(),
+            Bytes::from(cls.to_string()),
+        ));
+    }
+    let meta = serde_json::to_vec(&req.meta(spec, l)).expect("metadata serialises");
+    members.push((genrep_wire::JSON_FIELD.to_string(), meta.into()));
+    sample_tar(&sample_key(l.index), &members)
 }

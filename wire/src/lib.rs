@@ -15,6 +15,12 @@ pub const MAX_INDEX: u64 = 1_000_000_000_000;
 /// Response header of a finite shard: how many samples it holds (a client checks the count).
 pub const SAMPLES_HEADER: &str = "x-genrep-samples";
 
+/// Tar member (field) holding a sample's class id as ASCII digits.
+pub const CLS_FIELD: &str = "cls";
+
+/// Tar member (field) holding a sample's metadata ([`SampleMeta`] as JSON).
+pub const JSON_FIELD: &str = "json";
+
 /// How positives are made from the anchor latent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,0 +1,138 @@
+//! `genrep export`: shards written to disk, byte-identical to what the server sends for the
+//! same parameters (same parameter table, same engine, same encoder). Each shard streams sample
+//! by sample into a buffered temporary file on a blocking thread and is renamed when complete.
+
+use crate::engine::{produce, Engine, EngineConfig, StreamEnd};
+use crate::generator::Generator;
+use crate::metrics::Metrics;
+use crate::params::{Limits, SampleRequest};
+use crate::wds::{write_shard, WriteShardError, TAR_END};
+use anyhow::{bail, Context};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub out: PathBuf,
+    /// Shard numbers, inclusive.
+    pub first: u64,
+    pub last: u64,
+    /// Files are `{prefix}-{NNNNNN}.tar`.
+    pub prefix: String,
+    pub shard_size: u64,
+    /// Shards generated at once (they share batches).
+    pub parallel: usize,
+    /// Sampling parameters by name, as in a query string (checked by the parameter table).
+    pub sampling: BTreeMap<String, String>,
+}
+
+/// Parses `A..B` (inclusive, like `{A..B}` in a WebDataset URL) or `N`.
+pub fn parse_shard_range(s: &str) -> anyhow::Result<(u64, u64)> {
+    let (a, b) = match s.split_once("..") {
+        Some((a, b)) => (a.trim(), b.trim()),
+        None => (s.trim(), s.trim()),
+    };
+    let parse = |x: &str| {
+        x.parse::<u64>()
+            .with_context(|| format!("--shards: `{x}` is not a shard number (expected A..B or N)"))
+    };
+    let (a, b) = (parse(a)?, parse(b)?);
+    if a > b {
+        bail!("--shards: {a}..{b} is empty (start > end)");
+    }
+    Ok((a, b))
+}
+
+/// Writes the shards; progress is counted per sample.
+pub fn run(
+    generator: Box<dyn Generator>,
+    cfg: EngineConfig,
+    o: ExportOptions,
+) -> anyhow::Result<()> {
+    let name_ok = !o.prefix.is_empty()
+        && o.prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !name_ok {
+        bail!("--prefix must be letters, digits, `_` or `-`");
+    }
+    let req = SampleRequest::from_pairs(&o.sampling, generator.spec(), &Limits::offline())
+        .map_err(|e| {
+            anyhow::anyhow!("{e} (export's sampling flags take the query parameters' values)")
+        })?;
+    let size = o.shard_size;
+    if size == 0 {
+        bail!("--shard-size must be at least 1");
+    }
+    if (o.last + 1)
+        .checked_mul(size)
+        .is_none_or(|e| e > genrep_wire::MAX_INDEX)
+    {
+        bail!(
+            "--shards {}..{} with --shard-size {size} goes past the last sample index",
+            o.first,
+            o.last
+        );
+    }
+    std::fs::create_dir_all(&o.out)
+        .with_context(|| format!("cannot create {}", o.out.display()))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let engine = Engine::start(generator, cfg, Arc::new(Metrics::default()));
+        let req = Arc::new(req);
+        let bar = indicatif::ProgressBar::new((o.last - o.first + 1) * size);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} samples {per_sec} eta {eta} {msg}",
+            )
+            .unwrap(),
+        );
+        let sem = Arc::new(tokio::sync::Semaphore::new(o.parallel.max(1)));
+        let mut tasks = Vec::new();
+        for n in o.first..=o.last {
+            let permit = sem.clone().acquire_owned().await.unwrap();
+            let (engine, req, bar) = (engine.clone(), req.clone(), bar.clone());
+            let path = o.out.join(format!("{}-{n:06}.tar", o.prefix));
+            let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+            let start = n * size;
+            tokio::spawn(produce(
+                engine,
+                req,
+                start,
+                StreamEnd::Shard(start + size),
+                tx,
+                CancellationToken::new(),
+            ));
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let chunks = std::iter::from_fn(|| rx.blocking_recv()).inspect(|c| {
+                    if matches!(c, Ok(b) if b[..] != TAR_END[..]) {
+                        bar.inc(1);
+                    }
+                });
+                write_shard(&path, chunks).map_err(|e| match e {
+                    WriteShardError::Io(p, e) => {
+                        anyhow::anyhow!("cannot write {}: {e}", p.display())
+                    }
+                    WriteShardError::Source(e) => {
+                        anyhow::anyhow!("generating {}: {e}", path.display())
+                    }
+                })
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        bar.finish_with_message("done");
+        eprintln!(
+            "wrote shards {}..={} to {}",
+            o.first,
+            o.last,
+            o.out.display()
+        );
+        Ok(())
+    })
+}
