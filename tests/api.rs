@@ -102,6 +102,8 @@ async fn bad_parameters_get_json_errors_naming_the_parameter() {
         ("/v1/samples/abc.png", 404, "sample file"),
         ("/v1/grid.png?rows=0", 422, "rows"),
         ("/v1/nope", 404, "no route"),
+        // axum's own rejections answer in the API's JSON format too.
+        ("/v1/shards/%FF%FE-000000.tar", 422, "UTF-8"),
     ];
     for (path, code, needle) in cases {
         let (c, body) = call(&app, Method::GET, path, Body::empty()).await;

@@ -1,47 +1,97 @@
-//! API errors and their HTTP statuses, in one place.
+//! API errors: one [`ErrorType`] per kind of failure, mapped to its HTTP status in one place,
+//! answered as JSON `{"error": "...", "error_type": "..."}`; and extractors whose rejections
+//! (bad path encoding, body too large) answer in the same format instead of axum's plain text.
 
 use crate::engine::EngineError;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::{header, request::Parts, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
 
-/// An error answered as JSON `{"error": "...", "error_type": "..."}`.
+/// What went wrong, as reported in `error_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorType {
+    /// A parameter or body value outside what is allowed (the message names it).
+    InvalidParameter,
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    /// The queue or the stream slots are full: retry after `Retry-After`.
+    Overloaded,
+    /// Warming up or shutting down.
+    Unavailable,
+    /// The generator failed.
+    Backend,
+}
+
+impl ErrorType {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorType::InvalidParameter => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorType::NotFound => StatusCode::NOT_FOUND,
+            ErrorType::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorType::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorType::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorType::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorType::Backend => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::InvalidParameter => "invalid_parameter",
+            ErrorType::NotFound => "not_found",
+            ErrorType::MethodNotAllowed => "method_not_allowed",
+            ErrorType::PayloadTooLarge => "payload_too_large",
+            ErrorType::Overloaded => "overloaded",
+            ErrorType::Unavailable => "unavailable",
+            ErrorType::Backend => "backend",
+        }
+    }
+
+    /// The type of a rejection axum reports only by status.
+    fn of_status(s: StatusCode) -> Self {
+        match s {
+            StatusCode::NOT_FOUND => ErrorType::NotFound,
+            StatusCode::PAYLOAD_TOO_LARGE => ErrorType::PayloadTooLarge,
+            StatusCode::SERVICE_UNAVAILABLE => ErrorType::Unavailable,
+            s if s.is_server_error() => ErrorType::Backend,
+            _ => ErrorType::InvalidParameter,
+        }
+    }
+}
+
+/// An error answered as JSON with the status of its [`ErrorType`].
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub error_type: &'static str,
+    pub error_type: ErrorType,
     pub message: String,
 }
 
 impl ApiError {
+    pub fn new(error_type: ErrorType, message: impl Into<String>) -> Self {
+        Self {
+            error_type,
+            message: message.into(),
+        }
+    }
     /// 422: an invalid parameter value; the message names the parameter and the allowed range.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            error_type: "invalid_parameter",
-            message: message.into(),
-        }
+        Self::new(ErrorType::InvalidParameter, message)
     }
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::NOT_FOUND,
-            error_type: "not_found",
-            message: message.into(),
-        }
+        Self::new(ErrorType::NotFound, message)
     }
     pub fn overloaded(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            error_type: "overloaded",
-            message: message.into(),
-        }
+        Self::new(ErrorType::Overloaded, message)
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            error_type: "unavailable",
-            message: message.into(),
-        }
+        Self::new(ErrorType::Unavailable, message)
+    }
+    pub fn status(&self) -> StatusCode {
+        self.error_type.status()
     }
 }
 
@@ -53,29 +103,62 @@ impl From<crate::params::ParamError> for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::QueueFull(_) => Self::overloaded(e.to_string()),
-            EngineError::ShuttingDown => Self::unavailable(e.to_string()),
-            EngineError::Backend(_) => Self {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                error_type: "backend",
-                message: e.to_string(),
-            },
-        }
+        let t = match e {
+            EngineError::QueueFull(_) => ErrorType::Overloaded,
+            EngineError::ShuttingDown => ErrorType::Unavailable,
+            EngineError::Backend(_) => ErrorType::Backend,
+        };
+        Self::new(t, e.to_string())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(serde_json::json!({"error": self.message, "error_type": self.error_type}));
-        let mut resp = (self.status, body).into_response();
+        let body = Json(
+            serde_json::json!({"error": self.message, "error_type": self.error_type.as_str()}),
+        );
+        let mut resp = (self.status(), body).into_response();
         if matches!(
-            self.status,
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            self.error_type,
+            ErrorType::Overloaded | ErrorType::Unavailable
         ) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
+    }
+}
+
+/// `Path<T>` whose rejection is an [`ApiError`].
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(r) => Err(ApiError::new(
+                ErrorType::of_status(r.status()),
+                r.body_text(),
+            )),
+        }
+    }
+}
+
+/// The request body as bytes, whose rejection (e.g. over the body limit: 413) is an [`ApiError`].
+pub struct ApiBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(ApiBody(b)),
+            Err(r) => Err(ApiError::new(
+                ErrorType::of_status(r.status()),
+                r.body_text(),
+            )),
+        }
     }
 }

@@ -12,13 +12,13 @@ use crate::generator::ClassInput;
 pub use crate::params::Limits;
 use crate::params::{Group, SampleRequest, DEFAULT_SHARD_SIZE};
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::extract::{MatchedPath, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use error::ApiError;
+use error::{ApiBody, ApiError, ApiPath, ErrorType};
 use genrep_wire::MAX_INDEX;
 use params::{parse_shard_name, Query};
 use serde::Deserialize;
@@ -75,8 +75,19 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(access_log())
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
         .with_state(state)
+}
+
+/// One INFO line per request (method, path, status, latency): the access log.
+fn access_log() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+> {
+    use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+    TraceLayer::new_for_http()
+        .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
 }
 
 /// Counts every response by route template and status.
@@ -98,11 +109,10 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 }
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
-    ApiError {
-        status: StatusCode::METHOD_NOT_ALLOWED,
-        error_type: "method_not_allowed",
-        message: format!("{method} is not allowed on {}", uri.path()),
-    }
+    ApiError::new(
+        ErrorType::MethodNotAllowed,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 fn tar_headers(first: u64, count: Option<u64>) -> HeaderMap {
@@ -145,7 +155,7 @@ fn stream_body(
 async fn shard(
     State(st): State<AppState>,
     method: Method,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let n = parse_shard_name(&name).ok_or_else(|| {
@@ -242,7 +252,7 @@ fn png_response(bytes: Vec<u8>) -> Response {
 /// `GET /v1/samples/{index}.png|.json`: one sample's views side by side, or its metadata.
 async fn sample_file(
     State(st): State<AppState>,
-    Path(file): Path<String>,
+    ApiPath(file): ApiPath<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let (idx, ext) = file
@@ -331,7 +341,10 @@ struct GenerateBody {
 }
 
 /// `POST /v1/generate`: explicit latents (+ classes, truncation) → images.
-async fn generate(State(st): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn generate(
+    State(st): State<AppState>,
+    ApiBody(body): ApiBody,
+) -> Result<Response, ApiError> {
     let b: GenerateBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid(format!("request body is not a valid generate request: {e}"))
     })?;
