@@ -168,3 +168,45 @@ async fn a_shard_is_pinned_to_its_sha256() {
     assert_eq!(c, StatusCode::OK);
     assert_eq!(hex::encode(Sha256::digest(&body)), PINNED_SHARD_SHA256);
 }
+
+/// `/openapi.json` is a valid OpenAPI 3.1 document (checked by `openapi-spec-validator`, which
+/// `tests/run_all.sh` installs) and carries this server's limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_validates_and_states_the_limits() {
+    let app = app().await;
+    let (c, body) = call(&app, Method::GET, "/openapi.json", Body::empty()).await;
+    assert_eq!(c, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let shard = &doc["paths"]["/v1/shards/{name}"]["get"]["parameters"];
+    let find = |name: &str| {
+        shard
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no parameter {name}"))["schema"]
+            .clone()
+    };
+    assert_eq!(find("views")["maximum"], 8);
+    assert_eq!(find("shard_size")["maximum"], 500);
+    assert_eq!(find("gen_truncation")["exclusiveMinimum"], 0.0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("openapi.json");
+    std::fs::write(&path, &body).unwrap();
+    let python = std::env::var("GENREP_TEST_PYTHON")
+        .expect("GENREP_TEST_PYTHON is not set: run the test suite with `bash tests/run_all.sh`");
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(open(sys.argv[1])))\nprint('valid')",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator rejects /openapi.json:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -27,6 +27,16 @@ pub enum ErrorType {
 }
 
 impl ErrorType {
+    pub const ALL: [ErrorType; 7] = [
+        ErrorType::InvalidParameter,
+        ErrorType::NotFound,
+        ErrorType::MethodNotAllowed,
+        ErrorType::PayloadTooLarge,
+        ErrorType::Overloaded,
+        ErrorType::Unavailable,
+        ErrorType::Backend,
+    ];
+
     pub fn status(self) -> StatusCode {
         match self {
             ErrorType::InvalidParameter => StatusCode::UNPROCESSABLE_ENTITY,

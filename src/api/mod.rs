@@ -171,7 +171,9 @@ async fn shard(
     let req = q.sample_request(st.engine.spec(), &st.limits)?;
     let size = q.u64_in(
         "shard_size",
-        DEFAULT_SHARD_SIZE,
+        // A server configured below the default serves its maximum instead of rejecting
+        // requests that give no size.
+        DEFAULT_SHARD_SIZE.min(st.limits.max_shard_size),
         1,
         st.limits.max_shard_size,
     )?;
@@ -294,7 +296,8 @@ async fn sample_file(
 async fn grid_png(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     let q = Query::parse(q.as_deref(), &[Group::Sampling], &["rows", "start"])?;
     let req = q.sample_request(st.engine.spec(), &st.limits)?;
-    let rows = q.u64_in("rows", 8, 1, st.limits.max_grid_rows as u64)?;
+    let max_rows = st.limits.max_grid_rows as u64;
+    let rows = q.u64_in("rows", 8.min(max_rows), 1, max_rows)?;
     let start = q.index("start", 0)?;
     if start + rows > MAX_INDEX {
         return Err(ApiError::invalid(format!(

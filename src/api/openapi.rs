@@ -1,146 +1,353 @@
-//! `GET /openapi.json`: the API description (OpenAPI 3.0), written by hand next to the routes.
+//! `GET /openapi.json`: the API as an OpenAPI 3.1 document, built with `utoipa` from the
+//! parameter table ([`crate::params`]) and this server's limits, so every range a request is
+//! checked against is in the document.
 
+use super::AppState;
+use crate::params::{self, Group, Kind, Limits, Param, DEFAULT_SHARD_SIZE};
+use axum::extract::State;
 use axum::Json;
-use serde_json::{json, Value};
+use genrep_wire::MAX_INDEX;
+use serde_json::json;
+use utoipa::openapi::path::{
+    HttpMethod, Operation, OperationBuilder, Parameter, ParameterBuilder, ParameterIn,
+};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+use utoipa::openapi::{
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathItem,
+    PathsBuilder, Ref, Required, ResponseBuilder, ResponsesBuilder,
+};
+use utoipa::{Number, PartialSchema};
 
-fn q(name: &str, schema: Value, desc: &str) -> Value {
-    json!({"name": name, "in": "query", "required": false, "schema": schema, "description": desc})
+fn uint(v: u64) -> Option<Number> {
+    Some(Number::UInt(v as usize))
 }
 
-fn sampling() -> Vec<Value> {
-    vec![
-        q(
-            "seed",
-            json!({"type": "integer", "minimum": 0, "default": 0}),
-            "Stream seed (u64).",
+fn int_schema(default: Option<u64>, min: u64, max: u64) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(uint(min))
+        .maximum(uint(max))
+        .default(default.map(|d| json!(d)))
+}
+
+/// The schema of a table parameter under `limits`.
+fn table_schema(p: &Param, limits: &Limits) -> ObjectBuilder {
+    match p.kind {
+        Kind::Int { default, min, .. } => int_schema(Some(default), min, p.int_max(limits)),
+        Kind::Float {
+            default,
+            min,
+            max,
+            min_open,
+        } => {
+            let s = ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .maximum(Some(Number::Float(max)))
+                .default(Some(json!(default)));
+            if min_open {
+                s.exclusive_minimum(Some(Number::Float(min)))
+            } else {
+                s.minimum(Some(Number::Float(min)))
+            }
+        }
+        Kind::Choice { default, values } => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(values.iter().copied()))
+            .default(Some(json!(default))),
+        Kind::Classes => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$"))
+            .examples(["0,3,7-9"]),
+    }
+}
+
+fn query(name: &str, schema: ObjectBuilder, doc: &str) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Query)
+        .required(Required::False)
+        .schema(Some(schema))
+        .description(Some(doc))
+        .build()
+}
+
+fn path_param(name: &str, pattern: &str, example: &str) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(pattern))
+                .examples([example]),
+        ))
+        .build()
+}
+
+fn table(groups: &[Group], limits: &Limits) -> Vec<Parameter> {
+    groups
+        .iter()
+        .flat_map(|&g| params::group(g))
+        .map(|p| query(p.name, table_schema(p, limits), p.doc))
+        .collect()
+}
+
+fn start_param() -> Parameter {
+    query(
+        "start",
+        int_schema(Some(0), 0, MAX_INDEX - 1),
+        "First sample index.",
+    )
+}
+
+/// An operation answering `ok_type` on success and JSON errors otherwise.
+fn op(summary: &str, params: Vec<Parameter>, ok: &str, ok_types: &[&str]) -> OperationBuilder {
+    let error = ResponseBuilder::new()
+        .description("JSON error naming the problem")
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Error")))
+                .build(),
+        )
+        .build();
+    let mut ok_resp = ResponseBuilder::new().description(ok);
+    for t in ok_types {
+        ok_resp = ok_resp.content(*t, ContentBuilder::new().build());
+    }
+    let mut responses = ResponsesBuilder::new().response("200", ok_resp.build());
+    for code in ["404", "422", "429", "503"] {
+        responses = responses.response(code, error.clone());
+    }
+    OperationBuilder::new()
+        .summary(Some(summary))
+        .parameters(Some(params))
+        .responses(responses.build())
+}
+
+fn simple(summary: &str, ok: &str) -> Operation {
+    OperationBuilder::new()
+        .summary(Some(summary))
+        .response("200", ResponseBuilder::new().description(ok).build())
+        .build()
+}
+
+/// The document for this server's limits.
+pub fn document(limits: &Limits) -> OpenApi {
+    let sampling = [Group::Sampling];
+    let tar = [Group::Sampling, Group::Encoding];
+    let tar_ok = "WebDataset tar, streamed; an error after the headers aborts the connection";
+    let mut shard_params = vec![path_param(
+        "name",
+        r"^[A-Za-z0-9_-]{1,64}-[0-9]{6,12}\.tar$",
+        "train-000000.tar",
+    )];
+    shard_params.extend(table(&tar, limits));
+    shard_params.push(query(
+        "shard_size",
+        int_schema(
+            Some(DEFAULT_SHARD_SIZE.min(limits.max_shard_size)),
+            1,
+            limits.max_shard_size,
         ),
-        q(
-            "method",
-            json!({"type": "string", "enum": ["gaussian", "independent", "none"], "default": "gaussian"}),
-            "How positives are made.",
+        "Samples per shard S; shard n holds samples [n*S, (n+1)*S).",
+    ));
+    let mut shards = PathItem::new(
+        HttpMethod::Get,
+        op(
+            "Deterministic finite WebDataset shard",
+            shard_params.clone(),
+            tar_ok,
+            &["application/x-tar"],
         ),
-        q(
-            "sigma",
-            json!({"type": "number", "minimum": 0, "maximum": 10, "default": 0.2}),
-            "Positive scale: w ~ N(0, sigma^2) truncated at +-2 sigma.",
+    );
+    shards.head = Some(op("Shard headers only", shard_params, "headers", &[]).build());
+
+    let mut stream_params = table(&tar, limits);
+    stream_params.push(start_param());
+    stream_params.push(query(
+        "limit",
+        int_schema(None, 1, MAX_INDEX),
+        "Number of samples; endless when absent.",
+    ));
+    let mut sample_params = vec![path_param("file", r"^[0-9]{1,13}\.(png|json)$", "42.png")];
+    sample_params.extend(table(&sampling, limits));
+    let mut grid_params = table(&sampling, limits);
+    grid_params.push(query(
+        "rows",
+        int_schema(
+            Some(8.min(limits.max_grid_rows as u64)),
+            1,
+            limits.max_grid_rows as u64,
         ),
-        q(
-            "views",
-            json!({"type": "integer", "minimum": 1, "default": 1}),
-            "Positives K per anchor (max: max_views).",
-        ),
-        q(
-            "truncation",
-            json!({"type": "number", "minimum": 0.05, "maximum": 100, "default": 2.0}),
-            "Anchor bound t: z ~ N(0, I) truncated to [-t, t].",
-        ),
-        q(
-            "gen_truncation",
-            json!({"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1.0}),
-            "The generator's own truncation input (BigGAN).",
-        ),
-        q(
+        "Number of samples, one row each.",
+    ));
+    grid_params.push(start_param());
+
+    let generate = op(
+        "Explicit latents (+ classes, truncation) to images",
+        vec![],
+        "PNG grid, npy [B,C,H,W] float32, or tar of PNGs",
+        &["image/png", "application/octet-stream", "application/x-tar"],
+    )
+    .request_body(Some(
+        RequestBodyBuilder::new()
+            .required(Some(Required::True))
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("GenerateRequest")))
+                    .build(),
+            )
+            .build(),
+    ));
+
+    let paths = PathsBuilder::new()
+        .path("/v1/shards/{name}", shards)
+        .path(
+            "/v1/stream",
+            PathItem::new(
+                HttpMethod::Get,
+                op(
+                    "Endless (or limited) tar stream from `start`",
+                    stream_params,
+                    tar_ok,
+                    &["application/x-tar"],
+                ),
+            ),
+        )
+        .path(
+            "/v1/samples/{file}",
+            PathItem::new(
+                HttpMethod::Get,
+                op(
+                    "One sample: {index}.png (anchor and positives side by side) or {index}.json (metadata)",
+                    sample_params,
+                    "PNG or SampleMeta JSON",
+                    &["image/png", "application/json"],
+                ),
+            ),
+        )
+        .path(
+            "/v1/grid.png",
+            PathItem::new(
+                HttpMethod::Get,
+                op(
+                    "Grid: one row per sample (anchor then positives)",
+                    grid_params,
+                    "PNG",
+                    &["image/png"],
+                ),
+            ),
+        )
+        .path("/v1/generate", PathItem::new(HttpMethod::Post, generate))
+        .path(
+            "/v1/info",
+            PathItem::new(
+                HttpMethod::Get,
+                simple("Generator, weights sha256, defaults and limits", "JSON"),
+            ),
+        )
+        .path("/health", PathItem::new(HttpMethod::Get, simple("Liveness", "alive")))
+        .path(
+            "/ready",
+            PathItem::new(
+                HttpMethod::Get,
+                simple("Readiness: 503 while warming up or shutting down", "ready"),
+            ),
+        )
+        .path(
+            "/metrics",
+            PathItem::new(
+                HttpMethod::Get,
+                simple("Prometheus metrics", "text exposition format"),
+            ),
+        )
+        .path(
+            "/openapi.json",
+            PathItem::new(HttpMethod::Get, simple("This document", "OpenAPI 3.1")),
+        );
+
+    let number_rows = || {
+        ArrayBuilder::new()
+            .items(ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::Number)))
+    };
+    let generate_request = ObjectBuilder::new()
+        .property(
+            "z",
+            number_rows()
+                .min_items(Some(1))
+                .max_items(Some(limits.max_generate_latents))
+                .description(Some("Latents, one row of latent_dim values per image.")),
+        )
+        .required("z")
+        .property(
             "classes",
-            json!({"type": "string", "example": "0,3,7-9"}),
-            "Allowed classes (ids and ranges); default all.",
-        ),
-    ]
-}
-
-fn encoding() -> Vec<Value> {
-    vec![
-        q(
+            ArrayBuilder::new()
+                .items(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(uint(0)),
+                )
+                .description(Some("Class id per latent (conditional generators).")),
+        )
+        .property(
+            "class_vectors",
+            number_rows().description(Some("Soft class vectors per latent, instead of classes.")),
+        )
+        .property(
+            "truncation",
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .exclusive_minimum(Some(Number::Float(0.0)))
+                .maximum(Some(Number::Float(1.0)))
+                .default(Some(json!(1.0))),
+        )
+        .property(
             "format",
-            json!({"type": "string", "enum": ["png", "jpg", "npy"], "default": "png"}),
-            "Image encoding of the views.",
-        ),
-        q(
-            "quality",
-            json!({"type": "integer", "minimum": 1, "maximum": 100, "default": 90}),
-            "JPEG quality.",
-        ),
-    ]
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["png", "npy", "tar"]))
+                .default(Some(json!("png"))),
+        )
+        .additional_properties(Some(
+            utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+        ));
+    let error = ObjectBuilder::new()
+        .property("error", ObjectBuilder::new().schema_type(Type::String))
+        .property(
+            "error_type",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(super::error::ErrorType::ALL.map(|t| t.as_str()))),
+        )
+        .required("error")
+        .required("error_type");
+
+    OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("genrep")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "A pretrained generator served as a streaming GenRep multiview dataset.",
+                ))
+                .build(),
+        )
+        .paths(paths.build())
+        .components(Some(
+            ComponentsBuilder::new()
+                .schema("Error", error)
+                .schema("GenerateRequest", generate_request)
+                .schema("SampleMeta", genrep_wire::SampleMeta::schema())
+                .schema("Method", genrep_wire::Method::schema())
+                .build(),
+        ))
+        .build()
 }
 
-fn cat(parts: &[Vec<Value>]) -> Vec<Value> {
-    parts.concat()
-}
-
-fn errors() -> Value {
-    let e = json!({"description": "JSON error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-    json!({"404": e, "422": e, "429": e, "503": e})
-}
-
-fn with_errors(ok: Value) -> Value {
-    let mut r = errors();
-    r["200"] = ok;
-    r
-}
-
-fn tar_ok() -> Value {
-    json!({"description": "WebDataset tar, streamed (chunked); an error after the headers aborts the connection", "content": {"application/x-tar": {}}})
-}
-
-pub async fn spec() -> Json<Value> {
-    let shard_params = cat(&[
-        vec![
-            json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string", "example": "train-000000.tar"}}),
-        ],
-        sampling(),
-        encoding(),
-        vec![q(
-            "shard_size",
-            json!({"type": "integer", "minimum": 1, "default": 1000}),
-            "Samples per shard S; shard n holds [n*S, (n+1)*S).",
-        )],
-    ]);
-    Json(json!({
-        "openapi": "3.0.3",
-        "info": {"title": "genrep", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "A pretrained generator served as a streaming GenRep multiview dataset."},
-        "paths": {
-            "/v1/shards/{name}": {
-                "get": {"summary": "Deterministic finite WebDataset shard", "parameters": shard_params, "responses": with_errors(tar_ok())},
-                "head": {"summary": "Shard headers only", "parameters": shard_params, "responses": with_errors(json!({"description": "headers"}))}
-            },
-            "/v1/stream": {"get": {"summary": "Endless (or limited) tar stream from `start`",
-                "parameters": cat(&[sampling(), encoding(), vec![
-                    q("start", json!({"type": "integer", "minimum": 0, "default": 0}), "First sample index."),
-                    q("limit", json!({"type": "integer", "minimum": 1}), "Number of samples; endless when absent.")]]),
-                "responses": with_errors(tar_ok())}},
-            "/v1/samples/{file}": {"get": {"summary": "One sample: `{index}.png` (anchor and positives side by side) or `{index}.json` (metadata)",
-                "parameters": cat(&[vec![json!({"name": "file", "in": "path", "required": true, "schema": {"type": "string", "example": "42.png"}})], sampling()]),
-                "responses": with_errors(json!({"description": "PNG or JSON", "content": {"image/png": {}, "application/json": {"schema": {"$ref": "#/components/schemas/SampleMeta"}}}}))}},
-            "/v1/grid.png": {"get": {"summary": "Grid: one row per sample (anchor then positives)",
-                "parameters": cat(&[sampling(), vec![
-                    q("rows", json!({"type": "integer", "minimum": 1, "default": 8}), "Number of samples (max: max_grid_rows)."),
-                    q("start", json!({"type": "integer", "minimum": 0, "default": 0}), "First sample index.")]]),
-                "responses": with_errors(json!({"description": "PNG", "content": {"image/png": {}}}))}},
-            "/v1/generate": {"post": {"summary": "Explicit latents (+ classes, truncation) to images",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerateRequest"}}}},
-                "responses": with_errors(json!({"description": "PNG grid, npy [B,C,H,W] float32, or tar", "content": {"image/png": {}, "application/octet-stream": {}, "application/x-tar": {}}}))}},
-            "/v1/info": {"get": {"summary": "Generator, weights sha256, defaults and limits", "responses": {"200": {"description": "JSON"}}}},
-            "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-            "/ready": {"get": {"summary": "Readiness: 503 while warming up or shutting down", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.0"}}}}
-        },
-        "components": {"schemas": {
-            "Error": {"type": "object", "required": ["error", "error_type"], "properties": {
-                "error": {"type": "string"}, "error_type": {"type": "string", "enum": ["invalid_parameter", "not_found", "overloaded", "unavailable", "backend", "method_not_allowed"]}}},
-            "GenerateRequest": {"type": "object", "required": ["z"], "properties": {
-                "z": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-                "classes": {"type": "array", "items": {"type": "integer"}},
-                "class_vectors": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-                "truncation": {"type": "number", "default": 1.0},
-                "format": {"type": "string", "enum": ["png", "npy", "tar"], "default": "png"}}},
-            "SampleMeta": {"type": "object", "properties": {
-                "index": {"type": "integer"}, "seed": {"type": "integer"}, "class": {"type": "integer", "nullable": true},
-                "method": {"type": "string"}, "sigma": {"type": "number"}, "views": {"type": "integer"},
-                "truncation": {"type": "number"}, "gen_truncation": {"type": "number"},
-                "generator": {"type": "string"}, "weights_sha256": {"type": "string"},
-                "z_anchor": {"type": "array", "items": {"type": "number"}},
-                "z_pos": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}}
-        }}
-    }))
+pub async fn spec(State(st): State<AppState>) -> Json<OpenApi> {
+    Json(document(&st.limits))
 }

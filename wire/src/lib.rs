@@ -23,6 +23,7 @@ pub const JSON_FIELD: &str = "json";
 
 /// How positives are made from the anchor latent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// GenRep's Gaussian views: `z + w`, `w ~ N(0, σ²I)` truncated at ±2σ per dimension.
@@ -89,6 +90,7 @@ impl ImageFormat {
 
 /// The `json` member of every sample: everything needed to regenerate its images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SampleMeta {
     pub index: u64,
     pub seed: u64,
