@@ -1,190 +1,142 @@
-//! Prometheus metrics, kept as atomics and rendered in the text exposition format at `/metrics`.
+//! Prometheus metrics with the `prometheus-client` crate (one registry per server, so several
+//! servers can live in one process, as the in-process tests do), served at `/metrics`.
 //!
 //! Names follow TEI/TGI: counters end in `_total`, durations are histograms in seconds. Publishing
 //! both `genrep_images_generated_total` and `genrep_batches_total` gives the mean batch size.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
-use std::time::Duration;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 
-/// A histogram with fixed upper bounds.
-pub struct Histogram {
-    bounds: Vec<f64>,
-    counts: Vec<AtomicU64>,
-    sum_micros: AtomicU64,
-    count: AtomicU64,
+/// Labels of `genrep_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route template (`/v1/shards/{name}`), or `unmatched`.
+    pub route: String,
+    pub status: u16,
 }
 
-impl Histogram {
-    fn new(bounds: Vec<f64>) -> Self {
-        Self {
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            bounds,
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-    /// Geometric duration buckets (TEI's recipe: ×1.5 from 10 µs, 35 buckets).
-    fn durations() -> Self {
-        Self::new((0..35).map(|i| 1e-5 * 1.5f64.powi(i)).collect())
-    }
-    pub fn observe(&self, v: f64) {
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            if v <= *b {
-                c.fetch_add(1, Relaxed);
-            }
-        }
-        self.sum_micros.fetch_add((v * 1e6) as u64, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-    }
-    pub fn observe_duration(&self, d: Duration) {
-        self.observe(d.as_secs_f64());
-    }
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", c.load(Relaxed));
-        }
-        let n = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {n}");
-    }
-}
-
-/// All server metrics.
+/// All server metrics, and the registry that renders them.
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    pub samples_generated: AtomicU64,
-    pub images_generated: AtomicU64,
-    pub batches: AtomicU64,
-    pub jobs_dropped: AtomicU64,
-    pub bytes_streamed: AtomicU64,
-    pub queue_depth: AtomicI64,
-    pub active_streams: AtomicI64,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    pub samples_generated: Counter,
+    pub images_generated: Counter,
+    pub batches: Counter,
+    pub jobs_dropped: Counter,
+    pub bytes_streamed: Counter,
+    pub queue_depth: Gauge,
+    pub active_streams: Gauge,
     pub batch_size: Histogram,
     pub queue_duration: Histogram,
     pub inference_duration: Histogram,
     pub encode_duration: Histogram,
 }
 
+/// Duration buckets: ×1.5 from 10 µs, 35 buckets (TEI's recipe).
+fn durations() -> Histogram {
+    Histogram::new(exponential_buckets(1e-5, 1.5, 35))
+}
+
 impl Default for Metrics {
     fn default() -> Self {
-        Self {
-            requests: Mutex::new(BTreeMap::new()),
-            samples_generated: AtomicU64::new(0),
-            images_generated: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
-            jobs_dropped: AtomicU64::new(0),
-            bytes_streamed: AtomicU64::new(0),
-            queue_depth: AtomicI64::new(0),
-            active_streams: AtomicI64::new(0),
-            batch_size: Histogram::new((0..=12).map(|i| (1u64 << i) as f64).collect()),
-            queue_duration: Histogram::durations(),
-            inference_duration: Histogram::durations(),
-            encode_duration: Histogram::durations(),
-        }
+        let m = Self {
+            registry: Registry::with_prefix("genrep"),
+            requests: Family::default(),
+            samples_generated: Counter::default(),
+            images_generated: Counter::default(),
+            batches: Counter::default(),
+            jobs_dropped: Counter::default(),
+            bytes_streamed: Counter::default(),
+            queue_depth: Gauge::default(),
+            active_streams: Gauge::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            queue_duration: durations(),
+            inference_duration: durations(),
+            encode_duration: durations(),
+        };
+        let mut r = m.registry;
+        r.register(
+            "requests",
+            "HTTP requests by route and status",
+            m.requests.clone(),
+        );
+        r.register(
+            "samples_generated",
+            "Samples (anchor + positives) produced",
+            m.samples_generated.clone(),
+        );
+        r.register(
+            "images_generated",
+            "Images run through the generator",
+            m.images_generated.clone(),
+        );
+        r.register("batches", "Generator forward passes", m.batches.clone());
+        r.register(
+            "jobs_dropped",
+            "Queued jobs dropped because their consumer went away",
+            m.jobs_dropped.clone(),
+        );
+        r.register(
+            "bytes_streamed",
+            "Response body bytes handed to connections",
+            m.bytes_streamed.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Jobs waiting for the generator",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "active_streams",
+            "Open shard/stream responses",
+            m.active_streams.clone(),
+        );
+        r.register(
+            "batch_size",
+            "Images per generator forward pass",
+            m.batch_size.clone(),
+        );
+        r.register(
+            "queue_duration_seconds",
+            "Time a job waited before its batch ran",
+            m.queue_duration.clone(),
+        );
+        r.register(
+            "inference_duration_seconds",
+            "Generator forward pass time per batch",
+            m.inference_duration.clone(),
+        );
+        r.register(
+            "encode_duration_seconds",
+            "Image + tar encoding time per sample",
+            m.encode_duration.clone(),
+        );
+        Self { registry: r, ..m }
     }
 }
 
 impl Metrics {
     pub fn count_request(&self, route: &str, status: u16) {
-        *self
-            .requests
-            .lock()
-            .unwrap()
-            .entry((route.to_string(), status))
-            .or_default() += 1;
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                status,
+            })
+            .inc();
     }
 
+    /// The OpenMetrics text exposition (Prometheus scrapes it).
     pub fn render(&self) -> String {
-        let mut o = String::new();
-        o.push_str("# HELP genrep_requests_total HTTP requests by route and status.\n# TYPE genrep_requests_total counter\n");
-        for ((route, status), n) in self.requests.lock().unwrap().iter() {
-            let _ = writeln!(
-                o,
-                "genrep_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
-        }
-        let counters = [
-            (
-                "genrep_samples_generated_total",
-                "Samples (anchor + positives) produced.",
-                &self.samples_generated,
-            ),
-            (
-                "genrep_images_generated_total",
-                "Images run through the generator.",
-                &self.images_generated,
-            ),
-            (
-                "genrep_batches_total",
-                "Generator forward passes.",
-                &self.batches,
-            ),
-            (
-                "genrep_jobs_dropped_total",
-                "Queued jobs dropped because their consumer went away.",
-                &self.jobs_dropped,
-            ),
-            (
-                "genrep_bytes_streamed_total",
-                "Response body bytes handed to connections.",
-                &self.bytes_streamed,
-            ),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
-        }
-        let gauges = [
-            (
-                "genrep_queue_depth",
-                "Jobs waiting for the generator.",
-                &self.queue_depth,
-            ),
-            (
-                "genrep_active_streams",
-                "Open shard/stream responses.",
-                &self.active_streams,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            let _ = writeln!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
-                v.load(Relaxed)
-            );
-        }
-        self.batch_size.render(
-            &mut o,
-            "genrep_batch_size",
-            "Images per generator forward pass.",
-        );
-        self.queue_duration.render(
-            &mut o,
-            "genrep_queue_duration_seconds",
-            "Time a job waited before its batch ran.",
-        );
-        self.inference_duration.render(
-            &mut o,
-            "genrep_inference_duration_seconds",
-            "Generator forward pass time per batch.",
-        );
-        self.encode_duration.render(
-            &mut o,
-            "genrep_encode_duration_seconds",
-            "Image + tar encoding time per sample.",
-        );
-        o
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
     }
 }
+
+/// Content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -472,7 +472,7 @@ async fn ready(State(st): State<AppState>) -> Result<Json<serde_json::Value>, Ap
 
 async fn metrics(State(st): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         st.engine.metrics().render(),
     )
         .into_response()

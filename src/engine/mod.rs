@@ -151,10 +151,7 @@ impl Engine {
             enqueued: Instant::now(),
             tx,
         });
-        self.inner
-            .metrics
-            .queue_depth
-            .store(q.len() as i64, Ordering::Relaxed);
+        self.inner.metrics.queue_depth.set(q.len() as i64);
         drop(q);
         self.inner.work.notify_one();
         Ok(rx)
@@ -203,7 +200,7 @@ fn pop_job(inner: &Inner, first: Option<&Job>, room: usize) -> Option<Job> {
     while i < q.len() {
         if q[i].tx.is_closed() {
             q.remove(i);
-            inner.metrics.jobs_dropped.fetch_add(1, Ordering::Relaxed);
+            inner.metrics.jobs_dropped.inc();
             continue;
         }
         let fits = match first {
@@ -216,10 +213,7 @@ fn pop_job(inner: &Inner, first: Option<&Job>, room: usize) -> Option<Job> {
         }
         i += 1;
     }
-    inner
-        .metrics
-        .queue_depth
-        .store(q.len() as i64, Ordering::Relaxed);
+    inner.metrics.queue_depth.set(q.len() as i64);
     drop(q);
     inner.space.notify_waiters();
     found
@@ -284,7 +278,7 @@ fn device_loop(generator: Box<dyn Generator>, mut rx: mpsc::Receiver<Vec<Job>>, 
             inner
                 .metrics
                 .queue_duration
-                .observe_duration(start - j.enqueued);
+                .observe((start - j.enqueued).as_secs_f64());
         }
         let n: usize = batch.iter().map(|j| j.n).sum();
         let mut z = Vec::with_capacity(n * spec.latent_dim);
@@ -308,12 +302,9 @@ fn device_loop(generator: Box<dyn Generator>, mut rx: mpsc::Receiver<Vec<Job>>, 
         inner
             .metrics
             .inference_duration
-            .observe_duration(start.elapsed());
-        inner.metrics.batches.fetch_add(1, Ordering::Relaxed);
-        inner
-            .metrics
-            .images_generated
-            .fetch_add(n as u64, Ordering::Relaxed);
+            .observe(start.elapsed().as_secs_f64());
+        inner.metrics.batches.inc();
+        inner.metrics.images_generated.inc_by(n as u64);
         inner.metrics.batch_size.observe(n as f64);
         match result {
             Ok(all) => {

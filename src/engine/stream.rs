@@ -14,7 +14,6 @@ use crate::wds::{encode_sample, TAR_END};
 use bytes::Bytes;
 use genrep_wire::MAX_INDEX;
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -61,7 +60,7 @@ async fn one_sample(
     tokio::task::spawn_blocking(move || {
         let t = Instant::now();
         let b = encode_sample(&spec, &req, &l, &images);
-        metrics.encode_duration.observe_duration(t.elapsed());
+        metrics.encode_duration.observe(t.elapsed().as_secs_f64());
         b
     })
     .await
@@ -93,11 +92,11 @@ pub async fn produce(
     shutdown: CancellationToken,
 ) {
     let metrics = engine.metrics().clone();
-    metrics.active_streams.fetch_add(1, Relaxed);
+    metrics.active_streams.inc();
     struct Active(Arc<crate::metrics::Metrics>);
     impl Drop for Active {
         fn drop(&mut self) {
-            self.0.active_streams.fetch_sub(1, Relaxed);
+            self.0.active_streams.dec();
         }
     }
     let _active = Active(metrics.clone());
@@ -134,10 +133,8 @@ pub async fn produce(
             res.unwrap_or_else(|e| Err(EngineError::Backend(format!("sample task failed: {e}"))));
         match res {
             Ok(bytes) => {
-                metrics.samples_generated.fetch_add(1, Relaxed);
-                metrics
-                    .bytes_streamed
-                    .fetch_add(bytes.len() as u64, Relaxed);
+                metrics.samples_generated.inc();
+                metrics.bytes_streamed.inc_by(bytes.len() as u64);
                 if tx.send(Ok(bytes)).await.is_err() {
                     return;
                 }
@@ -154,8 +151,6 @@ pub async fn produce(
             }
         }
     }
-    metrics
-        .bytes_streamed
-        .fetch_add(TAR_END.len() as u64, Relaxed);
+    metrics.bytes_streamed.inc_by(TAR_END.len() as u64);
     let _ = tx.send(Ok(Bytes::from_static(&TAR_END))).await;
 }
