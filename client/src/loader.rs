@@ -707,29 +707,18 @@ pub fn decode_image(field: &str, data: &[u8]) -> Result<Image, String> {
         }
         "npy" => {
             // genrep's npy views: float32 [C, H, W] in [-1, 1].
-            let hl = u16::from_le_bytes([*data.get(8).ok_or("short npy")?, data[9]]) as usize;
-            let header = std::str::from_utf8(data.get(10..10 + hl).ok_or("short npy")?)
-                .map_err(|e| e.to_string())?;
-            let shape: Vec<usize> = header
-                .split("'shape': (")
-                .nth(1)
-                .and_then(|s| s.split(')').next())
-                .ok_or("npy without shape")?
-                .split(',')
-                .filter_map(|s| s.trim().parse().ok())
-                .collect();
-            if shape.len() != 3 || !header.contains("<f4") {
-                return Err(format!("npy image must be float32 [C,H,W], got {header}"));
-            }
-            let body = &data[10 + hl..];
-            let vals: Vec<f32> = body
-                .chunks_exact(4)
-                .map(|c| (f32::from_le_bytes(c.try_into().unwrap()) + 1.0) / 2.0)
-                .collect();
-            if vals.len() != shape.iter().product::<usize>() {
-                return Err("npy data length does not match its shape".into());
-            }
-            Ok((vals, shape[0], shape[1], shape[2]))
+            let a = genrep_wire::npy::NpyArray::parse(data).map_err(|e| e.to_string())?;
+            let [c, h, w] = a.shape[..] else {
+                return Err(format!(
+                    "npy image must be [C, H, W], got shape {:?}",
+                    a.shape
+                ));
+            };
+            let vals = a
+                .to_f32()
+                .filter(|_| a.dtype.is_float())
+                .ok_or_else(|| format!("npy image must be float, got {}", a.dtype.name()))?;
+            Ok((vals.into_iter().map(|v| (v + 1.0) / 2.0).collect(), c, h, w))
         }
         other => Err(format!("unsupported image type `{other}`")),
     }
@@ -928,6 +917,17 @@ mod tests {
         enc.set_depth(png::BitDepth::Eight);
         enc.write_header().unwrap().write_image_data(&[v]).unwrap();
         out
+    }
+
+    #[test]
+    fn npy_views_decode_to_unit_range() {
+        let bytes = genrep_wire::npy::write_f32(&[1, 1, 2], &[-1.0, 1.0]);
+        let (px, c, h, w) = decode_image("anchor.npy", &bytes).unwrap();
+        assert_eq!((px, c, h, w), (vec![0.0, 1.0], 1, 1, 2));
+        let flat = genrep_wire::npy::write_f32(&[2], &[0.0, 0.0]);
+        assert!(decode_image("anchor.npy", &flat)
+            .unwrap_err()
+            .contains("[C, H, W]"));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! `anchor.{fmt}`, `pos0.{fmt}` … `pos{K-1}.{fmt}`, `cls` (conditional generators only) and `json`
 //! (a [`SampleMeta`]). The key is the sample index zero-padded to [`KEY_DIGITS`] digits.
 
+pub mod npy;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
