@@ -1,0 +1,177 @@
+//! Loader unit tests.
+
+use super::*;
+use std::collections::BTreeMap;
+
+#[test]
+fn brace_expansion() {
+    assert_eq!(
+        expand("http://h:1/v1/shards/train-{000008..000011}.tar?seed=1&sigma=0.2").unwrap(),
+        vec![
+            "http://h:1/v1/shards/train-000008.tar?seed=1&sigma=0.2",
+            "http://h:1/v1/shards/train-000009.tar?seed=1&sigma=0.2",
+            "http://h:1/v1/shards/train-000010.tar?seed=1&sigma=0.2",
+            "http://h:1/v1/shards/train-000011.tar?seed=1&sigma=0.2",
+        ]
+    );
+    assert_eq!(
+        expand("a-{x,y}-{1..2}.tar").unwrap(),
+        vec!["a-x-1.tar", "a-x-2.tar", "a-y-1.tar", "a-y-2.tar"]
+    );
+    assert_eq!(expand("plain.tar").unwrap(), vec!["plain.tar"]);
+    assert!(expand("a-{1..").is_err());
+    assert!(expand("a-{5..1}.tar").is_err());
+    assert!(expand("a-{x..1}.tar").is_err());
+    assert!(expand("a-1}.tar").is_err());
+}
+
+fn shard(n: usize, end: bool) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..n {
+        for (f, d) in [("png", b"x".as_slice()), ("cls", b"3".as_slice())] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(d.len() as u64);
+            h.set_mode(0o444);
+            h.set_cksum();
+            b.append_data(&mut h, format!("{i:06}.{f}"), d).unwrap();
+        }
+    }
+    if end {
+        b.into_inner().unwrap()
+    } else {
+        let mut v = b.get_ref().clone();
+        v.truncate(v.len());
+        v
+    }
+}
+
+fn png_1x1(v: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, 1, 1);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header().unwrap().write_image_data(&[v]).unwrap();
+    out
+}
+
+#[test]
+fn npy_views_decode_to_unit_range() {
+    let bytes = genrep_wire::npy::write_f32(&[1, 1, 2], &[-1.0, 1.0]);
+    let (px, c, h, w) = decode_image("anchor.npy", &bytes).unwrap();
+    assert_eq!((px, c, h, w), (vec![0.0, 1.0], 1, 1, 2));
+    let flat = genrep_wire::npy::write_f32(&[2], &[0.0, 0.0]);
+    assert!(decode_image("anchor.npy", &flat)
+        .unwrap_err()
+        .contains("[C, H, W]"));
+}
+
+#[test]
+fn views_come_from_the_data_and_more_is_an_error() {
+    let genrep = RawSample {
+        key: "000000000007".into(),
+        fields: BTreeMap::from([
+            ("anchor.png".to_string(), png_1x1(10)),
+            ("pos0.png".to_string(), png_1x1(20)),
+            ("cls".to_string(), b"3".to_vec()),
+        ]),
+    };
+    assert_eq!(views_in(&genrep), 2);
+    let v = sample_views(&genrep, 2).unwrap();
+    assert_eq!((v[0].0[0], v[1].0[0]), (10.0 / 255.0, 20.0 / 255.0));
+    assert_eq!(sample_views(&genrep, 1).unwrap().len(), 1);
+    let e = sample_views(&genrep, 3).unwrap_err();
+    assert!(
+        e.contains("request views=2") && e.contains("--views 2"),
+        "{e}"
+    );
+    let real = RawSample {
+        key: "x".into(),
+        fields: BTreeMap::from([("png".to_string(), png_1x1(5))]),
+    };
+    assert_eq!(views_in(&real), 2);
+    assert_eq!(sample_views(&real, 3).unwrap().len(), 3);
+}
+
+#[test]
+fn truncated_shards_are_errors() {
+    let good = shard(3, true);
+    assert_eq!(parse_shard("s", &good, Some(3)).unwrap().len(), 3);
+    assert!(parse_shard("s", &good, Some(4)).is_err());
+    let no_end = shard(3, false);
+    assert!(parse_shard("s", &no_end, None).is_err());
+    assert!(parse_shard("s", &good[..good.len() - 1536], None).is_err());
+}
+
+#[test]
+fn rank_split_is_disjoint_and_equal() {
+    let all: Vec<String> = (0..7).map(|i| format!("s{i}.tar")).collect();
+    let cfg = |rank| LoaderConfig {
+        rank,
+        world_size: 3,
+        shuffle: false,
+        ..Default::default()
+    };
+    let r: Vec<Vec<String>> = (0..3)
+        .map(|k| {
+            Loader::new(all.clone(), cfg(k), Cursor::default())
+                .unwrap()
+                .shards()
+                .to_vec()
+        })
+        .collect();
+    assert!(r.iter().all(|s| s.len() == 2));
+    let mut flat: Vec<_> = r.concat();
+    flat.sort();
+    flat.dedup();
+    assert_eq!(flat.len(), 6);
+    assert!(Loader::new(all[..2].to_vec(), cfg(0), Cursor::default()).is_err());
+}
+
+#[test]
+fn shuffle_buffer_permutes_each_window_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut shards = Vec::new();
+    for sh in 0..3 {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..4 {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(1);
+            h.set_mode(0o444);
+            h.set_cksum();
+            b.append_data(&mut h, format!("s{sh}i{i}.cls"), b"1".as_slice())
+                .unwrap();
+        }
+        let p = dir.path().join(format!("d-{sh:06}.tar"));
+        std::fs::write(&p, b.into_inner().unwrap()).unwrap();
+        shards.push(p.to_string_lossy().into_owned());
+    }
+    let cfg = LoaderConfig {
+        shuffle: false,
+        shuffle_buffer: 6,
+        seed: 5,
+        ..Default::default()
+    };
+    let keys = |l: &mut Loader, n: usize| -> Vec<String> {
+        (0..n).map(|_| l.next_sample().unwrap().key).collect()
+    };
+    let mut l = Loader::new(shards.clone(), cfg.clone(), Cursor::default()).unwrap();
+    let first = keys(&mut l, 24);
+    let in_order: Vec<String> = (0..3)
+        .flat_map(|sh| (0..4).map(move |i| format!("s{sh}i{i}")))
+        .collect();
+    // Each epoch (two windows of 6) is a permutation of the 12 samples, not shard order.
+    for epoch in first.chunks(12) {
+        let mut sorted = epoch.to_vec();
+        sorted.sort();
+        assert_eq!(sorted, in_order);
+        assert_ne!(epoch, in_order.as_slice());
+    }
+    // Resume from the cursor taken mid-window: the continuation is identical.
+    let mut a = Loader::new(shards.clone(), cfg.clone(), Cursor::default()).unwrap();
+    let head = keys(&mut a, 8);
+    assert_eq!(head, first[..8]);
+    let c = a.cursor();
+    assert_eq!(c.in_window, 2, "{c:?}");
+    let mut b = Loader::new(shards, cfg, c).unwrap();
+    assert_eq!(keys(&mut b, 16), first[8..24]);
+}
