@@ -210,3 +210,35 @@ async fn openapi_document_validates_and_states_the_limits() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The `webdataset` crate (an independent implementation of the format) reads a served shard:
+/// every sample has the documented fields, keys are the sample indices, and the `json` member
+/// names the same index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webdataset_crate_reads_a_served_shard() {
+    let app = app().await;
+    let uri = "/v1/shards/train-000003.tar?seed=4&views=2&shard_size=5&format=jpg";
+    let (c, body) = call(&app, Method::GET, uri, Body::empty()).await;
+    assert_eq!(c, StatusCode::OK);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("train-000003.tar");
+    std::fs::write(&path, &body).unwrap();
+    let ds = webdataset::WebDataset::builder(path.to_str().unwrap())
+        .build()
+        .unwrap();
+    let samples: Vec<webdataset::Sample> = ds.iter().map(|s| s.unwrap()).collect();
+    assert_eq!(samples.len(), 5);
+    for (i, s) in samples.iter().enumerate() {
+        let index = 15 + i as u64;
+        assert_eq!(s.key(), Some(genrep_wire::sample_key(index).as_str()));
+        for field in ["anchor.jpg", "pos0.jpg", "pos1.jpg", "cls", "json"] {
+            assert!(s.get(field).is_some(), "sample {index} lacks {field}");
+        }
+        let json = match s.get("json").unwrap() {
+            webdataset::Value::Bytes(b) => b.to_vec(),
+            other => panic!("json member read as {other:?}"),
+        };
+        let meta: genrep_wire::SampleMeta = serde_json::from_slice(&json).unwrap();
+        assert_eq!((meta.index, meta.seed, meta.views), (index, 4, 2));
+    }
+}

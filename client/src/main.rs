@@ -22,6 +22,27 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Pixel augmentation presets (see `augment.rs`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AugmentPreset {
+    /// GenRep's: crop 0.2-1, colour jitter 0.4, grayscale 0.2.
+    Genrep,
+    /// SimCLR's: crop 0.08-1, jitter 0.8, blur.
+    Simclr,
+    /// None: latent views only.
+    None,
+}
+
+impl AugmentPreset {
+    fn name(self) -> &'static str {
+        match self {
+            AugmentPreset::Genrep => "genrep",
+            AugmentPreset::Simclr => "simclr",
+            AugmentPreset::None => "none",
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Train an encoder.
@@ -42,16 +63,16 @@ struct TrainArgs {
     #[arg(long, env = "GENREP_TRAIN_SOURCE")]
     source: String,
     /// simclr (positives = the sample's views) or supcon (positives = same `cls`).
-    #[arg(long, default_value = "simclr")]
-    method: String,
+    #[arg(long, value_enum, default_value_t = Objective::Simclr)]
+    method: Objective,
     /// Views per sample in the loss (anchor + positives). Default: what the data offers (a
     /// server shard requested with `views=K` gives the anchor + K positives; real images give 2,
     /// differing only by augmentation). Asking for more than the data has is an error.
     #[arg(long)]
     views: Option<usize>,
-    /// Pixel augmentation preset: genrep, simclr or none.
-    #[arg(long, default_value = "genrep")]
-    augment: String,
+    /// Pixel augmentation preset.
+    #[arg(long, value_enum, default_value_t = AugmentPreset::Genrep)]
+    augment: AugmentPreset,
     /// Optimisation steps (or give --epochs).
     #[arg(long)]
     steps: Option<usize>,
@@ -176,11 +197,7 @@ fn train(a: TrainArgs) -> Result<()> {
         bail!("--views must be at least 1 (omit it to use every view the data offers)");
     }
     let dev = parse_device(&a.device)?;
-    let objective = match a.method.as_str() {
-        "simclr" => Objective::Simclr,
-        "supcon" => Objective::Supcon,
-        m => bail!("unknown --method `{m}` (simclr, supcon)"),
-    };
+    let objective = a.method;
     let steps = match (a.steps, a.epochs, a.samples_per_epoch) {
         (Some(s), None, _) => s,
         (None, Some(e), Some(n)) => (e * n).div_ceil(a.batch_size),
@@ -192,7 +209,7 @@ fn train(a: TrainArgs) -> Result<()> {
         source: a.source.clone(),
         objective,
         views: a.views.unwrap_or(0),
-        augment: a.augment.clone(),
+        augment: a.augment.name().to_string(),
         steps,
         batch_size: a.batch_size,
         lr: a.lr,

@@ -258,7 +258,7 @@ struct SelfAttn {
     gamma: Tensor,
 }
 
-impl SelfAttn {
+impl Module for SelfAttn {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let theta = self.theta.forward(x)?.reshape((b, c / 8, h * w))?;

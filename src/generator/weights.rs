@@ -173,8 +173,10 @@ impl Linear {
             },
         })
     }
+}
 
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl candle_core::Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = x.matmul(&self.weight_t)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
