@@ -64,57 +64,71 @@ impl Default for Metrics {
             "HTTP requests by route and status",
             m.requests.clone(),
         );
-        r.register(
-            "samples_generated",
-            "Samples (anchor + positives) produced",
-            m.samples_generated.clone(),
-        );
-        r.register(
-            "images_generated",
-            "Images run through the generator",
-            m.images_generated.clone(),
-        );
-        r.register("batches", "Generator forward passes", m.batches.clone());
-        r.register(
-            "jobs_dropped",
-            "Queued jobs dropped because their consumer went away",
-            m.jobs_dropped.clone(),
-        );
-        r.register(
-            "bytes_streamed",
-            "Response body bytes handed to connections",
-            m.bytes_streamed.clone(),
-        );
-        r.register(
-            "queue_depth",
-            "Jobs waiting for the generator",
-            m.queue_depth.clone(),
-        );
-        r.register(
-            "active_streams",
-            "Open shard/stream responses",
-            m.active_streams.clone(),
-        );
-        r.register(
-            "batch_size",
-            "Images per generator forward pass",
-            m.batch_size.clone(),
-        );
-        r.register(
-            "queue_duration_seconds",
-            "Time a job waited before its batch ran",
-            m.queue_duration.clone(),
-        );
-        r.register(
-            "inference_duration_seconds",
-            "Generator forward pass time per batch",
-            m.inference_duration.clone(),
-        );
-        r.register(
-            "encode_duration_seconds",
-            "Image + tar encoding time per sample",
-            m.encode_duration.clone(),
-        );
+        let counters = [
+            (
+                "samples_generated",
+                "Samples (anchor + positives) produced",
+                &m.samples_generated,
+            ),
+            (
+                "images_generated",
+                "Images run through the generator",
+                &m.images_generated,
+            ),
+            ("batches", "Generator forward passes", &m.batches),
+            (
+                "jobs_dropped",
+                "Queued jobs dropped because their consumer went away",
+                &m.jobs_dropped,
+            ),
+            (
+                "bytes_streamed",
+                "Response body bytes handed to connections",
+                &m.bytes_streamed,
+            ),
+        ];
+        for (name, help, c) in counters {
+            r.register(name, help, c.clone());
+        }
+        for (name, help, g) in [
+            (
+                "queue_depth",
+                "Jobs waiting for the generator",
+                &m.queue_depth,
+            ),
+            (
+                "active_streams",
+                "Open shard/stream responses",
+                &m.active_streams,
+            ),
+        ] {
+            r.register(name, help, g.clone());
+        }
+        let histograms = [
+            (
+                "batch_size",
+                "Images per generator forward pass",
+                &m.batch_size,
+            ),
+            (
+                "queue_duration_seconds",
+                "Time a job waited before its batch ran",
+                &m.queue_duration,
+            ),
+            (
+                "inference_duration_seconds",
+                "Generator forward pass time per batch",
+                &m.inference_duration,
+            ),
+            (
+                "encode_duration_seconds",
+                "Image + tar encoding time per sample",
+                &m.encode_duration,
+            ),
+        ];
+        for (name, help, h) in histograms {
+            r.register(name, help, h.clone());
+        }
         Self { registry: r, ..m }
     }
 }

@@ -72,7 +72,7 @@ pub fn class_input(
             }
             if let Some(bad) = ids.iter().find(|&&v| v < 0 || v as usize >= nc) {
                 return Err(format!(
-                    "{ids_name} contains {bad}, allowed range 0..={}",
+                    "{ids_name} contains {bad}, out of range 0..={}",
                     nc - 1
                 ));
             }
@@ -131,7 +131,7 @@ mod tests {
         let e = class_input(&s, 1, ClassArg::Absent, "classes", "class_vectors").unwrap_err();
         assert!(e.contains("conditional"), "{e}");
         let e = class_input(&s, 1, ClassArg::Ids(vec![3]), "classes", "class_vectors").unwrap_err();
-        assert!(e.contains("allowed range 0..=2"), "{e}");
+        assert!(e.contains("out of range 0..=2"), "{e}");
         let v = ClassArg::Vectors {
             rows: 1,
             cols: 2,

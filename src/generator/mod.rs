@@ -108,56 +108,20 @@ pub trait Generator: Send {
     }
 }
 
+/// The same class rules as the API and the CLI ([`inputs::class_input`]), for a batch of `batch`.
 fn check_classes(spec: &GeneratorSpec, classes: &ClassInput, batch: usize) -> Result<()> {
-    let n = spec.num_classes;
-    match classes {
-        ClassInput::None if n == 0 => Ok(()),
-        ClassInput::None => Err(GeneratorError::Input(format!(
-            "generator is conditional on {n} classes: class ids or class vectors are required"
-        ))),
-        _ if n == 0 => Err(GeneratorError::Input(
-            "generator is unconditional: classes must not be given".into(),
-        )),
-        ClassInput::Ids(ids) => {
-            if ids.len() != batch {
-                return Err(GeneratorError::Input(format!(
-                    "{} class ids for a batch of {batch}",
-                    ids.len()
-                )));
-            }
-            if let Some(c) = ids.iter().find(|&&c| c as usize >= n) {
-                return Err(GeneratorError::Input(format!(
-                    "class id {c} out of range 0..={}",
-                    n - 1
-                )));
-            }
-            Ok(())
-        }
-        ClassInput::Soft(v) => {
-            if v.len() != batch * n {
-                return Err(GeneratorError::Input(format!(
-                    "class vectors have {} values, expected batch {batch} x {n} classes",
-                    v.len()
-                )));
-            }
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(GeneratorError::Input("class vectors must be finite".into()));
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Parses a `--dtype` value.
-pub fn parse_dtype(s: &str) -> Result<DType> {
-    match s {
-        "f32" | "float32" => Ok(DType::F32),
-        "f16" | "float16" => Ok(DType::F16),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        other => Err(GeneratorError::Unsupported(format!(
-            "dtype `{other}` (allowed: f32, f16, bf16)"
-        ))),
-    }
+    let arg = match classes {
+        ClassInput::None => inputs::ClassArg::Absent,
+        ClassInput::Ids(ids) => inputs::ClassArg::Ids(ids.iter().map(|&c| c as i64).collect()),
+        ClassInput::Soft(v) => inputs::ClassArg::Vectors {
+            rows: batch,
+            cols: if batch == 0 { 0 } else { v.len() / batch },
+            values: v.clone(),
+        },
+    };
+    inputs::class_input(spec, batch, arg, "class ids", "class vectors")
+        .map(drop)
+        .map_err(GeneratorError::Input)
 }
 
 /// Loads the generator described by `dir/config.json` + `dir/model.safetensors`.
@@ -225,22 +189,27 @@ pub fn load_model_parts(
         )));
     }
     let tensors = weights::Weights::from_bytes(weights, weights_path, device, dtype)?;
+    /// Parses and validates an architecture's config, naming the file in errors.
+    fn checked<C: serde::de::DeserializeOwned>(
+        value: &serde_json::Value,
+        path: &Path,
+        validate: impl Fn(&C) -> std::result::Result<(), String>,
+    ) -> Result<C> {
+        let cfg: C = parse_config(value, path)?;
+        validate(&cfg).map_err(|msg| GeneratorError::Config {
+            path: path.to_path_buf(),
+            msg,
+        })?;
+        Ok(cfg)
+    }
     match arch.as_str() {
         "biggan-deep" => {
-            let cfg: BigGanConfig = parse_config(&value, &cfg_path)?;
-            cfg.validate().map_err(|msg| GeneratorError::Config {
-                path: cfg_path,
-                msg,
-            })?;
+            let cfg = checked(&value, &cfg_path, BigGanConfig::validate)?;
             let name = cfg.name.clone().unwrap_or_else(|| default_name.to_string());
             Ok(Box::new(BigGanDeep::new(cfg, name, &tensors)?))
         }
         _ => {
-            let cfg: CdcGanConfig = parse_config(&value, &cfg_path)?;
-            cfg.validate().map_err(|msg| GeneratorError::Config {
-                path: cfg_path,
-                msg,
-            })?;
+            let cfg = checked(&value, &cfg_path, CdcGanConfig::validate)?;
             let name = cfg.name.clone().unwrap_or_else(|| default_name.to_string());
             Ok(Box::new(CdcGan::new(cfg, name, &tensors)?))
         }
