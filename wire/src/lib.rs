@@ -118,14 +118,22 @@ pub fn sample_key(index: u64) -> String {
     format!("{index:0width$}", width = KEY_DIGITS)
 }
 
+/// Field stem of the anchor image (the field is `anchor.{ext}`).
+pub const ANCHOR_STEM: &str = "anchor";
+
+/// Field stem of positive `k`: `pos0`, `pos1`, …
+pub fn pos_stem(k: usize) -> String {
+    format!("pos{k}")
+}
+
 /// Field name of positive `k` (`pos0`, `pos1`, …) with its extension.
 pub fn pos_field(k: usize, fmt: ImageFormat) -> String {
-    format!("pos{k}.{}", fmt.ext())
+    format!("{}.{}", pos_stem(k), fmt.ext())
 }
 
 /// Field name of the anchor image.
 pub fn anchor_field(fmt: ImageFormat) -> String {
-    format!("anchor.{}", fmt.ext())
+    format!("{ANCHOR_STEM}.{}", fmt.ext())
 }
 
 #[cfg(test)]

@@ -68,11 +68,11 @@ fn find_field<'a>(s: &'a RawSample, stem: &str) -> Option<(&'a String, &'a Vec<u
 /// Views a sample offers: anchor + its positives for genrep samples (the server's `views`
 /// parameter counts the positives), 2 for a plain image (real data: two augmentations of it).
 pub fn views_in(s: &RawSample) -> usize {
-    if find_field(s, "anchor").is_none() {
+    if find_field(s, genrep_wire::ANCHOR_STEM).is_none() {
         return 2;
     }
     1 + (0..)
-        .take_while(|i| find_field(s, &format!("pos{i}")).is_some())
+        .take_while(|i| find_field(s, &genrep_wire::pos_stem(i)).is_some())
         .count()
 }
 
@@ -82,7 +82,7 @@ pub fn views_in(s: &RawSample) -> usize {
 /// to change, never a silent repeat.
 pub fn sample_views(s: &RawSample, views: usize) -> Result<Vec<Image>, String> {
     let mut out = Vec::new();
-    if let Some((k, v)) = find_field(s, "anchor") {
+    if let Some((k, v)) = find_field(s, genrep_wire::ANCHOR_STEM) {
         let have = views_in(s);
         if views > have {
             return Err(format!(
@@ -96,7 +96,7 @@ pub fn sample_views(s: &RawSample, views: usize) -> Result<Vec<Image>, String> {
         }
         out.push(decode_image(k, v)?);
         for i in 0..views.saturating_sub(1) {
-            let (k, v) = find_field(s, &format!("pos{i}")).expect("counted above");
+            let (k, v) = find_field(s, &genrep_wire::pos_stem(i)).expect("counted above");
             out.push(decode_image(k, v)?);
         }
     } else {
