@@ -72,7 +72,7 @@ pub fn views_in(s: &RawSample) -> usize {
         return 2;
     }
     1 + (0..)
-        .take_while(|i| find_field(s, &genrep_wire::pos_stem(i)).is_some())
+        .take_while(|i| find_field(s, &genrep_wire::pos_stem(*i)).is_some())
         .count()
 }
 
