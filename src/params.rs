@@ -360,6 +360,8 @@ impl clap::Args for SamplingArgs {
                 clap::Arg::new(p.name)
                     .long(p.name)
                     .value_name("VALUE")
+                    // `--sigma -1` must reach the table's check (and its message), not clap's.
+                    .allow_negative_numbers(true)
                     .help(format!(
                         "{} [query parameter `{}`; default {default}]",
                         p.doc, p.name
