@@ -41,95 +41,83 @@ fn durations() -> Histogram {
     Histogram::new(exponential_buckets(1e-5, 1.5, 35))
 }
 
+/// Registers `m` under `name` and hands it back.
+fn reg<M: prometheus_client::registry::Metric + Clone>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    m: M,
+) -> M {
+    r.register(name, help, m.clone());
+    m
+}
+
 impl Default for Metrics {
     fn default() -> Self {
-        let m = Self {
-            registry: Registry::with_prefix("genrep"),
-            requests: Family::default(),
-            samples_generated: Counter::default(),
-            images_generated: Counter::default(),
-            batches: Counter::default(),
-            jobs_dropped: Counter::default(),
-            bytes_streamed: Counter::default(),
-            queue_depth: Gauge::default(),
-            active_streams: Gauge::default(),
-            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
-            queue_duration: durations(),
-            inference_duration: durations(),
-            encode_duration: durations(),
-        };
-        let mut r = m.registry;
-        r.register(
-            "requests",
-            "HTTP requests by route and status",
-            m.requests.clone(),
-        );
-        let counters = [
-            (
+        let mut r = Registry::with_prefix("genrep");
+        let r = &mut r;
+        let c = Counter::default;
+        let g = Gauge::default;
+        Self {
+            requests: reg(
+                r,
+                "requests",
+                "HTTP requests by route and status",
+                Family::default(),
+            ),
+            samples_generated: reg(
+                r,
                 "samples_generated",
                 "Samples (anchor + positives) produced",
-                &m.samples_generated,
+                c(),
             ),
-            (
+            images_generated: reg(
+                r,
                 "images_generated",
                 "Images run through the generator",
-                &m.images_generated,
+                c(),
             ),
-            ("batches", "Generator forward passes", &m.batches),
-            (
+            batches: reg(r, "batches", "Generator forward passes", c()),
+            jobs_dropped: reg(
+                r,
                 "jobs_dropped",
                 "Queued jobs dropped because their consumer went away",
-                &m.jobs_dropped,
+                c(),
             ),
-            (
+            bytes_streamed: reg(
+                r,
                 "bytes_streamed",
                 "Response body bytes handed to connections",
-                &m.bytes_streamed,
+                c(),
             ),
-        ];
-        for (name, help, c) in counters {
-            r.register(name, help, c.clone());
-        }
-        for (name, help, g) in [
-            (
-                "queue_depth",
-                "Jobs waiting for the generator",
-                &m.queue_depth,
-            ),
-            (
-                "active_streams",
-                "Open shard/stream responses",
-                &m.active_streams,
-            ),
-        ] {
-            r.register(name, help, g.clone());
-        }
-        let histograms = [
-            (
+            queue_depth: reg(r, "queue_depth", "Jobs waiting for the generator", g()),
+            active_streams: reg(r, "active_streams", "Open shard/stream responses", g()),
+            batch_size: reg(
+                r,
                 "batch_size",
                 "Images per generator forward pass",
-                &m.batch_size,
+                Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             ),
-            (
+            queue_duration: reg(
+                r,
                 "queue_duration_seconds",
                 "Time a job waited before its batch ran",
-                &m.queue_duration,
+                durations(),
             ),
-            (
+            inference_duration: reg(
+                r,
                 "inference_duration_seconds",
                 "Generator forward pass time per batch",
-                &m.inference_duration,
+                durations(),
             ),
-            (
+            encode_duration: reg(
+                r,
                 "encode_duration_seconds",
                 "Image + tar encoding time per sample",
-                &m.encode_duration,
+                durations(),
             ),
-        ];
-        for (name, help, h) in histograms {
-            r.register(name, help, h.clone());
+            registry: std::mem::take(r),
         }
-        Self { registry: r, ..m }
     }
 }
 

@@ -7,7 +7,7 @@
 //! RGB conv computes only the 3 channels that the package keeps.
 
 use super::weights::{conv, Conv, Linear, Weights};
-use super::{ClassInput, Generator, GeneratorError, GeneratorSpec, Result};
+use super::{ClassInput, Generator, GeneratorError, GeneratorSpec, ModelInfo, Result};
 use candle_core::Module;
 use candle_core::{DType, Device, Tensor};
 use genrep_kernels::fused;
@@ -290,10 +290,8 @@ enum Layer {
 
 /// BigGAN-deep generator with spectral norm folded into the weights.
 pub struct BigGanDeep {
-    spec: GeneratorSpec,
+    info: ModelInfo,
     cfg: BigGanConfig,
-    device: Device,
-    dtype: DType,
     /// Class embedding weight transposed: [num_classes, z_dim] (rows are class embeddings).
     embed_t: Tensor,
     gen_z: Linear,
@@ -358,10 +356,12 @@ impl BigGanDeep {
             weights_sha256: w.sha256.clone(),
         };
         Ok(Self {
-            spec,
+            info: ModelInfo {
+                spec,
+                device: w.device().clone(),
+                dtype: w.dtype(),
+            },
             cfg,
-            device: w.device().clone(),
-            dtype: w.dtype(),
             embed_t,
             gen_z,
             layers,
@@ -379,13 +379,13 @@ impl BigGanDeep {
     fn class_embedding(&self, classes: &ClassInput, b: usize) -> Result<Tensor> {
         match classes {
             ClassInput::Ids(ids) => {
-                let idx = Tensor::from_slice(ids, ids.len(), &self.device)?;
+                let idx = Tensor::from_slice(ids, ids.len(), &self.info.device)?;
                 Ok(self.embed_t.index_select(&idx, 0)?)
             }
             ClassInput::Soft(v) => {
                 let cv = Tensor::from_slice(v, (b, self.cfg.num_classes), &Device::Cpu)?
-                    .to_device(&self.device)?
-                    .to_dtype(self.dtype)?;
+                    .to_device(&self.info.device)?
+                    .to_dtype(self.info.dtype)?;
                 Ok(cv.matmul(&self.embed_t)?)
             }
             ClassInput::None => Err(GeneratorError::Input("BigGAN-deep needs classes".into())),
@@ -394,14 +394,8 @@ impl BigGanDeep {
 }
 
 impl Generator for BigGanDeep {
-    fn spec(&self) -> &GeneratorSpec {
-        &self.spec
-    }
-    fn device(&self) -> &Device {
-        &self.device
-    }
-    fn dtype(&self) -> DType {
-        self.dtype
+    fn info(&self) -> &ModelInfo {
+        &self.info
     }
 
     fn forward(&self, z: &Tensor, classes: &ClassInput, truncation: f64) -> Result<Tensor> {
@@ -430,8 +424,8 @@ impl Generator for BigGanDeep {
         let (m, inv) = self.bn_stats.at(truncation);
         let a: Vec<f32> = (0..ch).map(|j| inv[j] * self.bn_weight[j]).collect();
         let bias: Vec<f32> = (0..ch).map(|j| self.bn_bias[j] - m[j] * a[j]).collect();
-        let a = Tensor::from_vec(a, ch, &self.device)?.to_dtype(self.dtype)?;
-        let bias = Tensor::from_vec(bias, ch, &self.device)?.to_dtype(self.dtype)?;
+        let a = Tensor::from_vec(a, ch, &self.info.device)?.to_dtype(self.info.dtype)?;
+        let bias = Tensor::from_vec(bias, ch, &self.info.device)?.to_dtype(self.info.dtype)?;
         h = fused::scale_shift(&h, &a, &bias, true)?;
         let out = self.to_rgb.forward(&h)?.tanh()?;
         Ok(out.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)

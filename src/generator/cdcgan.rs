@@ -6,7 +6,7 @@
 //! `b[y]`. Soft class vectors mix the class tables linearly (identical to ids for one-hot rows).
 
 use super::weights::{conv, Conv, Linear, Weights};
-use super::{ClassInput, Generator, GeneratorError, GeneratorSpec, Result};
+use super::{ClassInput, Generator, GeneratorError, GeneratorSpec, ModelInfo, Result};
 use candle_core::Module;
 use candle_core::{DType, Device, Tensor};
 use genrep_kernels::fused;
@@ -108,10 +108,8 @@ impl ClassSel {
 
 /// The embedded default generator's architecture.
 pub struct CdcGan {
-    spec: GeneratorSpec,
+    info: ModelInfo,
     cfg: CdcGanConfig,
-    device: Device,
-    dtype: DType,
     embed: Tensor,
     linear: Linear,
     bn: [CondBn; 3],
@@ -145,35 +143,31 @@ impl CdcGan {
             conv1: conv(w, "conv1", c[0], c[1], 3, true)?,
             conv2: conv(w, "conv2", c[1], c[2], 3, true)?,
             conv_out: conv(w, "conv_out", c[2], cfg.out_channels, 3, true)?,
-            device: w.device().clone(),
-            dtype: w.dtype(),
-            spec,
+            info: ModelInfo {
+                spec,
+                device: w.device().clone(),
+                dtype: w.dtype(),
+            },
             cfg,
         })
     }
 }
 
 impl Generator for CdcGan {
-    fn spec(&self) -> &GeneratorSpec {
-        &self.spec
-    }
-    fn device(&self) -> &Device {
-        &self.device
-    }
-    fn dtype(&self) -> DType {
-        self.dtype
+    fn info(&self) -> &ModelInfo {
+        &self.info
     }
 
     fn forward(&self, z: &Tensor, classes: &ClassInput, _truncation: f64) -> Result<Tensor> {
         let (b, _) = z.dims2()?;
         let sel = match classes {
             ClassInput::Ids(ids) => {
-                ClassSel::Ids(Tensor::from_slice(ids, ids.len(), &self.device)?)
+                ClassSel::Ids(Tensor::from_slice(ids, ids.len(), &self.info.device)?)
             }
             ClassInput::Soft(v) => ClassSel::Soft(
                 Tensor::from_slice(v, (b, self.cfg.num_classes), &Device::Cpu)?
-                    .to_device(&self.device)?
-                    .to_dtype(self.dtype)?,
+                    .to_device(&self.info.device)?
+                    .to_dtype(self.info.dtype)?,
             ),
             ClassInput::None => return Err(GeneratorError::Input("cdcgan needs classes".into())),
         };

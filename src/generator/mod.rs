@@ -74,11 +74,26 @@ pub enum ClassInput {
     Soft(Vec<f32>),
 }
 
+/// What every generator carries besides its layers: its spec and where it computes.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub spec: GeneratorSpec,
+    pub device: Device,
+    pub dtype: DType,
+}
+
 /// A batched image generator owned by one device thread.
 pub trait Generator: Send {
-    fn spec(&self) -> &GeneratorSpec;
-    fn device(&self) -> &Device;
-    fn dtype(&self) -> DType;
+    fn info(&self) -> &ModelInfo;
+    fn spec(&self) -> &GeneratorSpec {
+        &self.info().spec
+    }
+    fn device(&self) -> &Device {
+        &self.info().device
+    }
+    fn dtype(&self) -> DType {
+        self.info().dtype
+    }
     /// Runs the generator: `z` is `[B, latent_dim]` (row-major f32), `truncation` is the
     /// generator's own truncation input (ignored by architectures without one).
     /// Returns `[B, C, H, W]` f32 on the CPU, values in [-1, 1].
