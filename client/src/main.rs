@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use genrep_client::eval::{features, knn_top1, linear_probe, load_labelled};
+use genrep_client::eval::{features, knn_top1, linear_probe, load_labelled, pixel_features};
 use genrep_client::model::EncoderConfig;
 use genrep_client::train::{
     check_channels, latest_checkpoint, load_encoder, log_jsonl, Objective, TrainConfig, Trainer,
@@ -156,8 +156,12 @@ struct TrainArgs {
 #[derive(clap::Args)]
 struct EvalArgs {
     /// A checkpoint directory (`step-…`) or a checkpoint root with `latest`.
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[arg(long, required_unless_present = "raw_pixels")]
+    checkpoint: Option<PathBuf>,
+    /// Evaluate raw pixels instead of an encoder's features (the reference a learned encoder
+    /// must beat), through the same probe and kNN.
+    #[arg(long, conflicts_with = "checkpoint")]
+    raw_pixels: bool,
     /// Labelled training shards for the probe / kNN memory.
     #[arg(long)]
     train: String,
@@ -166,7 +170,8 @@ struct EvalArgs {
     test: String,
     #[arg(long, default_value_t = 20)]
     k: usize,
-    #[arg(long, default_value_t = 200)]
+    /// Most full-batch steps of the linear probe; it stops earlier once converged.
+    #[arg(long, default_value_t = 3000)]
     probe_steps: usize,
     #[arg(long, default_value_t = 0.1)]
     probe_lr: f64,
@@ -332,31 +337,44 @@ fn eval(a: EvalArgs) -> Result<()> {
         bail!("--k must be at least 1 (neighbours in the kNN vote)");
     }
     let dev = parse_device(&a.device)?;
-    let ckpt = if a.checkpoint.join("state.json").exists() {
-        a.checkpoint.clone()
-    } else {
-        latest_checkpoint(&a.checkpoint)?
-    };
-    let (enc, state) = load_encoder(&ckpt, &dev)?;
     let tr = load_labelled(&a.train, &dev)?;
     let te = load_labelled(&a.test, &dev)?;
-    for set in [&tr.0, &te.0] {
-        check_channels(set.dim(1)?, enc.cfg.in_channels)?;
-    }
     let classes =
         tr.1.iter()
             .chain(&te.1)
             .max()
             .map_or(1, |m| *m as usize + 1);
-    let ftr = features(&enc, &tr.0, 500)?;
-    let fte = features(&enc, &te.0, 500)?;
+    let (ftr, fte, what) = match &a.checkpoint {
+        Some(dir) => {
+            let ckpt = if dir.join("state.json").exists() {
+                dir.clone()
+            } else {
+                latest_checkpoint(dir)?
+            };
+            let (enc, state) = load_encoder(&ckpt, &dev)?;
+            for set in [&tr.0, &te.0] {
+                check_channels(set.dim(1)?, enc.cfg.in_channels)?;
+            }
+            (
+                features(&enc, &tr.0, 500)?,
+                features(&enc, &te.0, 500)?,
+                serde_json::json!({"checkpoint": ckpt, "step": state.step}),
+            )
+        }
+        None => (
+            pixel_features(&tr.0)?,
+            pixel_features(&te.0)?,
+            serde_json::json!({"features": "raw_pixels"}),
+        ),
+    };
     let knn = knn_top1(&ftr, &tr.1, &fte, &te.1, a.k, classes)?;
     let probe = linear_probe(&ftr, &tr.1, &fte, &te.1, classes, a.probe_steps, a.probe_lr)?;
-    println!(
-        "{}",
-        serde_json::json!({"checkpoint": ckpt, "step": state.step, "knn_top1": knn, "linear_top1": probe,
-                           "train_samples": tr.1.len(), "test_samples": te.1.len()})
-    );
+    let mut out = what;
+    out["knn_top1"] = knn.into();
+    out["linear_top1"] = probe.into();
+    out["train_samples"] = tr.1.len().into();
+    out["test_samples"] = te.1.len().into();
+    println!("{out}");
     Ok(())
 }
 
