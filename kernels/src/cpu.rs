@@ -196,16 +196,20 @@ thread_local! {
 }
 
 fn with_scratch<R>(n0: usize, n1: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        let [a, b] = &mut *s;
-        if a.len() < n0 {
-            a.resize(n0, 0.0);
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => {
+            let [a, b] = &mut *s;
+            if a.len() < n0 {
+                a.resize(n0, 0.0);
+            }
+            if b.len() < n1 {
+                b.resize(n1, 0.0);
+            }
+            f(&mut a[..n0], &mut b[..n1])
         }
-        if b.len() < n1 {
-            b.resize(n1, 0.0);
-        }
-        f(&mut a[..n0], &mut b[..n1])
+        // Re-entered on this thread (a rayon worker that stole another convolution's job while
+        // waiting inside a GEMM): use fresh buffers rather than fail.
+        Err(_) => f(&mut vec![0.0; n0], &mut vec![0.0; n1]),
     })
 }
 
