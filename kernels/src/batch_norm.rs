@@ -101,7 +101,7 @@ impl BatchNorm2d {
                 .broadcast_add(&b.reshape(shape.as_slice())?.to_dtype(x.dtype())?)?;
             return if relu { y.relu() } else { Ok(y) };
         }
-        let n = x.elem_count() / c;
+        let n = x.elem_count() / c.max(1);
         if n < 2 {
             candle_core::bail!(
                 "batch norm in training mode needs more than one value per channel, got input {:?}",
@@ -184,6 +184,19 @@ struct Stats {
     var: Vec<f64>,
     /// `1 / sqrt(var + eps)`.
     inv_std: Vec<f64>,
+    /// Per-channel shift (the channel's first value): centred values are computed as
+    /// `(x − shift) − (mean − shift)`, exact where `x − mean` in f32 would not be.
+    shift: Vec<f32>,
+}
+
+impl Stats {
+    /// `(shift, mean − shift)` of channel `ch` in f32.
+    fn centre(&self, ch: usize) -> (f32, f32) {
+        (
+            self.shift[ch],
+            (self.mean[ch] - self.shift[ch] as f64) as f32,
+        )
+    }
 }
 
 /// `(batch, channels, inner)` of a `[B, C, …]` layout.
@@ -302,16 +315,31 @@ impl CustomOp3 for BnTrain {
         );
         let (b, c, inner) = bci(l1.shape());
         let n = (b * inner) as f64;
-        let sums = channel_sums((b, c, inner), |off, _| {
-            lane_sums(&x[off..off + inner], |v| (v, v * v))
+        // Sums of (x − shift) with shift = the channel's first value: the variance then does not
+        // cancel catastrophically when the mean is large against the spread.
+        let shift: Vec<f32> = (0..c)
+            .map(|ch| x.get(ch * inner).copied().unwrap_or(0.0))
+            .collect();
+        let sums = channel_sums((b, c, inner), |off, ch| {
+            let sh = shift[ch];
+            lane_sums(&x[off..off + inner], |v| (v - sh, (v - sh) * (v - sh)))
         });
-        let mean: Vec<f64> = sums.iter().map(|s| s.0 / n).collect();
+        let mean: Vec<f64> = sums
+            .iter()
+            .zip(&shift)
+            .map(|(s, &sh)| sh as f64 + s.0 / n)
+            .collect();
         let var: Vec<f64> = sums
             .iter()
-            .zip(&mean)
-            .map(|(s, m)| (s.1 / n - m * m).max(0.0))
+            .map(|s| (s.1 / n - (s.0 / n) * (s.0 / n)).max(0.0))
             .collect();
         let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+        let stats = Stats {
+            mean,
+            var,
+            inv_std: inv_std.clone(),
+            shift,
+        };
         let mut y = crate::cpu::output_buffer(x.len());
         let relu = self.relu;
         y.par_chunks_mut(inner.max(1))
@@ -320,13 +348,14 @@ impl CustomOp3 for BnTrain {
             .for_each(|(blk, (yo, xi))| {
                 let ch = blk % c;
                 let a = (gamma[ch] as f64 * inv_std[ch]) as f32;
-                let sh = (beta[ch] as f64 - mean[ch] * gamma[ch] as f64 * inv_std[ch]) as f32;
+                let (sh, dm) = stats.centre(ch);
+                let bt = beta[ch];
                 for (o, &v) in yo.iter_mut().zip(xi) {
-                    let t = v * a + sh;
+                    let t = ((v - sh) - dm) * a + bt;
                     *o = if relu { t.max(0.0) } else { t };
                 }
             });
-        *self.saved.lock().unwrap() = Some(Stats { mean, var, inv_std });
+        *self.saved.lock().unwrap() = Some(stats);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -398,11 +427,11 @@ impl CustomOp3 for BnBackward {
         let st = &self.stats;
         // Σ dy and Σ dy·(x − mean) per channel, with dy masked by the ReLU (y > 0).
         let sums = channel_sums((b, c, inner), |off, ch| {
-            let m = st.mean[ch] as f32;
+            let (sh, dm) = st.centre(ch);
             let r = off..off + inner;
             lane_sums3(&dy[r.clone()], &x[r.clone()], &y[r], |g, xv, yv| {
                 let g = if relu && yv <= 0.0 { 0.0 } else { g };
-                (g, g * (xv - m))
+                (g, g * ((xv - sh) - dm))
             })
         });
         let mut dg = Vec::with_capacity(c);
@@ -416,20 +445,21 @@ impl CustomOp3 for BnBackward {
             dg.push(dgamma as f32);
             db.push(s as f32);
             let k = self.gamma[ch] as f64 * inv;
-            coef.push((k, s / n, dgamma * inv / n, st.mean[ch]));
+            coef.push((k, s / n, dgamma * inv / n));
         }
         let mut dx = crate::cpu::output_buffer(x.len());
         dx.par_chunks_mut(inner.max(1))
             .enumerate()
             .for_each(|(blk, out)| {
                 let ch = blk % c;
-                let (k, mdy, mq, mean) = coef[ch];
-                let (k, mdy, mq, mean) = (k as f32, mdy as f32, mq as f32, mean as f32);
+                let (k, mdy, mq) = coef[ch];
+                let (k, mdy, mq) = (k as f32, mdy as f32, mq as f32);
+                let (sh, dm) = st.centre(ch);
                 let r = blk * inner..(blk + 1) * inner;
                 let (dyb, xb, yb) = (&dy[r.clone()], &x[r.clone()], &y[r]);
                 for (((o, &g), &xv), &yv) in out.iter_mut().zip(dyb).zip(xb).zip(yb) {
                     let g = if relu && yv <= 0.0 { 0.0 } else { g };
-                    *o = k * (g - mdy - (xv - mean) * mq);
+                    *o = k * (g - mdy - ((xv - sh) - dm) * mq);
                 }
             });
         *self.param_grads.lock().unwrap() = Some((dg, db));

@@ -318,7 +318,9 @@ fn im2col_row(x: &[f32], geo: &Geometry, b0: usize, r: usize, row: &mut [f32]) {
             let irow = &plane[(iy - p) * geo.w..][..geo.w];
             orow[..lo].fill(0.0);
             orow[hi..].fill(0.0);
-            if s == 1 {
+            if lo == hi {
+                // The tap reads only padding on this row (kernel wider than the padded input).
+            } else if s == 1 {
                 let ix0 = lo + kx - p;
                 orow[lo..hi].copy_from_slice(&irow[ix0..ix0 + (hi - lo)]);
             } else {
@@ -364,6 +366,9 @@ fn col2im(dcol: &[f32], geo: &Geometry, dx: &mut [f32], parallel: bool) {
                         continue;
                     }
                     let irow = &mut plane[(iy - p) * w..][..w];
+                    if lo == hi {
+                        continue;
+                    }
                     if s == 1 {
                         let ix0 = lo + kx - p;
                         for (d, v) in irow[ix0..ix0 + (hi - lo)].iter_mut().zip(&srow[lo..hi]) {

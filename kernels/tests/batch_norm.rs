@@ -103,6 +103,56 @@ fn training_mode_matches_candle_nn_with_and_without_relu() {
 }
 
 #[test]
+fn a_large_mean_does_not_destroy_the_variance() {
+    // Mean 1000, spread 0.01: E[x²] − mean² in f32 would cancel to nothing. Reference: the same
+    // normalisation computed in f64.
+    let (ours, vm, ..) = pair(2, 3);
+    let x = tensor(&[64, 2, 8, 8], 5, 0.01, 1000.0);
+    let y = ours.forward_t(&x, true).unwrap();
+    let xd = x.to_dtype(DType::F64).unwrap();
+    let mean = xd
+        .mean_keepdim(0)
+        .unwrap()
+        .mean_keepdim(2)
+        .unwrap()
+        .mean_keepdim(3)
+        .unwrap();
+    let xc = xd.broadcast_sub(&mean).unwrap();
+    let var = xc
+        .sqr()
+        .unwrap()
+        .mean_keepdim(0)
+        .unwrap()
+        .mean_keepdim(2)
+        .unwrap()
+        .mean_keepdim(3)
+        .unwrap();
+    let data = vm.data().lock().unwrap();
+    let w = data["weight"]
+        .as_tensor()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .reshape((1, 2, 1, 1))
+        .unwrap();
+    let b = data["bias"]
+        .as_tensor()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .reshape((1, 2, 1, 1))
+        .unwrap();
+    let r = xc
+        .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+        .unwrap()
+        .broadcast_mul(&w)
+        .unwrap()
+        .broadcast_add(&b)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    assert!(max_rel(&y, &r) < 1e-3, "{}", max_rel(&y, &r));
+}
+
+#[test]
 fn errors_name_the_problem() {
     let (ours, ..) = pair(4, 1);
     let e = ours

@@ -31,6 +31,10 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
     (64, 3, 14, 14, 4, 3, 1, 1),
     (70, 5, 9, 9, 6, 3, 2, 1),
     (45, 6, 8, 8, 5, 1, 1, 0),
+    // Kernels wider than the padded input row: some taps read only padding.
+    (1, 1, 3, 3, 2, 5, 1, 2),
+    (2, 2, 2, 2, 3, 7, 1, 3),
+    (2, 3, 1, 1, 2, 5, 2, 2),
 ];
 
 #[test]

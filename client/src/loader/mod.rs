@@ -48,4 +48,8 @@ pub enum LoaderError {
         "{0} shards cannot be split over world_size {1} (rank {2}): every rank needs at least one"
     )]
     TooFewShards(usize, usize, usize),
+    #[error(
+        "the checkpoint's loader position (shard {0}) is past this rank's {1} shards: the source or the world size changed"
+    )]
+    BadCursor(usize, usize),
 }

@@ -81,6 +81,12 @@ pub struct Loader {
     window: Vec<RawSample>,
     window_start: Cursor,
     window_pos: usize,
+    /// The next window while it is being read, and where it starts; kept across a failed read so
+    /// the next call continues it (no sample lost or repeated).
+    filling: Vec<RawSample>,
+    fill_start: Option<Cursor>,
+    /// Samples of the next window already delivered before a resume.
+    resume_skip: usize,
 }
 
 impl Loader {
@@ -102,6 +108,9 @@ impl Loader {
             .skip(cfg.rank)
             .step_by(w)
             .collect();
+        if cursor.shard >= shards.len() {
+            return Err(LoaderError::BadCursor(cursor.shard, shards.len()));
+        }
         // Resuming inside a shuffle window: re-read the window from its start and skip what was
         // delivered (the permutation depends only on the window's position).
         let skip = cursor.in_window;
@@ -119,7 +128,10 @@ impl Loader {
             cache: Default::default(),
             window: Vec::new(),
             window_start: cursor,
-            window_pos: skip,
+            window_pos: 0,
+            filling: Vec::new(),
+            fill_start: None,
+            resume_skip: skip,
         };
         l.start_epoch();
         Ok(l)
@@ -130,13 +142,21 @@ impl Loader {
     }
 
     pub fn cursor(&self) -> Cursor {
-        if self.cfg.shuffle_buffer > 1 {
+        if self.cfg.shuffle_buffer <= 1 {
+            return self.cursor;
+        }
+        if self.window_pos < self.window.len() {
             Cursor {
                 in_window: self.window_pos,
                 ..self.window_start
             }
         } else {
-            self.cursor
+            // Between windows (or while one is being read): the next window starts at the fill
+            // start, or at the stream position when no fill has begun.
+            Cursor {
+                in_window: self.resume_skip,
+                ..self.fill_start.unwrap_or(self.cursor)
+            }
         }
     }
 
@@ -217,27 +237,25 @@ impl Loader {
         if n <= 1 {
             return self.next_in_order();
         }
-        if self.window.is_empty() || self.window_pos >= self.window.len() {
-            let skip = if self.window.is_empty() {
-                self.window_pos
-            } else {
-                0
-            };
-            self.window_start = self.cursor;
-            self.window.clear();
-            for _ in 0..n {
+        while self.window_pos >= self.window.len() {
+            let start = *self.fill_start.get_or_insert(self.cursor);
+            while self.filling.len() < n {
+                // On an error the partial window stays in `filling`; the next call goes on.
                 let s = self.next_in_order()?;
-                self.window.push(s);
+                self.filling.push(s);
             }
-            let st = self.window_start;
+            self.fill_start = None;
+            self.window = std::mem::take(&mut self.filling);
+            self.window_start = start;
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
                 self.cfg.seed
-                    ^ st.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    ^ (st.shard as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
-                    ^ (st.sample as u64).wrapping_mul(0x1656_67B1_9E37_79F9),
+                    ^ start.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ (start.shard as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+                    ^ (start.sample as u64).wrapping_mul(0x1656_67B1_9E37_79F9),
             );
             self.window.shuffle(&mut rng);
-            self.window_pos = skip.min(n);
+            // A resume skips what the checkpointed run delivered (possibly the whole window).
+            self.window_pos = std::mem::take(&mut self.resume_skip).min(n);
         }
         let s = self.window[self.window_pos].clone();
         self.window_pos += 1;

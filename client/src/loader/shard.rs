@@ -77,7 +77,8 @@ pub fn read_samples<R: Read>(
             }
             let key = format!("{}{}", &path[..path.len() - base.len()], &base[..dot]);
             let field = base[dot + 1..].to_lowercase();
-            let mut buf = Vec::with_capacity(e.size() as usize);
+            // The header's size is untrusted: reserve at most 16 MiB up front.
+            let mut buf = Vec::with_capacity((e.size() as usize).min(16 << 20));
             e.read_to_end(&mut buf).map_err(|e| trunc(e.to_string()))?;
             match &mut cur {
                 Some(s) if s.key == key => {

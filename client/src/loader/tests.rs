@@ -127,24 +127,87 @@ fn rank_split_is_disjoint_and_equal() {
     assert!(Loader::new(all[..2].to_vec(), cfg(0), Cursor::default()).is_err());
 }
 
+/// Shard `sh` of 4 samples keyed `s{sh}i{i}`.
+fn keyed_shard(sh: usize) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..4 {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(1);
+        h.set_mode(0o444);
+        h.set_cksum();
+        b.append_data(&mut h, format!("s{sh}i{i}.cls"), b"1".as_slice())
+            .unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Three such shards on disk.
+fn keyed_shards(dir: &std::path::Path) -> Vec<String> {
+    (0..3)
+        .map(|sh| {
+            let p = dir.join(format!("d-{sh:06}.tar"));
+            std::fs::write(&p, keyed_shard(sh)).unwrap();
+            p.to_string_lossy().into_owned()
+        })
+        .collect()
+}
+
+fn window_cfg() -> LoaderConfig {
+    LoaderConfig {
+        shuffle: false,
+        shuffle_buffer: 6,
+        seed: 5,
+        ..Default::default()
+    }
+}
+
+fn keys(l: &mut Loader, n: usize) -> Vec<String> {
+    (0..n).map(|_| l.next_sample().unwrap().key).collect()
+}
+
+#[test]
+fn shuffle_buffer_resumes_at_a_window_boundary_and_after_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = keyed_shards(dir.path());
+    let reference = keys(
+        &mut Loader::new(shards.clone(), window_cfg(), Cursor::default()).unwrap(),
+        24,
+    );
+    // A checkpoint taken right after a window's last sample.
+    let mut a = Loader::new(shards.clone(), window_cfg(), Cursor::default()).unwrap();
+    assert_eq!(keys(&mut a, 6), reference[..6]);
+    let c = a.cursor();
+    let mut b = Loader::new(shards.clone(), window_cfg(), c).unwrap();
+    assert_eq!(keys(&mut b, 12), reference[6..18], "resumed from {c:?}");
+    // A shard that fails while the next window is read, then is readable again: the partial
+    // window is kept, nothing is lost or repeated, and the cursor stays a valid resume point.
+    let good = std::fs::read(&shards[1]).unwrap();
+    std::fs::write(&shards[1], &good[..good.len() - 1024]).unwrap();
+    let mut l = Loader::new(shards.clone(), window_cfg(), Cursor::default()).unwrap();
+    // The first window holds shard 0 and the start of shard 1, whose end is cut: the second
+    // window's read fails.
+    assert_eq!(keys(&mut l, 6), reference[..6]);
+    assert!(l.next_sample().is_err());
+    let mid = l.cursor();
+    std::fs::write(&shards[1], &good).unwrap();
+    assert_eq!(keys(&mut l, 18), reference[6..24]);
+    let mut r = Loader::new(shards.clone(), window_cfg(), mid).unwrap();
+    assert_eq!(keys(&mut r, 18), reference[6..24], "resumed from {mid:?}");
+    // A cursor past this source's shards is refused, not a panic.
+    let far = Cursor {
+        shard: 7,
+        ..Cursor::default()
+    };
+    assert!(matches!(
+        Loader::new(shards, window_cfg(), far),
+        Err(LoaderError::BadCursor(7, 3))
+    ));
+}
+
 #[test]
 fn shuffle_buffer_permutes_each_window_and_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut shards = Vec::new();
-    for sh in 0..3 {
-        let mut b = tar::Builder::new(Vec::new());
-        for i in 0..4 {
-            let mut h = tar::Header::new_ustar();
-            h.set_size(1);
-            h.set_mode(0o444);
-            h.set_cksum();
-            b.append_data(&mut h, format!("s{sh}i{i}.cls"), b"1".as_slice())
-                .unwrap();
-        }
-        let p = dir.path().join(format!("d-{sh:06}.tar"));
-        std::fs::write(&p, b.into_inner().unwrap()).unwrap();
-        shards.push(p.to_string_lossy().into_owned());
-    }
+    let shards = keyed_shards(dir.path());
     let cfg = LoaderConfig {
         shuffle: false,
         shuffle_buffer: 6,
