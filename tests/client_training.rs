@@ -40,9 +40,10 @@ fn config(source: String, steps: usize) -> TrainConfig {
     }
 }
 
-#[test]
-fn trains_from_the_server_beats_random_init_and_resumes() {
-    let s = Server::start(&[]);
+type Labelled = (candle_core::Tensor, Vec<u32>);
+
+/// The 4000 + 1000 real digits, written by `genrep real-data` and loaded as the client does.
+fn real_digits() -> (Labelled, Labelled) {
     let dir = tempfile::tempdir().unwrap();
     let real = dir.path().join("real");
     let st = Command::new(env!("CARGO_BIN_EXE_genrep"))
@@ -51,14 +52,19 @@ fn trains_from_the_server_beats_random_init_and_resumes() {
         .status()
         .unwrap();
     assert!(st.success());
-    let dev = Device::Cpu;
-    let train_set = load_labelled(
-        &format!("{}/mnist-train-{{000000..000003}}.tar", real.display()),
-        &dev,
+    let load = |p: &str| load_labelled(&format!("{}/{p}", real.display()), &Device::Cpu).unwrap();
+    (
+        load("mnist-train-{000000..000003}.tar"),
+        load("mnist-test-000000.tar"),
     )
-    .unwrap();
-    let test_set =
-        load_labelled(&format!("{}/mnist-test-000000.tar", real.display()), &dev).unwrap();
+}
+
+#[test]
+fn trains_from_the_server_beats_random_init_and_resumes() {
+    let s = Server::start(&[]);
+    let dev = Device::Cpu;
+    let (train_set, test_set) = real_digits();
+    let dir = tempfile::tempdir().unwrap();
     assert_eq!((train_set.1.len(), test_set.1.len()), (4000, 1000));
     let knn = |enc: &genrep_client::model::Encoder| {
         let a = features(enc, &train_set.0, 500).unwrap();
@@ -164,22 +170,7 @@ fn loader_errors_are_clear() {
 fn raw_pixel_probe_converges_on_the_real_digits() {
     // As the binaries do: without it every probe step page-faults its buffers in again.
     genrep_kernels::tune_allocator();
-    let dir = tempfile::tempdir().unwrap();
-    let real = dir.path().join("real");
-    let st = Command::new(env!("CARGO_BIN_EXE_genrep"))
-        .args(["real-data", "--out"])
-        .arg(&real)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let dev = Device::Cpu;
-    let (xtr, ytr) = load_labelled(
-        &format!("{}/mnist-train-{{000000..000003}}.tar", real.display()),
-        &dev,
-    )
-    .unwrap();
-    let (xte, yte) =
-        load_labelled(&format!("{}/mnist-test-000000.tar", real.display()), &dev).unwrap();
+    let ((xtr, ytr), (xte, yte)) = real_digits();
     let (ftr, fte) = (pixel_features(&xtr).unwrap(), pixel_features(&xte).unwrap());
     let acc = linear_probe(&ftr, &ytr, &fte, &yte, 10, 1500, 0.1).unwrap();
     assert!(acc > 0.86, "raw-pixel probe accuracy {acc}");

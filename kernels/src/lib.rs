@@ -239,30 +239,35 @@ impl Conv2dOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let dx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(
-                w,
-                &Conv2dInputGrad {
-                    stride: self.stride,
-                    padding: self.padding,
-                    x_shape: x.shape().clone(),
-                },
-            )?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            Some(x.apply_op2_no_bwd(
-                &grad,
-                &Conv2dKernelGrad {
-                    stride: self.stride,
-                    padding: self.padding,
-                    w_shape: w.shape().clone(),
-                },
-            )?)
-        } else {
-            None
-        };
+        let (stride, padding) = (self.stride, self.padding);
+        let dx = x
+            .track_op()
+            .then(|| {
+                let x_shape = x.shape().clone();
+                grad.apply_op2_no_bwd(
+                    w,
+                    &Conv2dInputGrad {
+                        stride,
+                        padding,
+                        x_shape,
+                    },
+                )
+            })
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| {
+                let w_shape = w.shape().clone();
+                x.apply_op2_no_bwd(
+                    &grad,
+                    &Conv2dKernelGrad {
+                        stride,
+                        padding,
+                        w_shape,
+                    },
+                )
+            })
+            .transpose()?;
         Ok((dx, dw))
     }
 }
