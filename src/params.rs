@@ -103,7 +103,7 @@ pub const PARAMS: &[(Group, Param)] = &[
     }),
     (Group::Sampling, Param {
         name: "gen_truncation",
-        kind: Kind::Float { default: 1.0, min: 0.0, max: 1.0, min_open: true },
+        kind: Kind::Float { default: DEFAULT_GEN_TRUNCATION, min: 0.0, max: 1.0, min_open: true },
         doc: "The generator's own truncation input (BigGAN's BN statistics row; ignored by cdcgan).",
     }),
     (Group::Sampling, Param {
@@ -122,6 +122,9 @@ pub const PARAMS: &[(Group, Param)] = &[
         doc: "JPEG quality (format=jpg).",
     }),
 ];
+
+/// The generator truncation when none is given (sampling endpoints and `POST /v1/generate`).
+pub const DEFAULT_GEN_TRUNCATION: f64 = 1.0;
 
 /// Samples per shard when a request gives no `shard_size`.
 pub const DEFAULT_SHARD_SIZE: u64 = 1000;

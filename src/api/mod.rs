@@ -390,7 +390,9 @@ async fn generate(
     };
     let classes =
         class_input(&spec, n, arg, "`classes`", "`class_vectors`").map_err(ApiError::invalid)?;
-    let t = b.truncation.unwrap_or(1.0);
+    let t = b
+        .truncation
+        .unwrap_or(crate::params::DEFAULT_GEN_TRUNCATION);
     check_truncation(t, "`truncation`").map_err(ApiError::invalid)?;
     let format = b.format.as_deref().unwrap_or("png").to_string();
     if !["png", "npy", "tar"].contains(&format.as_str()) {

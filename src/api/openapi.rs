@@ -303,7 +303,7 @@ pub fn document(limits: &Limits) -> OpenApi {
                 .schema_type(Type::Number)
                 .exclusive_minimum(Some(Number::Float(0.0)))
                 .maximum(Some(Number::Float(1.0)))
-                .default(Some(json!(1.0))),
+                .default(Some(json!(crate::params::DEFAULT_GEN_TRUNCATION))),
         )
         .property(
             "format",
