@@ -22,3 +22,10 @@ pub fn load(device: &Device, dtype: DType) -> Result<Box<dyn Generator>> {
         dtype,
     )
 }
+
+/// A short fingerprint of the embedded weights (the first 16 hex digits of their SHA-256):
+/// results measured with one generator are not comparable with another's.
+pub fn fingerprint() -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(WEIGHTS))[..16].to_string()
+}

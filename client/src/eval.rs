@@ -21,6 +21,35 @@ pub fn features(enc: &Encoder, images: &Tensor, chunk: usize) -> Result<Tensor> 
     Tensor::cat(&out, 0)
 }
 
+/// kNN top-1 of an encoder's features: `train` is the memory, `test` the queries (the monitor
+/// during training and `genrep-train eval` both use it).
+pub fn knn_eval(
+    enc: &Encoder,
+    train: &(Tensor, Vec<u32>),
+    test: &(Tensor, Vec<u32>),
+    k: usize,
+) -> Result<f32> {
+    let ftr = features(enc, &train.0, 500)?;
+    let fte = features(enc, &test.0, 500)?;
+    knn_top1(
+        &ftr,
+        &train.1,
+        &fte,
+        &test.1,
+        k,
+        num_classes(&train.1, &test.1),
+    )
+}
+
+/// Classes in labelled sets: one past the largest label.
+pub fn num_classes(train_y: &[u32], test_y: &[u32]) -> usize {
+    train_y
+        .iter()
+        .chain(test_y)
+        .max()
+        .map_or(1, |m| *m as usize + 1)
+}
+
 /// kNN top-1 accuracy: each test feature votes among its `k` most cosine-similar train features,
 /// weighted by `exp(sim / 0.07)`.
 pub fn knn_top1(

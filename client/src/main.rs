@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use genrep_client::eval::{features, knn_top1, linear_probe, load_labelled, pixel_features};
+use genrep_client::eval::{
+    features, knn_eval, knn_top1, linear_probe, load_labelled, num_classes, pixel_features,
+};
 use genrep_client::model::EncoderConfig;
 use genrep_client::train::{
     check_channels, latest_checkpoint, load_encoder, log_jsonl, Objective, TrainConfig, Trainer,
@@ -73,7 +75,8 @@ struct TrainArgs {
     /// Pixel augmentation preset.
     #[arg(long, value_enum, default_value_t = AugmentPreset::Genrep)]
     augment: AugmentPreset,
-    /// Optimisation steps (or give --epochs).
+    /// Optimisation steps (or give --epochs). `--steps 0 --checkpoint-dir D` writes the encoder
+    /// at initialisation: the random-init reference for `eval`.
     #[arg(long)]
     steps: Option<usize>,
     /// Epochs over this rank's shards; needs --samples-per-epoch to size the schedule.
@@ -179,22 +182,6 @@ struct EvalArgs {
     /// `--features cuda`); the same values as the server's `--device`.
     #[arg(long, env = "GENREP_TRAIN_DEVICE", default_value = "cpu")]
     device: String,
-}
-
-fn knn_eval(
-    enc: &genrep_client::model::Encoder,
-    train: &(candle_core::Tensor, Vec<u32>),
-    test: &(candle_core::Tensor, Vec<u32>),
-) -> Result<f32> {
-    let classes = train
-        .1
-        .iter()
-        .chain(&test.1)
-        .max()
-        .map_or(1, |m| *m as usize + 1);
-    let ftr = features(enc, &train.0, 500)?;
-    let fte = features(enc, &test.0, 500)?;
-    Ok(knn_top1(&ftr, &train.1, &fte, &test.1, 20, classes)?)
 }
 
 fn train(a: TrainArgs) -> Result<()> {
@@ -310,7 +297,7 @@ fn train(a: TrainArgs) -> Result<()> {
         }
         if let Some((tr, te)) = &knn_sets {
             if log.step % a.knn_every == 0 || log.step == steps {
-                let acc = knn_eval(&t.encoder, tr, te)?;
+                let acc = knn_eval(&t.encoder, tr, te, 20)?;
                 say(format!("step {}: kNN top-1 {acc:.4}", log.step));
                 if let Some(m) = &a.metrics {
                     log_jsonl(m, &serde_json::json!({"step": log.step, "knn_top1": acc}))?;
@@ -321,6 +308,12 @@ fn train(a: TrainArgs) -> Result<()> {
             if log.step % a.checkpoint_every == 0 || log.step == steps {
                 t.save(dir)?;
             }
+        }
+    }
+    if t.step == 0 {
+        // `--steps 0`: the encoder at initialisation, the random-init reference of an evaluation.
+        if let Some(dir) = &a.checkpoint_dir {
+            t.save(dir)?;
         }
     }
     bar.finish();
@@ -339,11 +332,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     let dev = parse_device(&a.device)?;
     let tr = load_labelled(&a.train, &dev)?;
     let te = load_labelled(&a.test, &dev)?;
-    let classes =
-        tr.1.iter()
-            .chain(&te.1)
-            .max()
-            .map_or(1, |m| *m as usize + 1);
+    let classes = num_classes(&tr.1, &te.1);
     let (ftr, fte, what) = match &a.checkpoint {
         Some(dir) => {
             let ckpt = if dir.join("state.json").exists() {

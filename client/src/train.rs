@@ -88,8 +88,9 @@ impl Trainer {
         if cfg.views == 1 && cfg.objective == Objective::Simclr {
             bail!("simclr needs at least 2 views per sample (--views)");
         }
-        if cfg.batch_size == 0 || cfg.steps == 0 {
-            bail!("--batch-size and --steps must be at least 1");
+        // steps = 0 is allowed: it saves the initial encoder (the random-init reference).
+        if cfg.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
         }
         let augment = Augment::preset(&cfg.augment).with_context(|| {
             format!(

@@ -125,3 +125,39 @@ fn bad_flags_are_messages_not_panics() {
     assert!(!out.status.success());
     assert!(err.contains("--k must be at least 1"), "{err}");
 }
+
+#[test]
+fn zero_steps_saves_the_random_init_encoder_for_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = dir.path().join("d-000000.tar");
+    write_shard(&shard, 12, 8);
+    let shard = shard.to_str().unwrap();
+    let ckpt = dir.path().join("init");
+    let mut args = vec!["train", "--source", shard];
+    args.extend_from_slice(SMALL);
+    let steps = args.iter().position(|a| *a == "--steps").unwrap();
+    args[steps + 1] = "0";
+    args.extend_from_slice(&["--checkpoint-dir", ckpt.to_str().unwrap()]);
+    let out = run(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--train",
+        shard,
+        "--test",
+        shard,
+        "--k",
+        "3",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["step"], 0, "{report}");
+    assert!(report["linear_top1"].as_f64().is_some(), "{report}");
+}
