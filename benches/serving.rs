@@ -37,13 +37,7 @@ fn request() -> SampleRequest {
 }
 
 fn limits() -> Limits {
-    Limits {
-        max_views: 16,
-        max_shard_size: 100_000,
-        max_concurrent_streams: 64,
-        max_generate_latents: 256,
-        max_grid_rows: 64,
-    }
+    Limits::default()
 }
 
 /// Samples/s of `consumers` in-process producers, each `per` samples.

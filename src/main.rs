@@ -145,6 +145,23 @@ struct ServeArgs {
     /// Most rows in one `/v1/grid.png`.
     #[arg(long, env = "GENREP_MAX_GRID_ROWS", default_value_t = 64)]
     max_grid_rows: usize,
+    /// Open connections at most; beyond it new connections are closed at once. Keeps a flood of
+    /// idle sockets from exhausting file descriptors (keep it below `ulimit -n`).
+    #[arg(long, env = "GENREP_MAX_CONNECTIONS", default_value_t = 512)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's headers; slow or half-sent headers
+    /// would otherwise hold a connection forever.
+    #[arg(long, env = "GENREP_HEADER_READ_TIMEOUT_S", default_value_t = 10)]
+    header_read_timeout_s: u64,
+    /// Seconds a response write may make no progress (the client stopped reading) before the
+    /// connection is closed, which ends its stream and frees its stream slot and queued work.
+    /// Long enough for a training job's pauses (checkpoints, evaluation).
+    #[arg(long, env = "GENREP_IDLE_TIMEOUT_S", default_value_t = 120)]
+    idle_timeout_s: u64,
+    /// Seconds a `POST /v1/generate` body may take to arrive in full. A client that declares a
+    /// body and sends it slowly (or never) would otherwise hold a connection and a buffer.
+    #[arg(long, env = "GENREP_BODY_TIMEOUT_S", default_value_t = 30)]
+    body_timeout_s: u64,
     /// On SIGINT/SIGTERM, how long finite shards may take to finish before the process exits
     /// (endless streams end at the next sample boundary at once).
     #[arg(long, env = "GENREP_DRAIN_TIMEOUT_S", default_value_t = 30)]
@@ -231,6 +248,13 @@ fn serve(a: ServeArgs) -> Result<()> {
     if a.max_concurrent_streams == 0 || a.max_views == 0 || a.max_shard_size == 0 {
         bail!("--max-concurrent-streams, --max-views and --max-shard-size must be at least 1");
     }
+    if a.max_connections == 0
+        || a.header_read_timeout_s == 0
+        || a.idle_timeout_s == 0
+        || a.body_timeout_s == 0
+    {
+        bail!("--max-connections and the --*-timeout-s flags must be at least 1");
+    }
     let generator = load_generator(&a.model)?;
     let cfg = engine_config(&a.engine)?;
     tracing::info!(?a.model, ?a.engine, host = %a.host, port = a.port, "starting");
@@ -243,6 +267,12 @@ fn serve(a: ServeArgs) -> Result<()> {
             max_concurrent_streams: a.max_concurrent_streams,
             max_generate_latents: a.max_generate_latents,
             max_grid_rows: a.max_grid_rows,
+            body_timeout_s: a.body_timeout_s,
+        },
+        connections: genrep::server::ConnectionLimits {
+            max_connections: a.max_connections,
+            header_read_timeout: std::time::Duration::from_secs(a.header_read_timeout_s),
+            idle_timeout: std::time::Duration::from_secs(a.idle_timeout_s),
         },
         drain: std::time::Duration::from_secs(a.drain_timeout_s),
     };

@@ -17,6 +17,22 @@ pub struct Limits {
     pub max_concurrent_streams: usize,
     pub max_generate_latents: usize,
     pub max_grid_rows: usize,
+    /// Seconds a request body (`POST /v1/generate`) may take to arrive.
+    pub body_timeout_s: u64,
+}
+
+impl Default for Limits {
+    /// The server's defaults (`genrep serve --help`).
+    fn default() -> Self {
+        Self {
+            max_views: 16,
+            max_shard_size: 100_000,
+            max_concurrent_streams: 64,
+            max_generate_latents: 256,
+            max_grid_rows: 64,
+            body_timeout_s: 30,
+        }
+    }
 }
 
 impl Limits {
@@ -28,6 +44,7 @@ impl Limits {
             max_concurrent_streams: 1,
             max_generate_latents: 0,
             max_grid_rows: 0,
+            body_timeout_s: 0,
         }
     }
 }

@@ -12,8 +12,16 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use candle_core::Tensor;
+use genrep::generator::{ClassInput, Generator, ModelInfo};
+use std::time::Instant;
+
 async fn app() -> Router {
     let g = genrep::embedded::load(&candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    app_with(g).await
+}
+
+async fn app_with(g: Box<dyn Generator>) -> Router {
     let cfg = EngineConfig {
         max_batch_size: 64,
         max_batch_wait: Duration::from_millis(2),
@@ -26,6 +34,7 @@ async fn app() -> Router {
         max_concurrent_streams: 8,
         max_generate_latents: 4,
         max_grid_rows: 16,
+        body_timeout_s: 2,
     };
     let app = genrep::server::app(g, cfg, limits, CancellationToken::new());
     for _ in 0..500 {
@@ -156,9 +165,10 @@ async fn bad_generate_bodies_are_422_naming_the_field() {
 
 /// sha256 of `GET /v1/shards/train-000002.tar?seed=1&sigma=0.2&views=2&shard_size=6` with the
 /// embedded generator. Only a deliberate change of the sampler, the model or the encoders may
-/// move it (then update it here and say so).
+/// move it (then update it here and say so). Last moved by the retrained embedded generator
+/// (weights 4c108de93eb545c1…, see its model card).
 const PINNED_SHARD_SHA256: &str =
-    "6b967ed9e9c2a51d9d1b3f4456fc8f7389010e33ec074cc584362eefe7983c97";
+    "702bfa6a45bc1695fdc91f2df696aeb1d67d11dbf091985694638829ac0daef9";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_is_pinned_to_its_sha256() {
@@ -241,4 +251,143 @@ async fn the_webdataset_crate_reads_a_served_shard() {
         let meta: genrep_wire::SampleMeta = serde_json::from_slice(&json).unwrap();
         assert_eq!((meta.index, meta.seed, meta.views), (index, 4, 2));
     }
+}
+
+/// `genrep_images_generated_total` from `/metrics`.
+async fn images_generated(app: &Router) -> u64 {
+    let (_, body) = call(app, Method::GET, "/metrics", Body::empty()).await;
+    let text = String::from_utf8(body).unwrap();
+    text.lines()
+        .find(|l| l.starts_with("genrep_images_generated_total"))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_requests_validate_but_generate_nothing() {
+    let app = app().await;
+    let before = images_generated(&app).await;
+    for uri in [
+        "/v1/grid.png?rows=16&views=8",
+        "/v1/stream?views=8",
+        "/v1/samples/5.png?views=8",
+        "/v1/shards/train-000000.tar?views=8",
+    ] {
+        for _ in 0..12 {
+            // More HEADs than stream slots (8): none may take one.
+            let (c, body) = call(&app, Method::HEAD, uri, Body::empty()).await;
+            assert_eq!(c, StatusCode::OK, "{uri}");
+            assert!(body.is_empty(), "{uri}");
+        }
+    }
+    let (c, _) = call(&app, Method::HEAD, "/v1/grid.png?rows=99", Body::empty()).await;
+    assert_eq!(c, StatusCode::UNPROCESSABLE_ENTITY);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        images_generated(&app).await,
+        before,
+        "a HEAD ran the generator"
+    );
+}
+
+/// A body that never sends a byte.
+fn silent_body() -> Body {
+    Body::from_stream(futures::stream::pending::<Result<Vec<u8>, std::io::Error>>())
+}
+
+async fn post_generate(
+    app: &Router,
+    len: Option<u64>,
+    body: Body,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder().method(Method::POST).uri("/v1/generate");
+    if let Some(n) = len {
+        req = req.header("content-length", n);
+    }
+    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_bodies_are_bounded_in_size_and_time() {
+    let app = app().await;
+    // A declared 1 GiB body is refused at once, before a byte is read.
+    let t = Instant::now();
+    let (c, v) = post_generate(&app, Some(1 << 30), silent_body()).await;
+    assert_eq!(c, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert_eq!(v["error_type"], "payload_too_large");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_generate_latents"),
+        "{v}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t.elapsed()
+    );
+    // A body without a length that grows past the limit is cut off at it, not buffered whole:
+    // 60 MB of latents for a server that takes 4.
+    let row = format!("[{}]", vec!["0.5"; 64].join(","));
+    let chunk = format!("{},", row).repeat(1000).into_bytes();
+    let chunks = std::iter::once(Ok::<_, std::io::Error>(b"{\"z\": [".to_vec()))
+        .chain(std::iter::repeat_n(chunk, 250).map(Ok));
+    let (c, v) = post_generate(&app, None, Body::from_stream(futures::stream::iter(chunks))).await;
+    assert_eq!(c, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    // A declared small body that never arrives ends with 408 after body_timeout_s (2 s here).
+    let t = Instant::now();
+    let (c, v) = post_generate(&app, Some(100), silent_body()).await;
+    assert_eq!(c, StatusCode::REQUEST_TIMEOUT, "{v}");
+    assert_eq!(v["error_type"], "timeout");
+    assert!(t.elapsed() >= Duration::from_secs(2) && t.elapsed() < Duration::from_secs(5));
+    // A body within the limit still works.
+    let ok = format!(r#"{{"z": [{row}], "classes": [3], "format": "npy"}}"#);
+    let (c, body) = call(&app, Method::POST, "/v1/generate", Body::from(ok)).await;
+    assert_eq!(c, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+}
+
+/// The embedded generator, except that it panics on a latent whose first value is 3.25.
+struct PanicsOnSentinel(Box<dyn Generator>);
+
+impl Generator for PanicsOnSentinel {
+    fn info(&self) -> &ModelInfo {
+        self.0.info()
+    }
+    fn forward(
+        &self,
+        z: &Tensor,
+        classes: &ClassInput,
+        truncation: f64,
+    ) -> genrep::generator::Result<Tensor> {
+        let first: f32 = z.get(0)?.get(0)?.to_scalar()?;
+        assert!(first != 3.25, "sentinel latent");
+        self.0.forward(z, classes, truncation)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_generator_answers_500_and_turns_not_ready() {
+    let g = genrep::embedded::load(&candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let app = app_with(Box::new(PanicsOnSentinel(g))).await;
+    let mut z = vec!["0.1"; 64];
+    z[0] = "3.25";
+    let body = format!(r#"{{"z": [[{}]], "classes": [1]}}"#, z.join(","));
+    let t = Instant::now();
+    let (c, resp) = call(&app, Method::POST, "/v1/generate", Body::from(body)).await;
+    assert_eq!(c, StatusCode::INTERNAL_SERVER_ERROR);
+    let v: serde_json::Value = serde_json::from_slice(&resp).unwrap();
+    assert_eq!(v["error_type"], "backend");
+    assert!(v["error"].as_str().unwrap().contains("panicked"), "{v}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // A load balancer now drains this replica; liveness stays up for the logs.
+    let (c, _) = call(&app, Method::GET, "/ready", Body::empty()).await;
+    assert_eq!(c, StatusCode::SERVICE_UNAVAILABLE);
+    let (c, _) = call(&app, Method::GET, "/health", Body::empty()).await;
+    assert_eq!(c, StatusCode::OK);
 }

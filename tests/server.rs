@@ -354,3 +354,108 @@ fn info_openapi_health_and_inspection() {
         }
     });
 }
+
+/// Host and port of a server, for raw sockets.
+fn host(s: &Server) -> String {
+    s.base.strip_prefix("http://").unwrap().to_string()
+}
+
+/// Reads until the server closes the socket or `within` passes; true when it closed.
+fn closed_within(sock: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    sock.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    let t = Instant::now();
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return t.elapsed() < within,
+        }
+    }
+}
+
+#[test]
+fn half_sent_headers_time_out_and_excess_connections_are_refused() {
+    use std::io::Write;
+    let s = Server::start(&["--header-read-timeout-s", "1", "--max-connections", "8"]);
+    let addr = host(&s);
+    // Half a header block: closed after the header timeout, not held forever.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let t = Instant::now();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(5)),
+        "half-sent headers held open"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // 8 connections that send nothing take every slot; the 9th is closed at once.
+    let idle: Vec<_> = (0..8)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    let _ = extra.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let t = Instant::now();
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(5)),
+        "connection over the cap served"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    // The idle ones hit the header timeout too; then the server serves again.
+    drop(idle);
+    let t = Instant::now();
+    while common::raw::blocking_get(&s.url("/health")).unwrap_or(0) != 200 {
+        assert!(t.elapsed() < Duration::from_secs(10), "slots never freed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn never_reading_clients_lose_their_stream_slots_after_the_idle_timeout() {
+    use std::io::Write;
+    let s = Server::start(&["--idle-timeout-s", "2", "--max-concurrent-streams", "2"]);
+    let addr = host(&s);
+    // Two streams that are requested and never read.
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            c.write_all(b"GET /v1/stream?views=8 HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let shard = s.url("/v1/shards/train-000000.tar?shard_size=4");
+    rt().block_on(async {
+        assert_eq!(
+            get_bytes(&shard).await.0,
+            429,
+            "the hogs should hold both slots"
+        );
+        // Their socket buffers fill, writes stall, the idle timeout closes them.
+        let t = Instant::now();
+        loop {
+            let (code, body) = get_bytes(&shard).await;
+            if code == 200 {
+                assert_eq!(body.len() % 512, 0);
+                break;
+            }
+            assert_eq!(code, 429);
+            assert!(t.elapsed() < Duration::from_secs(60), "slots never freed");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    drop(hogs);
+}

@@ -1,13 +1,12 @@
 //! API errors: one [`ErrorType`] per kind of failure, mapped to its HTTP status in one place,
-//! answered as JSON `{"error": "...", "error_type": "..."}`; and extractors whose rejections
-//! (bad path encoding, body too large) answer in the same format instead of axum's plain text.
+//! answered as JSON `{"error": "...", "error_type": "..."}`; and a path extractor whose
+//! rejection (bad path encoding) answers in the same format instead of axum's plain text.
 
 use crate::engine::EngineError;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequestParts, Path};
 use axum::http::{header, request::Parts, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 /// What went wrong, as reported in `error_type`.
@@ -18,6 +17,8 @@ pub enum ErrorType {
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
+    /// The request body did not arrive in time (`--body-timeout-s`).
+    Timeout,
     /// The queue or the stream slots are full: retry after `Retry-After`.
     Overloaded,
     /// Warming up or shutting down.
@@ -27,11 +28,12 @@ pub enum ErrorType {
 }
 
 impl ErrorType {
-    pub const ALL: [ErrorType; 7] = [
+    pub const ALL: [ErrorType; 8] = [
         ErrorType::InvalidParameter,
         ErrorType::NotFound,
         ErrorType::MethodNotAllowed,
         ErrorType::PayloadTooLarge,
+        ErrorType::Timeout,
         ErrorType::Overloaded,
         ErrorType::Unavailable,
         ErrorType::Backend,
@@ -43,6 +45,7 @@ impl ErrorType {
             ErrorType::NotFound => StatusCode::NOT_FOUND,
             ErrorType::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorType::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorType::Timeout => StatusCode::REQUEST_TIMEOUT,
             ErrorType::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ErrorType::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorType::Backend => StatusCode::INTERNAL_SERVER_ERROR,
@@ -55,6 +58,7 @@ impl ErrorType {
             ErrorType::NotFound => "not_found",
             ErrorType::MethodNotAllowed => "method_not_allowed",
             ErrorType::PayloadTooLarge => "payload_too_large",
+            ErrorType::Timeout => "timeout",
             ErrorType::Overloaded => "overloaded",
             ErrorType::Unavailable => "unavailable",
             ErrorType::Backend => "backend",
@@ -66,6 +70,7 @@ impl ErrorType {
         match s {
             StatusCode::NOT_FOUND => ErrorType::NotFound,
             StatusCode::PAYLOAD_TOO_LARGE => ErrorType::PayloadTooLarge,
+            StatusCode::REQUEST_TIMEOUT => ErrorType::Timeout,
             StatusCode::SERVICE_UNAVAILABLE => ErrorType::Unavailable,
             s if s.is_server_error() => ErrorType::Backend,
             _ => ErrorType::InvalidParameter,
@@ -148,23 +153,6 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(v)) => Ok(ApiPath(v)),
-            Err(r) => Err(ApiError::new(
-                ErrorType::of_status(r.status()),
-                r.body_text(),
-            )),
-        }
-    }
-}
-
-/// The request body as bytes, whose rejection (e.g. over the body limit: 413) is an [`ApiError`].
-pub struct ApiBody(pub Bytes);
-
-impl<S: Send + Sync> FromRequest<S> for ApiBody {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Bytes::from_request(req, state).await {
-            Ok(b) => Ok(ApiBody(b)),
             Err(r) => Err(ApiError::new(
                 ErrorType::of_status(r.status()),
                 r.body_text(),

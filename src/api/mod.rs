@@ -18,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use error::{ApiBody, ApiError, ApiPath, ErrorType};
+use error::{ApiError, ApiPath, ErrorType};
 use genrep_wire::MAX_INDEX;
 use params::{parse_shard_name, Query};
 use serde::Deserialize;
@@ -36,12 +36,19 @@ pub struct AppState {
     pub stream_permits: Arc<Semaphore>,
     /// Cancelled on SIGINT/SIGTERM: `/ready` turns 503, streams end at a sample boundary.
     pub shutdown: CancellationToken,
+    /// Largest `POST /v1/generate` body: what `max_generate_latents` latents (and class
+    /// vectors) can take as JSON, so a huge body is refused before it is read or parsed.
+    pub generate_body_limit: usize,
 }
 
 impl AppState {
     pub fn new(engine: Engine, limits: Limits, shutdown: CancellationToken) -> Self {
+        let spec = engine.spec();
+        // 32 bytes per JSON number (`-0.12345678901234567, ` is 22) plus room for the rest.
+        let per_row = (spec.latent_dim + spec.num_classes) * 32 + 64;
         Self {
             stream_permits: Arc::new(Semaphore::new(limits.max_concurrent_streams)),
+            generate_body_limit: limits.max_generate_latents * per_row + (64 << 10),
             engine,
             limits,
             shutdown,
@@ -51,6 +58,10 @@ impl AppState {
     fn check_ready(&self) -> Result<(), ApiError> {
         if self.shutdown.is_cancelled() {
             Err(ApiError::unavailable("the server is shutting down"))
+        } else if self.engine.has_panicked() {
+            Err(ApiError::unavailable(
+                "the generator panicked (see the server log): this server must be restarted",
+            ))
         } else if !self.engine.is_ready() {
             Err(ApiError::unavailable("the generator is still warming up"))
         } else {
@@ -76,7 +87,8 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(access_log())
-        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
+        // Only `/v1/generate` reads a body, under its own limit (`generate_body_limit`).
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -126,6 +138,14 @@ fn tar_headers(first: u64, count: Option<u64>) -> HeaderMap {
         h.insert(genrep_wire::SAMPLES_HEADER, c.into());
     }
     h
+}
+
+/// The answer to `HEAD`: the headers a `GET` would send, with nothing queued or generated.
+/// The body is unsized: `Body::empty()` would announce `content-length: 0`, and size-probing
+/// clients (fsspec) would take the resource for empty; its real length is not known up front.
+fn head_response(headers: HeaderMap) -> Response {
+    let none = futures::stream::empty::<Result<Bytes, std::io::Error>>();
+    (headers, Body::from_stream(none)).into_response()
 }
 
 /// Starts a producer feeding a streamed body; the stream permit lives until the body ends.
@@ -189,17 +209,19 @@ async fn shard(
     st.check_ready()?;
     let headers = tar_headers(start, Some(size));
     if method == Method::HEAD {
-        // An unsized body: `Body::empty()` would announce `content-length: 0`, and size-probing
-        // clients (fsspec) would take the shard for empty. The real length is not known up front.
-        let none = futures::stream::empty::<Result<Bytes, std::io::Error>>();
-        return Ok((headers, Body::from_stream(none)).into_response());
+        return Ok(head_response(headers));
     }
     let body = stream_body(&st, req, start, StreamEnd::Shard(start + size))?;
     Ok((headers, body).into_response())
 }
 
 /// `GET /v1/stream?start=I&limit=N`: an endless (or limited) tar stream from sample `start`.
-async fn stream(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+/// `HEAD` validates and answers the headers without taking a stream slot.
+async fn stream(
+    State(st): State<AppState>,
+    method: Method,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let q = Query::parse(
         q.as_deref(),
         &[Group::Sampling, Group::Encoding],
@@ -213,6 +235,9 @@ async fn stream(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Res
         Err(e) => return Err(e),
     };
     st.check_ready()?;
+    if method == Method::HEAD {
+        return Ok(head_response(tar_headers(start, limit)));
+    }
     let body = stream_body(&st, req, start, StreamEnd::Stream(limit.map(|l| start + l)))?;
     Ok((tar_headers(start, limit), body).into_response())
 }
@@ -254,6 +279,7 @@ fn png_response(bytes: Vec<u8>) -> Response {
 /// `GET /v1/samples/{index}.png|.json`: one sample's views side by side, or its metadata.
 async fn sample_file(
     State(st): State<AppState>,
+    method: Method,
     ApiPath(file): ApiPath<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -285,6 +311,11 @@ async fn sample_file(
         return Ok(Json(req.meta(&spec, &l)).into_response());
     }
     st.check_ready()?;
+    if method == Method::HEAD {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+        return Ok(head_response(h));
+    }
     let images = images_of(submit_sample(&st, &req, index)?).await?;
     let png = tokio::task::spawn_blocking(move || grid(&[image_rows(&spec, &images)], 2).to_png())
         .await
@@ -293,7 +324,12 @@ async fn sample_file(
 }
 
 /// `GET /v1/grid.png?rows=R&start=I`: R samples, one row each (anchor then positives).
-async fn grid_png(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+/// `HEAD` validates and answers the headers without running the generator.
+async fn grid_png(
+    State(st): State<AppState>,
+    method: Method,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let q = Query::parse(q.as_deref(), &[Group::Sampling], &["rows", "start"])?;
     let req = q.sample_request(st.engine.spec(), &st.limits)?;
     let max_rows = st.limits.max_grid_rows as u64;
@@ -305,6 +341,11 @@ async fn grid_png(State(st): State<AppState>, RawQuery(q): RawQuery) -> Result<R
         )));
     }
     st.check_ready()?;
+    if method == Method::HEAD {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+        return Ok(head_response(h));
+    }
     let spec = st.engine.spec().clone();
     // All rows are queued before waiting, so they can share a forward pass.
     let pending = (start..start + rows)
@@ -343,14 +384,68 @@ struct GenerateBody {
     format: Option<String>,
 }
 
+/// The body of `POST /v1/generate`, read under the route's size limit and the body timeout:
+/// a declared oversize `Content-Length` is refused before anything is read, a body that grows
+/// past the limit is cut off at it, and JSON is parsed off the async threads.
+async fn read_generate_body(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<GenerateBody, ApiError> {
+    let limit = st.generate_body_limit;
+    let too_large = || {
+        ApiError::new(
+            ErrorType::PayloadTooLarge,
+            format!(
+                "request body over {limit} bytes (what max_generate_latents = {} latents take as JSON)",
+                st.limits.max_generate_latents
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let timeout = std::time::Duration::from_secs(st.limits.body_timeout_s);
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => {
+            return Err(ApiError::new(
+                ErrorType::Timeout,
+                format!(
+                    "request body not received within {} s (body_timeout_s)",
+                    st.limits.body_timeout_s
+                ),
+            ))
+        }
+        Ok(Err(e)) => {
+            let limited = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            return Err(if limited {
+                too_large()
+            } else {
+                ApiError::invalid(format!("cannot read the request body: {e}"))
+            });
+        }
+        Ok(Ok(b)) => b,
+    };
+    tokio::task::spawn_blocking(move || serde_json::from_slice::<GenerateBody>(&bytes))
+        .await
+        .map_err(|e| ApiError::from(crate::engine::EngineError::Backend(e.to_string())))?
+        .map_err(|e| {
+            ApiError::invalid(format!("request body is not a valid generate request: {e}"))
+        })
+}
+
 /// `POST /v1/generate`: explicit latents (+ classes, truncation) → images.
 async fn generate(
     State(st): State<AppState>,
-    ApiBody(body): ApiBody,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let b: GenerateBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::invalid(format!("request body is not a valid generate request: {e}"))
-    })?;
+    let b = read_generate_body(&st, &headers, body).await?;
     let spec = st.engine.spec().clone();
     let (n, d) = (b.z.len(), spec.latent_dim);
     if n == 0 || n > st.limits.max_generate_latents {

@@ -77,8 +77,22 @@ struct Inner {
     /// Wakes producers waiting for queue space.
     space: Notify,
     ready: AtomicBool,
+    /// Set when the generator panicked: the server stays up (for logs and liveness) but is
+    /// never ready again.
+    panicked: AtomicBool,
     metrics: Arc<Metrics>,
     encode_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Inner {
+    /// The queue. A panic elsewhere while it was held cannot leave it half-updated (every
+    /// critical section is a single push/remove), so a poisoned lock is recovered instead of
+    /// cascading the panic into every request.
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Handle to the engine; cheap to clone.
@@ -100,6 +114,7 @@ impl Engine {
             work: Notify::new(),
             space: Notify::new(),
             ready: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
             metrics,
         });
         let (dev_tx, dev_rx) = mpsc::channel::<Vec<Job>>(1);
@@ -124,8 +139,12 @@ impl Engine {
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire)
     }
+    /// Whether the generator panicked (then it is never ready again).
+    pub fn has_panicked(&self) -> bool {
+        self.inner.panicked.load(Ordering::Acquire)
+    }
     pub fn queue_depth(&self) -> usize {
-        self.inner.queue.lock().unwrap().len()
+        self.inner.queue().len()
     }
     pub(crate) fn encode_slots(&self) -> &Arc<tokio::sync::Semaphore> {
         &self.inner.encode_slots
@@ -137,7 +156,7 @@ impl Engine {
         classes: ClassInput,
         truncation: f64,
     ) -> Result<oneshot::Receiver<JobOutput>, (Vec<f32>, ClassInput)> {
-        let mut q = self.inner.queue.lock().unwrap();
+        let mut q = self.inner.queue();
         if q.len() >= self.inner.cfg.max_queue {
             return Err((rows, classes));
         }
@@ -194,7 +213,7 @@ impl Engine {
 /// Pops the first live job compatible with `first` (or any live job when `first` is None) whose
 /// rows fit in `room`. Dead jobs met on the way are dropped.
 fn pop_job(inner: &Inner, first: Option<&Job>, room: usize) -> Option<Job> {
-    let mut q = inner.queue.lock().unwrap();
+    let mut q = inner.queue();
     let mut i = 0;
     let mut found = None;
     while i < q.len() {
@@ -296,9 +315,25 @@ fn device_loop(generator: Box<dyn Generator>, mut rx: mpsc::Receiver<Vec<Job>>, 
                 _ => {}
             }
         }
-        let result = generator
-            .generate(&z, &classes, batch[0].truncation)
-            .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?));
+        // A panic inside the model must not kill the only thread that answers jobs: this batch
+        // gets a backend error, and the server reports itself not ready (a model that panicked
+        // is suspect; a load balancer drains the replica and an orchestrator restarts it).
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            generator
+                .generate(&z, &classes, batch[0].truncation)
+                .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
+        }));
+        let result = run.unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            inner.panicked.store(true, Ordering::Release);
+            inner.ready.store(false, Ordering::Release);
+            tracing::error!("the generator panicked ({what}); /ready now answers 503");
+            Err(crate::generator::GeneratorError::Panicked(what))
+        });
         inner
             .metrics
             .inference_duration

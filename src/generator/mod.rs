@@ -38,6 +38,8 @@ pub enum GeneratorError {
     Input(String),
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("the generator panicked: {0}")]
+    Panicked(String),
 }
 
 pub type Result<T> = std::result::Result<T, GeneratorError>;

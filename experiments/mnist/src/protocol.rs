@@ -13,13 +13,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Default training steps of every row.
-pub const STEPS: usize = 200;
+pub const STEPS: usize = 160;
 /// Default batch (samples; each brings anchor + positives, or two augmentations of a real digit).
 pub const BATCH: usize = 128;
 /// Default σ sweep of the Gaussian rows (the list; the paper's BigBiGAN sweep is 0.05–0.4).
 pub const SIGMAS: [f64; 6] = [0.05, 0.1, 0.2, 0.4, 0.8, 1.6];
 /// Default kNN monitor interval.
-pub const KNN_EVERY: usize = 25;
+pub const KNN_EVERY: usize = 40;
 /// Default encoder width.
 pub const WIDTH: usize = 16;
 /// Default linear-probe step cap (as `genrep-train eval`).
@@ -260,13 +260,7 @@ impl Server {
             max_queue: 1024,
             encode_threads: 1,
         };
-        let limits = genrep::params::Limits {
-            max_views: 16,
-            max_shard_size: 100_000,
-            max_concurrent_streams: 64,
-            max_generate_latents: 256,
-            max_grid_rows: 64,
-        };
+        let limits = genrep::params::Limits::default();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
