@@ -312,19 +312,31 @@ pub fn markdown(
             .enumerate()
             .max_by(|a, b| a.1.linear_top1.mean.total_cmp(&b.1.linear_top1.mean))
             .map_or(0, |(i, _)| i);
-        let interior = peak > 0 && peak + 1 < sweep.len();
+        let best = sweep[peak];
+        // The peak must stand above both ends of the sweep by more than the noise.
+        let above = |edge: &RowSummary| {
+            best.linear_top1.mean - edge.linear_top1.mean
+                > best.linear_top1.std.max(edge.linear_top1.std)
+        };
+        let (low, high) = (above(sweep[0]), above(sweep[sweep.len() - 1]));
+        let verdict = match (peak > 0 && peak + 1 < sweep.len(), low, high) {
+            (true, true, true) => "holds",
+            (true, false, true) => {
+                "half holds: accuracy falls at the largest σ, but below the peak the sweep is flat within one standard deviation"
+            }
+            (true, true, false) => {
+                "half holds: accuracy falls at the smallest σ, but above the peak the sweep is flat within one standard deviation"
+            }
+            (true, false, false) => "not resolved: the sweep is flat within one standard deviation",
+            (false, ..) => "does not hold: the best σ is at an end of the sweep",
+        };
         let _ = writeln!(
             o,
-            "- Inverse U in σ: the best σ ({}) is {} of the sweep ({}).",
-            &sweep[peak].id[6..],
-            if interior {
-                "**inside**"
-            } else {
-                "**at the edge**"
-            },
+            "- Inverse U in σ: best σ = {} ({}): **{verdict}**.",
+            &best.id[6..],
             sweep
                 .iter()
-                .map(|r| format!("σ {}: {:.1}", &r.id[6..], 100.0 * r.linear_top1.mean))
+                .map(|r| format!("σ {}: {}", &r.id[6..], r.linear_top1.pct()))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
