@@ -3,6 +3,7 @@
 use crate::protocol::gauss_id;
 use crate::report::RowSummary;
 use anyhow::{anyhow, Result};
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -21,6 +22,24 @@ fn register_font() {
 
 fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting: {e:?}")
+}
+
+/// Draws the legend (lower right, where the plots leave room) and writes the file.
+fn finish<'a, CT: CoordTranslate>(
+    root: &DrawingArea<BitMapBackend<'a>, Shift>,
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+    font: u32,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", font))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
 }
 
 /// Linear-probe (and kNN) top-1 against σ on a log axis, with ±1 std bars, and the reference
@@ -146,16 +165,7 @@ pub fn sigma_sweep(path: &Path, summary: &[RowSummary], sigmas: &[f64]) -> Resul
             .label(format!("{}: linear probe", r.id))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 15))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+    finish(&root, &mut chart, 15)
 }
 
 /// kNN top-1 during training (mean over seeds) for the main rows.
@@ -215,14 +225,5 @@ pub fn steps(path: &Path, summary: &[RowSummary]) -> Result<()> {
             .label(r.id.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 14))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+    finish(&root, &mut chart, 14)
 }
