@@ -22,8 +22,12 @@ async fn app() -> Router {
 }
 
 async fn app_with(g: Box<dyn Generator>) -> Router {
+    app_with_batch(g, 64).await
+}
+
+async fn app_with_batch(g: Box<dyn Generator>, max_batch_size: usize) -> Router {
     let cfg = EngineConfig {
-        max_batch_size: 64,
+        max_batch_size,
         max_batch_wait: Duration::from_millis(2),
         max_queue: 1024,
         encode_threads: 2,
@@ -390,4 +394,56 @@ async fn a_panicking_generator_answers_500_and_turns_not_ready() {
     assert_eq!(c, StatusCode::SERVICE_UNAVAILABLE);
     let (c, _) = call(&app, Method::GET, "/health", Body::empty()).await;
     assert_eq!(c, StatusCode::OK);
+}
+
+/// The embedded generator, recording the largest forward pass it was given.
+struct RecordsBatch(
+    Box<dyn Generator>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+);
+
+impl Generator for RecordsBatch {
+    fn info(&self) -> &ModelInfo {
+        self.0.info()
+    }
+    fn forward(
+        &self,
+        z: &Tensor,
+        classes: &ClassInput,
+        truncation: f64,
+    ) -> genrep::generator::Result<Tensor> {
+        self.1
+            .fetch_max(z.dims()[0], std::sync::atomic::Ordering::SeqCst);
+        self.0.forward(z, classes, truncation)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_batch_size_caps_every_forward_pass() {
+    let load =
+        || genrep::embedded::load(&candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let capped = app_with_batch(Box::new(RecordsBatch(load(), seen.clone())), 2).await;
+    let wide = app_with_batch(load(), 64).await;
+    let row = vec!["0.3"; 64].join(",");
+    let body = format!(
+        r#"{{"z": [[{row}],[{row}],[{row}],[{row}]], "classes": [1,2,3,4], "format": "npy"}}"#
+    );
+    let (c, a) = call(
+        &capped,
+        Method::POST,
+        "/v1/generate",
+        Body::from(body.clone()),
+    )
+    .await;
+    assert_eq!(c, StatusCode::OK);
+    let (_, b) = call(&wide, Method::POST, "/v1/generate", Body::from(body)).await;
+    assert_eq!(a, b, "split passes give the same images as one pass");
+    // A sample of 1 + 8 images is larger than the cap too.
+    let uri = "/v1/samples/5.png?views=8";
+    let (c, a) = call(&capped, Method::GET, uri, Body::empty()).await;
+    assert_eq!(c, StatusCode::OK);
+    let (_, b) = call(&wide, Method::GET, uri, Body::empty()).await;
+    assert_eq!(a, b);
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

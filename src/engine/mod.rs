@@ -274,6 +274,38 @@ async fn batcher(inner: Arc<Inner>, dev_tx: mpsc::Sender<Vec<Job>>) {
     }
 }
 
+/// Runs `z` in forward passes of at most `max` images. The batcher never merges jobs past `max`,
+/// but one job can be larger (a 256-latent generate, a `views=16` sample at a small cap);
+/// `max_batch_size` is the device's memory bound, so it holds for those too.
+fn generate_capped(
+    generator: &dyn Generator,
+    z: &[f32],
+    classes: &ClassInput,
+    truncation: f64,
+    max: usize,
+    metrics: &Metrics,
+) -> crate::generator::Result<Vec<f32>> {
+    let d = generator.spec().latent_dim;
+    let k = generator.spec().num_classes;
+    let n = z.len() / d;
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let end = (start + max).min(n);
+        let part = match classes {
+            ClassInput::None => ClassInput::None,
+            ClassInput::Ids(v) => ClassInput::Ids(v[start..end].to_vec()),
+            ClassInput::Soft(v) => ClassInput::Soft(v[start * k..end * k].to_vec()),
+        };
+        let t = generator.generate(&z[start * d..end * d], &part, truncation)?;
+        out.extend(t.flatten_all()?.to_vec1::<f32>()?);
+        metrics.batches.inc();
+        metrics.batch_size.observe((end - start) as f64);
+        start = end;
+    }
+    Ok(out)
+}
+
 fn device_loop(generator: Box<dyn Generator>, mut rx: mpsc::Receiver<Vec<Job>>, inner: Arc<Inner>) {
     let spec = generator.spec().clone();
     // Warm-up: one real forward pass before reporting ready.
@@ -319,9 +351,14 @@ fn device_loop(generator: Box<dyn Generator>, mut rx: mpsc::Receiver<Vec<Job>>, 
         // gets a backend error, and the server reports itself not ready (a model that panicked
         // is suspect; a load balancer drains the replica and an orchestrator restarts it).
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            generator
-                .generate(&z, &classes, batch[0].truncation)
-                .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
+            generate_capped(
+                generator.as_ref(),
+                &z,
+                &classes,
+                batch[0].truncation,
+                inner.cfg.max_batch_size.max(1),
+                &inner.metrics,
+            )
         }));
         let result = run.unwrap_or_else(|panic| {
             let what = panic
@@ -338,9 +375,7 @@ fn device_loop(generator: Box<dyn Generator>, mut rx: mpsc::Receiver<Vec<Job>>, 
             .metrics
             .inference_duration
             .observe(start.elapsed().as_secs_f64());
-        inner.metrics.batches.inc();
         inner.metrics.images_generated.inc_by(n as u64);
-        inner.metrics.batch_size.observe(n as f64);
         match result {
             Ok(all) => {
                 let per = all.len() / n;
