@@ -52,17 +52,12 @@ pub fn run(
     cfg: EngineConfig,
     o: ExportOptions,
 ) -> anyhow::Result<()> {
-    let name_ok = !o.prefix.is_empty()
-        && o.prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if !name_ok {
-        bail!("--prefix must be letters, digits, `_` or `-`");
-    }
     let req = SampleRequest::from_pairs(&o.sampling, generator.spec(), &Limits::offline())
         .map_err(|e| {
             anyhow::anyhow!("{e} (export's sampling flags take the query parameters' values)")
-        })?;
+        })?
+        .with_prefix(&o.prefix)
+        .map_err(|e| anyhow::anyhow!("--prefix: {e}"))?;
     let size = o.shard_size;
     if size == 0 {
         bail!("--shard-size must be at least 1");

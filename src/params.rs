@@ -5,7 +5,7 @@
 //! parameters and the defaults and limits `/v1/info` reports.
 
 use crate::generator::GeneratorSpec;
-use crate::sampler::{parse_classes, sample, Method, SampleLatents, SamplerSettings};
+use crate::sampler::{parse_classes, sample, Method, Namespace, SampleLatents, SamplerSettings};
 use genrep_wire::{ImageFormat, SampleMeta, MAX_INDEX};
 use std::collections::BTreeMap;
 
@@ -288,6 +288,7 @@ impl SampleRequest {
         };
         Ok(Self {
             settings: SamplerSettings {
+                namespace: Namespace::new(DEFAULT_PREFIX),
                 method,
                 sigma: p("sigma").float(get("sigma"))? as f32,
                 views: p("views").int(get("views"), limits)? as u32,
@@ -310,6 +311,13 @@ impl SampleRequest {
         Self::parse(|k| pairs.get(k).map(String::as_str), spec, limits)
     }
 
+    /// Sets the namespace (shard prefix) after checking it is a valid prefix.
+    pub fn with_prefix(mut self, prefix: &str) -> Result<Self, ParamError> {
+        check_prefix(prefix)?;
+        self.settings.namespace = Namespace::new(prefix);
+        Ok(self)
+    }
+
     pub fn latents(&self, spec: &GeneratorSpec, index: u64) -> SampleLatents {
         sample(&self.settings, spec.latent_dim, self.seed, index)
     }
@@ -318,6 +326,7 @@ impl SampleRequest {
         let s = &self.settings;
         SampleMeta {
             index: l.index,
+            prefix: s.namespace.name().to_string(),
             seed: self.seed,
             class: l.class,
             method: s.method,
@@ -330,6 +339,26 @@ impl SampleRequest {
             z_anchor: l.z_anchor.clone(),
             z_pos: l.z_pos.clone(),
         }
+    }
+}
+
+/// The namespace of requests that name none (`/v1/stream`, `/v1/samples`, `/v1/grid.png`
+/// without `prefix`): the same samples as the shards `train-*.tar`.
+pub const DEFAULT_PREFIX: &str = "train";
+
+/// A shard prefix / namespace: 1-64 ASCII letters, digits, `_` or `-`.
+pub fn check_prefix(prefix: &str) -> Result<(), ParamError> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 64
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ParamError(format!(
+            "prefix `{prefix}`: use 1-64 ASCII letters, digits, `_` or `-`"
+        )))
     }
 }
 

@@ -169,10 +169,10 @@ async fn bad_generate_bodies_are_422_naming_the_field() {
 
 /// sha256 of `GET /v1/shards/train-000002.tar?seed=1&sigma=0.2&views=2&shard_size=6` with the
 /// embedded generator. Only a deliberate change of the sampler, the model or the encoders may
-/// move it (then update it here and say so). Last moved by the retrained embedded generator
-/// (weights 4c108de93eb545c1…, see its model card).
+/// move it (then update it here and say so). Last moved by sampler version 2 (the shard prefix
+/// became a namespace in the key; weights 4c108de93eb545c1…).
 const PINNED_SHARD_SHA256: &str =
-    "702bfa6a45bc1695fdc91f2df696aeb1d67d11dbf091985694638829ac0daef9";
+    "c4d27d06f59c26c59f3d8520ab23c00be75dcca20028d04b02377a887d527ea6";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_is_pinned_to_its_sha256() {
@@ -446,4 +446,66 @@ async fn max_batch_size_caps_every_forward_pass() {
     let (_, b) = call(&wide, Method::GET, uri, Body::empty()).await;
     assert_eq!(a, b);
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_are_namespaces_so_train_and_val_never_share_samples() {
+    let app = app().await;
+    let q = "seed=3&views=1&shard_size=4";
+    let (_, train) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/shards/train-000000.tar?{q}"),
+        Body::empty(),
+    )
+    .await;
+    let (_, val) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/shards/val-000000.tar?{q}"),
+        Body::empty(),
+    )
+    .await;
+    assert_ne!(train, val);
+    // The stream, the inspection endpoints and the metadata take the same namespace.
+    let stream = |p: &str| format!("/v1/stream?seed=3&views=1&limit=4{p}");
+    assert_eq!(
+        call(&app, Method::GET, &stream("&prefix=val"), Body::empty())
+            .await
+            .1,
+        val
+    );
+    assert_eq!(
+        call(&app, Method::GET, &stream(""), Body::empty()).await.1,
+        train
+    );
+    let (c, meta) = call(
+        &app,
+        Method::GET,
+        "/v1/samples/2.json?seed=3&prefix=val",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(c, StatusCode::OK);
+    let meta: genrep_wire::SampleMeta = serde_json::from_slice(&meta).unwrap();
+    assert_eq!(meta.prefix, "val");
+    let (_, train_meta) = call(
+        &app,
+        Method::GET,
+        "/v1/samples/2.json?seed=3",
+        Body::empty(),
+    )
+    .await;
+    let train_meta: genrep_wire::SampleMeta = serde_json::from_slice(&train_meta).unwrap();
+    assert_eq!(train_meta.prefix, "train");
+    assert_ne!(meta.z_anchor, train_meta.z_anchor);
+    for bad in [
+        "/v1/stream?prefix=a.b",
+        "/v1/grid.png?prefix=",
+        "/v1/samples/1.png?prefix=%2F",
+    ] {
+        let (c, body) = call(&app, Method::GET, bad, Body::empty()).await;
+        assert_eq!(c, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert!(String::from_utf8_lossy(&body).contains("prefix"), "{bad}");
+    }
 }

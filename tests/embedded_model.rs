@@ -74,6 +74,7 @@ fn generate(g: &dyn Generator, z: &[Vec<f32>], classes: &[u32]) -> Tensor {
 
 fn settings(sigma: f32, classes: Vec<u32>) -> SamplerSettings {
     SamplerSettings {
+        namespace: genrep::sampler::Namespace::new("train"),
         method: Method::Gaussian,
         sigma,
         views: 1,

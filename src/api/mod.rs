@@ -178,7 +178,7 @@ async fn shard(
     ApiPath(name): ApiPath<String>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let n = parse_shard_name(&name).ok_or_else(|| {
+    let (prefix, n) = parse_shard_name(&name).ok_or_else(|| {
         ApiError::not_found(format!(
             "no shard `{name}`: shard names are {{prefix}}-{{NNNNNN}}.tar (prefix of letters, digits, `_` or `-`; 6-12 digits)"
         ))
@@ -188,7 +188,9 @@ async fn shard(
         &[Group::Sampling, Group::Encoding],
         &["shard_size"],
     )?;
-    let req = q.sample_request(st.engine.spec(), &st.limits)?;
+    let req = q
+        .sample_request(st.engine.spec(), &st.limits)?
+        .with_prefix(prefix)?;
     let size = q.u64_in(
         "shard_size",
         // A server configured below the default serves its maximum instead of rejecting
@@ -225,7 +227,7 @@ async fn stream(
     let q = Query::parse(
         q.as_deref(),
         &[Group::Sampling, Group::Encoding],
-        &["start", "limit"],
+        &["start", "limit", "prefix"],
     )?;
     let req = q.sample_request(st.engine.spec(), &st.limits)?;
     let start = q.index("start", 0)?;
@@ -303,7 +305,7 @@ async fn sample_file(
                 MAX_INDEX - 1
             ))
         })?;
-    let q = Query::parse(q.as_deref(), &[Group::Sampling], &[])?;
+    let q = Query::parse(q.as_deref(), &[Group::Sampling], &["prefix"])?;
     let req = q.sample_request(st.engine.spec(), &st.limits)?;
     let spec = st.engine.spec().clone();
     if ext == "json" {
@@ -330,7 +332,11 @@ async fn grid_png(
     method: Method,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let q = Query::parse(q.as_deref(), &[Group::Sampling], &["rows", "start"])?;
+    let q = Query::parse(
+        q.as_deref(),
+        &[Group::Sampling],
+        &["rows", "start", "prefix"],
+    )?;
     let req = q.sample_request(st.engine.spec(), &st.limits)?;
     let max_rows = st.limits.max_grid_rows as u64;
     let rows = q.u64_in("rows", 8.min(max_rows), 1, max_rows)?;
@@ -539,7 +545,8 @@ async fn info(State(st): State<AppState>) -> Json<serde_json::Value> {
         "generator": e.spec(),
         "ready": e.is_ready(),
         "sampler": {
-            "algorithm": "chacha20 per (seed, part, index), key = seed_le || part_le || \"genrep/sampler/1\"",
+            "algorithm": "chacha20 per (prefix, seed, part, index), key = seed_le || part_le || sha256(\"genrep/sampler/2\" || 0x00 || prefix)[..16]",
+            "version": crate::sampler::rng::VERSION,
             "methods": genrep_wire::Method::ALL,
             "formats": genrep_wire::ImageFormat::ALL,
         },

@@ -94,6 +94,19 @@ fn table(groups: &[Group], limits: &Limits) -> Vec<Parameter> {
         .collect()
 }
 
+/// `prefix`: the namespace of the samples, as a shard's file name gives it.
+fn prefix_param() -> Parameter {
+    query(
+        "prefix",
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(r"^[A-Za-z0-9_-]{1,64}$"))
+            .default(Some(json!(crate::params::DEFAULT_PREFIX))),
+        "Namespace of the samples: the same as the shards `{prefix}-NNNNNN.tar`; \
+         different prefixes give unrelated samples for the same seed and index.",
+    )
+}
+
 fn start_param() -> Parameter {
     query(
         "start",
@@ -167,6 +180,7 @@ pub fn document(limits: &Limits) -> OpenApi {
 
     let mut stream_params = table(&tar, limits);
     stream_params.push(start_param());
+    stream_params.push(prefix_param());
     stream_params.push(query(
         "limit",
         int_schema(None, 1, MAX_INDEX),
@@ -174,6 +188,7 @@ pub fn document(limits: &Limits) -> OpenApi {
     ));
     let mut sample_params = vec![path_param("file", r"^[0-9]{1,13}\.(png|json)$", "42.png")];
     sample_params.extend(table(&sampling, limits));
+    sample_params.push(prefix_param());
     let mut grid_params = table(&sampling, limits);
     grid_params.push(query(
         "rows",
@@ -185,6 +200,7 @@ pub fn document(limits: &Limits) -> OpenApi {
         "Number of samples, one row each.",
     ));
     grid_params.push(start_param());
+    grid_params.push(prefix_param());
 
     let generate = op(
         "Explicit latents (+ classes, truncation) to images",

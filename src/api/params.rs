@@ -50,13 +50,20 @@ impl Query {
         )?)
     }
 
-    /// The sampling settings and encoding of a request.
+    /// The sampling settings and encoding of a request, in the namespace of the `prefix`
+    /// parameter (where the endpoint allows one) or the default `train`.
     pub fn sample_request(
         &self,
         spec: &GeneratorSpec,
         limits: &Limits,
     ) -> Result<SampleRequest, ApiError> {
-        Ok(SampleRequest::from_pairs(&self.map, spec, limits)?)
+        let req = SampleRequest::from_pairs(&self.map, spec, limits)?;
+        Ok(match self.map.get("prefix") {
+            Some(p) => req
+                .with_prefix(p)
+                .map_err(|e| ApiError::invalid(format!("parameter `prefix`: {e}")))?,
+            None => req,
+        })
     }
 
     /// A sample index (`start`, …): must be below the key space.
@@ -65,18 +72,14 @@ impl Query {
     }
 }
 
-/// Parses `{prefix}-{NNNNNN}.tar` into the shard number; `None` when malformed (answered 404).
-pub fn parse_shard_name(name: &str) -> Option<u64> {
+/// Parses `{prefix}-{NNNNNN}.tar` into the prefix (the samples' namespace) and the shard
+/// number; `None` when malformed (answered 404).
+pub fn parse_shard_name(name: &str) -> Option<(&str, u64)> {
     let stem = name.strip_suffix(".tar")?;
     let (prefix, num) = stem.rsplit_once('-')?;
-    let prefix_ok = !prefix.is_empty()
-        && prefix.len() <= 64
-        && prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     let num_ok = num.len() >= 6 && num.len() <= 12 && num.chars().all(|c| c.is_ascii_digit());
-    if prefix_ok && num_ok {
-        num.parse().ok()
+    if params::check_prefix(prefix).is_ok() && num_ok {
+        Some((prefix, num.parse().ok()?))
     } else {
         None
     }
@@ -88,8 +91,11 @@ mod tests {
 
     #[test]
     fn shard_names() {
-        assert_eq!(parse_shard_name("train-000003.tar"), Some(3));
-        assert_eq!(parse_shard_name("my-set_2-000010.tar"), Some(10));
+        assert_eq!(parse_shard_name("train-000003.tar"), Some(("train", 3)));
+        assert_eq!(
+            parse_shard_name("my-set_2-000010.tar"),
+            Some(("my-set_2", 10))
+        );
         assert_eq!(parse_shard_name("train-3.tar"), None);
         assert_eq!(parse_shard_name("train-000003.tgz"), None);
         assert_eq!(parse_shard_name("-000003.tar"), None);

@@ -13,11 +13,14 @@
 pub mod rng;
 
 pub use genrep_wire::Method;
+pub use rng::Namespace;
 use rng::SampleRng;
 
 /// Everything that shapes a sample besides (seed, index).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplerSettings {
+    /// The shard prefix: samples of different namespaces are unrelated.
+    pub namespace: Namespace,
     pub method: Method,
     /// Positive scale σ (gaussian only).
     pub sigma: f32,
@@ -47,32 +50,33 @@ impl SampleLatents {
     }
 }
 
-fn anchor_law(seed: u64, part: u64, index: u64, dim: usize, t: f64) -> Vec<f32> {
-    let mut r = SampleRng::new(seed, part, index);
+fn anchor_law(ns: &Namespace, seed: u64, part: u64, index: u64, dim: usize, t: f64) -> Vec<f32> {
+    let mut r = SampleRng::new(ns, seed, part, index);
     (0..dim).map(|_| r.truncated_normal(t) as f32).collect()
 }
 
 /// Draws sample `index` of stream `seed`.
 pub fn sample(s: &SamplerSettings, latent_dim: usize, seed: u64, index: u64) -> SampleLatents {
+    let ns = &s.namespace;
     let class = if s.classes.is_empty() {
         None
     } else {
-        let mut r = SampleRng::new(seed, 0, index);
+        let mut r = SampleRng::new(ns, seed, 0, index);
         Some(s.classes[r.below(s.classes.len() as u64) as usize])
     };
     let t = s.truncation as f64;
-    let z_anchor = anchor_law(seed, 1, index, latent_dim, t);
+    let z_anchor = anchor_law(ns, seed, 1, index, latent_dim, t);
     let z_pos = (0..s.views as u64)
         .map(|k| match s.method {
             Method::Gaussian => {
-                let mut r = SampleRng::new(seed, 2 + k, index);
+                let mut r = SampleRng::new(ns, seed, 2 + k, index);
                 let sigma = s.sigma as f64;
                 z_anchor
                     .iter()
                     .map(|&z| (z as f64 + sigma * r.truncated_normal(2.0)) as f32)
                     .collect()
             }
-            Method::Independent => anchor_law(seed, 2 + k, index, latent_dim, t),
+            Method::Independent => anchor_law(ns, seed, 2 + k, index, latent_dim, t),
             Method::None => z_anchor.clone(),
         })
         .collect();
@@ -123,6 +127,7 @@ mod tests {
 
     fn settings(method: Method, views: u32) -> SamplerSettings {
         SamplerSettings {
+            namespace: Namespace::new("train"),
             method,
             sigma: 0.2,
             views,
@@ -153,6 +158,16 @@ mod tests {
         let i = sample(&settings(Method::Independent, 2), 64, 5, 123);
         assert_eq!(i.class, a.class);
         assert_ne!(i.z_pos[0], a.z_anchor);
+    }
+
+    #[test]
+    fn prefixes_are_namespaces() {
+        let train = settings(Method::Gaussian, 1);
+        let mut val = train.clone();
+        val.namespace = Namespace::new("val");
+        let (a, b) = (sample(&train, 64, 0, 0), sample(&val, 64, 0, 0));
+        assert_ne!(a.z_anchor, b.z_anchor);
+        assert_ne!(a.z_pos, b.z_pos);
     }
 
     #[test]

@@ -95,6 +95,9 @@ impl ImageFormat {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SampleMeta {
     pub index: u64,
+    /// The namespace: the shard prefix (`train` for `/v1/stream` without `prefix`). The same
+    /// (seed, index) under two prefixes gives unrelated samples.
+    pub prefix: String,
     pub seed: u64,
     /// Class of the anchor and every positive; `None` for unconditional generators.
     pub class: Option<u32>,

@@ -50,6 +50,10 @@ pub struct Protocol {
     pub probe_lr: f64,
     /// Identifies the embedded generator's weights (a retrained generator invalidates runs).
     pub generator: String,
+    /// The sampler's version (a new sampler draws other latents; runs from an older table
+    /// have none recorded and are re-measured).
+    #[serde(default)]
+    pub sampler: String,
 }
 
 impl Default for Protocol {
@@ -73,6 +77,7 @@ impl Default for Protocol {
             probe_steps: PROBE_STEPS,
             probe_lr: 0.1,
             generator: genrep::embedded::fingerprint(),
+            sampler: genrep::sampler::rng::VERSION.into(),
         }
     }
 }

@@ -219,7 +219,7 @@ pub fn markdown(
          (softmax regression on frozen features, ≤ {} full-batch steps) and a kNN (k = {}) are fitted on the \
          **4000 real training digits** and scored on the **1000 real test digits**. Mean ± sample std over \
          {seeds} seeds (seed = encoder init, augmentations, data order and, for synthetic rows, the shard URLs' \
-         `seed`). Generator: the embedded `mnist-cdcgan` (weights {}).\n",
+         `seed`). Generator: the embedded `mnist-cdcgan` (weights {}); sampler `{}`.\n",
         proto.width,
         proto.stages,
         proto.depth,
@@ -236,6 +236,7 @@ pub fn markdown(
         proto.probe_steps,
         proto.knn_k,
         proto.generator,
+        proto.sampler,
     );
     let _ = writeln!(
         o,
