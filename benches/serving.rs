@@ -51,6 +51,7 @@ async fn in_process(consumers: u64, per: u64) -> f64 {
         let (tx, mut rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(produce(
             e.clone(),
+            genrep::engine::Consumer::new(format!("c{c}"), "bench", 1),
             req.clone(),
             c * per,
             StreamEnd::Shard((c + 1) * per),

@@ -2,7 +2,7 @@
 //! same parameters (same parameter table, same engine, same encoder). Each shard streams sample
 //! by sample into a buffered temporary file on a blocking thread and is renamed when complete.
 
-use crate::engine::{produce, Engine, EngineConfig, StreamEnd};
+use crate::engine::{produce, Consumer, Engine, EngineConfig, StreamEnd};
 use crate::generator::Generator;
 use crate::metrics::Metrics;
 use crate::params::{Limits, SampleRequest};
@@ -95,6 +95,7 @@ pub fn run(
             let start = n * size;
             tokio::spawn(produce(
                 engine,
+                Consumer::new("export", "export", 1),
                 req,
                 start,
                 StreamEnd::Shard(start + size),

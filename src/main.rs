@@ -163,9 +163,24 @@ struct ServeArgs {
     #[arg(long, env = "GENREP_BODY_TIMEOUT_S", default_value_t = 30)]
     body_timeout_s: u64,
     /// On SIGINT/SIGTERM, how long finite shards may take to finish before the process exits
-    /// (endless streams end at the next sample boundary at once).
+    /// (endless streams end at the next sample boundary at once). `/ready` answers 503 during
+    /// the drain; the exit status is non-zero if shards had to be cut.
     #[arg(long, env = "GENREP_DRAIN_TIMEOUT_S", default_value_t = 30)]
     drain_timeout_s: u64,
+    /// API keys: a TOML (`[[consumer]]` tables) or JSON (`{"consumer": [...]}`) file of
+    /// consumers with `name`, `key` and optional `max_streams`, `max_requests_per_s`, `weight`.
+    /// Then every route but /health and /ready needs `Authorization: Bearer KEY` (or
+    /// `?token=KEY`). Without it the server is open and each peer address is a consumer.
+    #[arg(long, env = "GENREP_API_KEYS")]
+    api_keys: Option<PathBuf>,
+    /// Open shard/stream responses one consumer (key, or peer address) may hold, so one
+    /// client cannot take every stream slot. A key's own `max_streams` overrides it.
+    #[arg(long, env = "GENREP_MAX_STREAMS_PER_CONSUMER", default_value_t = 16)]
+    max_streams_per_consumer: usize,
+    /// Browser origins allowed to call the API (CORS), comma-separated, or `*`. Default: none
+    /// (browsers block cross-origin reads; curl and training jobs are unaffected).
+    #[arg(long, env = "GENREP_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origin: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -248,6 +263,17 @@ fn serve(a: ServeArgs) -> Result<()> {
     if a.max_concurrent_streams == 0 || a.max_views == 0 || a.max_shard_size == 0 {
         bail!("--max-concurrent-streams, --max-views and --max-shard-size must be at least 1");
     }
+    if a.max_streams_per_consumer == 0 {
+        bail!("--max-streams-per-consumer must be at least 1");
+    }
+    let api_keys = match &a.api_keys {
+        Some(path) => {
+            let keys = genrep::api::auth::read_key_file(path)?;
+            tracing::info!(consumers = keys.len(), "API keys required");
+            Some(keys)
+        }
+        None => None,
+    };
     if a.max_connections == 0
         || a.header_read_timeout_s == 0
         || a.idle_timeout_s == 0
@@ -268,6 +294,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             max_generate_latents: a.max_generate_latents,
             max_grid_rows: a.max_grid_rows,
             body_timeout_s: a.body_timeout_s,
+            max_streams_per_consumer: a.max_streams_per_consumer,
         },
         connections: genrep::server::ConnectionLimits {
             max_connections: a.max_connections,
@@ -275,6 +302,10 @@ fn serve(a: ServeArgs) -> Result<()> {
             idle_timeout: std::time::Duration::from_secs(a.idle_timeout_s),
         },
         drain: std::time::Duration::from_secs(a.drain_timeout_s),
+        access: genrep::server::Access {
+            api_keys,
+            cors_origins: a.cors_origin,
+        },
     };
     genrep::server::run(generator, cfg, opts)
 }

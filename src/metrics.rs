@@ -19,10 +19,29 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of the per-consumer series: the API key's name (`open` for every peer of a server
+/// without `--api-keys`), so their number is bounded by the key file.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    pub consumer: String,
+}
+
+/// Labels of `genrep_consumer_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerStatusLabels {
+    pub consumer: String,
+    pub status: u16,
+}
+
 /// All server metrics, and the registry that renders them.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    consumer_requests: Family<ConsumerStatusLabels, Counter>,
+    /// Samples streamed per consumer.
+    pub consumer_samples: Family<ConsumerLabels, Counter>,
+    /// Open shard/stream responses per consumer.
+    pub consumer_streams: Family<ConsumerLabels, Gauge>,
     pub samples_generated: Counter,
     pub images_generated: Counter,
     pub batches: Counter,
@@ -63,6 +82,24 @@ impl Default for Metrics {
                 r,
                 "requests",
                 "HTTP requests by route and status",
+                Family::default(),
+            ),
+            consumer_requests: reg(
+                r,
+                "consumer_requests",
+                "HTTP requests by consumer (API key name) and status",
+                Family::default(),
+            ),
+            consumer_samples: reg(
+                r,
+                "consumer_samples",
+                "Samples streamed by consumer (API key name)",
+                Family::default(),
+            ),
+            consumer_streams: reg(
+                r,
+                "consumer_active_streams",
+                "Open shard/stream responses by consumer (API key name)",
                 Family::default(),
             ),
             samples_generated: reg(
@@ -129,6 +166,22 @@ impl Metrics {
                 status,
             })
             .inc();
+    }
+
+    pub fn count_consumer_request(&self, consumer: &str, status: u16) {
+        self.consumer_requests
+            .get_or_create(&ConsumerStatusLabels {
+                consumer: consumer.to_string(),
+                status,
+            })
+            .inc();
+    }
+
+    /// The series of one consumer label.
+    pub fn consumer(label: &str) -> ConsumerLabels {
+        ConsumerLabels {
+            consumer: label.to_string(),
+        }
     }
 
     /// The OpenMetrics text exposition (Prometheus scrapes it).

@@ -19,6 +19,8 @@ pub struct Limits {
     pub max_grid_rows: usize,
     /// Seconds a request body (`POST /v1/generate`) may take to arrive.
     pub body_timeout_s: u64,
+    /// Open shard/stream responses one consumer may hold (API keys may set their own).
+    pub max_streams_per_consumer: usize,
 }
 
 impl Default for Limits {
@@ -31,6 +33,7 @@ impl Default for Limits {
             max_generate_latents: 256,
             max_grid_rows: 64,
             body_timeout_s: 30,
+            max_streams_per_consumer: 16,
         }
     }
 }
@@ -45,6 +48,7 @@ impl Limits {
             max_generate_latents: 0,
             max_grid_rows: 0,
             body_timeout_s: 0,
+            max_streams_per_consumer: 1,
         }
     }
 }

@@ -1,6 +1,13 @@
-//! `genrep serve`: the engine and the router wired together, graceful shutdown and the drain
-//! deadline. [`app`] builds the same router in-process (tests drive it with `oneshot`).
+//! `genrep serve`: the engine and the router wired together, connection limits, graceful
+//! shutdown and the drain deadline. [`app`] builds the same router in-process (tests drive it
+//! with `oneshot`).
+//!
+//! Shutdown (SIGINT/SIGTERM): `/ready` answers 503 at once while the listener keeps accepting
+//! (a load balancer sees the replica drain instead of connection errors), endless streams end at
+//! the next sample boundary with a tar end, finite shards get `--drain-timeout-s` to finish.
+//! Then the listener closes. If shards had to be cut at the deadline the process exits non-zero.
 
+use crate::api::auth::KeyEntry;
 use crate::api::{router, AppState};
 use crate::engine::{Engine, EngineConfig};
 use crate::generator::Generator;
@@ -23,6 +30,17 @@ pub struct ServeOptions {
     pub connections: ConnectionLimits,
     /// On SIGINT/SIGTERM, how long finite shards may take to finish.
     pub drain: Duration,
+    pub access: Access,
+}
+
+/// Who may use the server, and from where.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// The consumers of `--api-keys`; `None` serves without keys (each peer address is then a
+    /// consumer for fairness).
+    pub api_keys: Option<Vec<KeyEntry>>,
+    /// Origins allowed to call the API from a browser (`*` for any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 /// What one client's sockets may hold: the protections a public deployment needs against
@@ -49,20 +67,65 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// The HTTP application over a started engine: call inside a tokio runtime. `shutdown` turns
-/// `/ready` to 503 and ends streams at the next sample boundary when cancelled.
+/// The HTTP application over a started engine, open (no API keys): call inside a tokio runtime.
+/// `shutdown` turns `/ready` to 503 and ends streams at the next sample boundary when cancelled.
 pub fn app(
     generator: Box<dyn Generator>,
     cfg: EngineConfig,
     limits: Limits,
     shutdown: CancellationToken,
 ) -> axum::Router {
-    let engine = Engine::start(generator, cfg, Arc::new(Metrics::default()));
-    router(AppState::new(engine, limits, shutdown))
+    app_with(generator, cfg, limits, &Access::default(), shutdown)
+        .expect("no CORS origins to parse")
+        .0
 }
 
-/// Serves until SIGINT/SIGTERM, then drains: `/ready` answers 503, streams end at a sample
-/// boundary, finite shards get `opts.drain` to finish.
+/// [`app`] with API keys and CORS; also hands back the state (the drain watches its streams).
+pub fn app_with(
+    generator: Box<dyn Generator>,
+    cfg: EngineConfig,
+    limits: Limits,
+    access: &Access,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(axum::Router, AppState)> {
+    let engine = Engine::start(generator, cfg, Arc::new(Metrics::default()));
+    let state = AppState::with_keys(engine, limits, access.api_keys.clone(), shutdown);
+    let mut app = router(state.clone());
+    if !access.cors_origins.is_empty() {
+        app = app.layer(cors(&access.cors_origins)?);
+    }
+    Ok((app, state))
+}
+
+/// CORS for browser inspection (grids, sample PNGs, metadata): the listed origins may call
+/// every route with the `Authorization` header and read the `x-genrep-*` headers.
+fn cors(origins: &[String]) -> anyhow::Result<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o)
+                    .with_context(|| format!("--cors-origin `{o}` is not a valid origin"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::HEAD, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([
+            HeaderName::from_static("x-genrep-first-index"),
+            HeaderName::from_static(genrep_wire::SAMPLES_HEADER),
+        ]))
+}
+
+/// Serves until SIGINT/SIGTERM, then drains (see the module doc). Fails when the drain deadline
+/// cut shards short.
 pub fn run(
     generator: Box<dyn Generator>,
     cfg: EngineConfig,
@@ -71,7 +134,13 @@ pub fn run(
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let token = CancellationToken::new();
-        let app = app(generator, cfg, opts.limits.clone(), token.clone());
+        let (app, state) = app_with(
+            generator,
+            cfg,
+            opts.limits.clone(),
+            &opts.access,
+            token.clone(),
+        )?;
         let addr = format!("{}:{}", opts.host, opts.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -79,29 +148,55 @@ pub fn run(
         tracing::info!("listening on http://{}", listener.local_addr()?);
         tokio::spawn(shutdown_signal(token.clone()));
         let connections = TaskTracker::new();
-        accept_loop(listener, app, &opts.connections, &connections, &token).await;
-        // Shutdown: no new connections; open ones finish their current response (streams end
-        // at a sample boundary) within the drain deadline.
-        connections.close();
-        if tokio::time::timeout(opts.drain, connections.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("drain timeout: closing remaining connections");
+        let closed = CancellationToken::new();
+        let accepting = tokio::spawn(accept_loop(
+            listener,
+            app,
+            opts.connections.clone(),
+            connections.clone(),
+            token.clone(),
+            closed.clone(),
+        ));
+        token.cancelled().await;
+        // Drain: streams end at their next sample boundary, shards run to their end.
+        let deadline = tokio::time::Instant::now() + opts.drain;
+        let open = || opts.limits.max_concurrent_streams - state.stream_permits.available_permits();
+        while open() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tracing::info!("bye");
+        let cut = open();
+        closed.cancel();
+        let _ = accepting.await;
+        connections.close();
+        // Finished bodies still flush to their clients; cut ones are aborted now.
+        let flush = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_secs(1));
+        if tokio::time::timeout(flush, connections.wait()).await.is_err() {
+            tracing::warn!("closing connections that did not finish within the drain");
+        }
+        if cut > 0 {
+            anyhow::bail!(
+                "drain timeout ({} s): {cut} shard/stream response(s) were cut off before their end",
+                opts.drain.as_secs()
+            );
+        }
+        tracing::info!("drained; bye");
         Ok(())
     })
 }
 
-/// Accepts connections until `token` is cancelled, each served by hyper with the header-read
-/// timeout, under the connection cap, on a socket whose stalled writes time out.
+/// Accepts connections until `closed` is cancelled, each served by hyper with the header-read
+/// timeout, under the connection cap, on a socket whose stalled writes time out. After
+/// `shutdown`, open connections close once their current response ends and new ones serve a
+/// single request (so probes still get their 503).
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: axum::Router,
-    limits: &ConnectionLimits,
-    tracker: &TaskTracker,
-    token: &CancellationToken,
+    limits: ConnectionLimits,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    closed: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
@@ -115,7 +210,7 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = token.cancelled() => return,
+            _ = closed.cancelled() => return,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection refused: {} connections open (max_connections)", limits.max_connections);
@@ -127,10 +222,17 @@ async fn accept_loop(
         io.set_write_timeout(Some(limits.idle_timeout));
         let io = hyper_util::rt::TokioIo::new(Box::pin(io));
         let service = hyper_util::service::TowerToHyperService::new(app.clone().map_request(
-            |req: axum::http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
+            move |req: axum::http::Request<hyper::body::Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                // The peer address identifies the consumer on a server without API keys.
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
         ));
         let header_timeout = limits.header_read_timeout;
-        let token = token.clone();
+        let draining = shutdown.is_cancelled();
+        let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _slot = slot;
             let mut builder =
@@ -138,10 +240,11 @@ async fn accept_loop(
             builder
                 .http1()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout);
+                .header_read_timeout(header_timeout)
+                .keep_alive(!draining);
             let conn = builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
-            let mut shutting_down = false;
+            let mut shutting_down = draining;
             loop {
                 tokio::select! {
                     r = conn.as_mut() => {
@@ -150,7 +253,7 @@ async fn accept_loop(
                         }
                         break;
                     }
-                    _ = token.cancelled(), if !shutting_down => {
+                    _ = shutdown.cancelled(), if !shutting_down => {
                         shutting_down = true;
                         conn.as_mut().graceful_shutdown();
                     }

@@ -39,6 +39,7 @@ async fn app_with_batch(g: Box<dyn Generator>, max_batch_size: usize) -> Router 
         max_generate_latents: 4,
         max_grid_rows: 16,
         body_timeout_s: 2,
+        max_streams_per_consumer: 8,
     };
     let app = genrep::server::app(g, cfg, limits, CancellationToken::new());
     for _ in 0..500 {

@@ -14,6 +14,8 @@ use serde::de::DeserializeOwned;
 pub enum ErrorType {
     /// A parameter or body value outside what is allowed (the message names it).
     InvalidParameter,
+    /// A missing or unknown API key (`--api-keys`).
+    Unauthorized,
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
@@ -28,8 +30,9 @@ pub enum ErrorType {
 }
 
 impl ErrorType {
-    pub const ALL: [ErrorType; 8] = [
+    pub const ALL: [ErrorType; 9] = [
         ErrorType::InvalidParameter,
+        ErrorType::Unauthorized,
         ErrorType::NotFound,
         ErrorType::MethodNotAllowed,
         ErrorType::PayloadTooLarge,
@@ -42,6 +45,7 @@ impl ErrorType {
     pub fn status(self) -> StatusCode {
         match self {
             ErrorType::InvalidParameter => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorType::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorType::NotFound => StatusCode::NOT_FOUND,
             ErrorType::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorType::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -55,6 +59,7 @@ impl ErrorType {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorType::InvalidParameter => "invalid_parameter",
+            ErrorType::Unauthorized => "unauthorized",
             ErrorType::NotFound => "not_found",
             ErrorType::MethodNotAllowed => "method_not_allowed",
             ErrorType::PayloadTooLarge => "payload_too_large",
@@ -139,6 +144,10 @@ impl IntoResponse for ApiError {
         ) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.error_type == ErrorType::Unauthorized {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, super::auth::www_authenticate());
         }
         resp
     }

@@ -1,5 +1,6 @@
 //! HTTP API (axum): shards, streams, inspection, explicit generation, info, health and metrics.
 
+pub mod auth;
 pub mod error;
 mod openapi;
 pub mod params;
@@ -11,8 +12,9 @@ use crate::generator::inputs::{check_latents, check_truncation, class_input, Cla
 use crate::generator::ClassInput;
 pub use crate::params::Limits;
 use crate::params::{Group, SampleRequest, DEFAULT_SHARD_SIZE};
+use auth::{ConsumerPolicy, Consumers};
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, RawQuery, Request, State};
+use axum::extract::{Extension, MatchedPath, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -39,16 +41,30 @@ pub struct AppState {
     /// Largest `POST /v1/generate` body: what `max_generate_latents` latents (and class
     /// vectors) can take as JSON, so a huge body is refused before it is read or parsed.
     pub generate_body_limit: usize,
+    /// API keys (or per-peer consumers on an open server) and their limits.
+    pub consumers: Arc<Consumers>,
 }
 
 impl AppState {
+    /// An open server (no API keys): each peer address is a consumer.
     pub fn new(engine: Engine, limits: Limits, shutdown: CancellationToken) -> Self {
+        Self::with_keys(engine, limits, None, shutdown)
+    }
+
+    /// `keys`: the consumers of `--api-keys`; `None` serves without keys.
+    pub fn with_keys(
+        engine: Engine,
+        limits: Limits,
+        keys: Option<Vec<auth::KeyEntry>>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let spec = engine.spec();
         // 32 bytes per JSON number (`-0.12345678901234567, ` is 22) plus room for the rest.
         let per_row = (spec.latent_dim + spec.num_classes) * 32 + 64;
         Self {
             stream_permits: Arc::new(Semaphore::new(limits.max_concurrent_streams)),
             generate_body_limit: limits.max_generate_latents * per_row + (64 << 10),
+            consumers: Arc::new(Consumers::new(keys, limits.max_streams_per_consumer)),
             engine,
             limits,
             shutdown,
@@ -85,6 +101,10 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::spec))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(access_log())
         // Only `/v1/generate` reads a body, under its own limit (`generate_body_limit`).
@@ -102,7 +122,11 @@ fn access_log() -> tower_http::trace::TraceLayer<
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
 }
 
-/// Counts every response by route template and status.
+/// The consumer label of a response (set by [`authenticate`], read by [`track`]).
+#[derive(Clone)]
+struct ConsumerLabel(Arc<str>);
+
+/// Counts every response by route template and status, and by consumer.
 async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -110,10 +134,31 @@ async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let resp = next.run(req).await;
-    st.engine
-        .metrics()
-        .count_request(&route, resp.status().as_u16());
+    let status = resp.status().as_u16();
+    let m = st.engine.metrics();
+    m.count_request(&route, status);
+    if let Some(ConsumerLabel(c)) = resp.extensions().get::<ConsumerLabel>() {
+        m.count_consumer_request(c, status);
+    }
     resp
+}
+
+/// Identifies the consumer (API key, or peer address on an open server) and applies its rate
+/// limit; `/health` and `/ready` stay open for probes.
+async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    if matches!(req.uri().path(), "/health" | "/ready") {
+        return next.run(req).await;
+    }
+    match st.consumers.admit(&mut req) {
+        Err(e) => e.into_response(),
+        Ok(policy) => {
+            let label = ConsumerLabel(policy.consumer.label.clone());
+            req.extensions_mut().insert(policy);
+            let mut resp = next.run(req).await;
+            resp.extensions_mut().insert(label);
+            resp
+        }
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -148,13 +193,16 @@ fn head_response(headers: HeaderMap) -> Response {
     (headers, Body::from_stream(none)).into_response()
 }
 
-/// Starts a producer feeding a streamed body; the stream permit lives until the body ends.
+/// Starts a producer feeding a streamed body; the server's and the consumer's stream permits
+/// live until the body ends.
 fn stream_body(
     st: &AppState,
+    who: &ConsumerPolicy,
     req: SampleRequest,
     start: u64,
     end: StreamEnd,
 ) -> Result<Body, ApiError> {
+    let mine = who.stream_slot()?;
     let permit = st.stream_permits.clone().try_acquire_owned().map_err(|_| {
         ApiError::overloaded(format!(
             "{} streams are open (max_concurrent_streams); retry shortly",
@@ -164,9 +212,10 @@ fn stream_body(
     let (tx, rx) = mpsc::channel(4);
     let engine = st.engine.clone();
     let shutdown = st.shutdown.clone();
+    let consumer = who.consumer.clone();
     tokio::spawn(async move {
-        let _permit = permit;
-        produce(engine, Arc::new(req), start, end, tx, shutdown).await;
+        let _permits = (permit, mine);
+        produce(engine, consumer, Arc::new(req), start, end, tx, shutdown).await;
     });
     Ok(Body::from_stream(ReceiverStream::new(rx)))
 }
@@ -174,6 +223,7 @@ fn stream_body(
 /// `GET|HEAD /v1/shards/{prefix}-{NNNNNN}.tar`: samples [n·S, (n+1)·S).
 async fn shard(
     State(st): State<AppState>,
+    Extension(who): Extension<Arc<ConsumerPolicy>>,
     method: Method,
     ApiPath(name): ApiPath<String>,
     RawQuery(q): RawQuery,
@@ -213,7 +263,7 @@ async fn shard(
     if method == Method::HEAD {
         return Ok(head_response(headers));
     }
-    let body = stream_body(&st, req, start, StreamEnd::Shard(start + size))?;
+    let body = stream_body(&st, &who, req, start, StreamEnd::Shard(start + size))?;
     Ok((headers, body).into_response())
 }
 
@@ -221,6 +271,7 @@ async fn shard(
 /// `HEAD` validates and answers the headers without taking a stream slot.
 async fn stream(
     State(st): State<AppState>,
+    Extension(who): Extension<Arc<ConsumerPolicy>>,
     method: Method,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -240,13 +291,15 @@ async fn stream(
     if method == Method::HEAD {
         return Ok(head_response(tar_headers(start, limit)));
     }
-    let body = stream_body(&st, req, start, StreamEnd::Stream(limit.map(|l| start + l)))?;
+    let end = StreamEnd::Stream(limit.map(|l| start + l));
+    let body = stream_body(&st, &who, req, start, end)?;
     Ok((tar_headers(start, limit), body).into_response())
 }
 
 /// Queues one sample's images (429 when the queue is full).
 fn submit_sample(
     st: &AppState,
+    who: &ConsumerPolicy,
     req: &SampleRequest,
     index: u64,
 ) -> Result<tokio::sync::oneshot::Receiver<crate::engine::JobOutput>, ApiError> {
@@ -254,7 +307,7 @@ fn submit_sample(
     let (rows, classes) = crate::engine::job_inputs(&l);
     Ok(st
         .engine
-        .try_submit(rows, classes, req.settings.gen_truncation)?)
+        .try_submit(&who.consumer, rows, classes, req.settings.gen_truncation)?)
 }
 
 /// Waits for a job's images.
@@ -281,6 +334,7 @@ fn png_response(bytes: Vec<u8>) -> Response {
 /// `GET /v1/samples/{index}.png|.json`: one sample's views side by side, or its metadata.
 async fn sample_file(
     State(st): State<AppState>,
+    Extension(who): Extension<Arc<ConsumerPolicy>>,
     method: Method,
     ApiPath(file): ApiPath<String>,
     RawQuery(q): RawQuery,
@@ -318,7 +372,7 @@ async fn sample_file(
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
         return Ok(head_response(h));
     }
-    let images = images_of(submit_sample(&st, &req, index)?).await?;
+    let images = images_of(submit_sample(&st, &who, &req, index)?).await?;
     let png = tokio::task::spawn_blocking(move || grid(&[image_rows(&spec, &images)], 2).to_png())
         .await
         .map_err(|e| ApiError::from(crate::engine::EngineError::Backend(e.to_string())))?;
@@ -329,6 +383,7 @@ async fn sample_file(
 /// `HEAD` validates and answers the headers without running the generator.
 async fn grid_png(
     State(st): State<AppState>,
+    Extension(who): Extension<Arc<ConsumerPolicy>>,
     method: Method,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -355,7 +410,7 @@ async fn grid_png(
     let spec = st.engine.spec().clone();
     // All rows are queued before waiting, so they can share a forward pass.
     let pending = (start..start + rows)
-        .map(|i| submit_sample(&st, &req, i))
+        .map(|i| submit_sample(&st, &who, &req, i))
         .collect::<Result<Vec<_>, _>>()?;
     let mut all = Vec::new();
     for rx in pending {
@@ -448,6 +503,7 @@ async fn read_generate_body(
 /// `POST /v1/generate`: explicit latents (+ classes, truncation) → images.
 async fn generate(
     State(st): State<AppState>,
+    Extension(who): Extension<Arc<ConsumerPolicy>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -506,7 +562,7 @@ async fn generate(
         ClassInput::Ids(v) => Some(v.clone()),
         _ => None,
     };
-    let images = images_of(st.engine.try_submit(rows, classes, t)?).await?;
+    let images = images_of(st.engine.try_submit(&who.consumer, rows, classes, t)?).await?;
     let resp = tokio::task::spawn_blocking(move || {
         let (c, r) = (spec.channels, spec.resolution);
         match format.as_str() {

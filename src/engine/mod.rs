@@ -1,19 +1,26 @@
-//! The batching engine: one bounded queue for all connections, a batcher that fills batches up to
-//! `max_batch_size` images waiting at most `max_batch_wait`, and one thread per device that owns
-//! the generator.
+//! The batching engine: one bounded queue for all connections, fair between consumers
+//! ([`queue`]), a batcher that fills batches up to `max_batch_size` images waiting at most
+//! `max_batch_wait`, and one thread per device that owns the generator.
+//!
+//! Admission: streams may fill the queue up to three quarters of `max_queue`, and one consumer's
+//! streams up to a quarter of it; the last quarter is kept for single requests (samples, grids,
+//! generate), which answer 429 only when the whole queue is full. So endless streams slow each
+//! other down but never lock inspection requests out.
 //!
 //! The batcher reserves the (capacity 1) device channel before it forms a batch, so exactly one
 //! batch is prepared while the device runs the current one, and a batch is formed as late as
 //! possible (it picks up everything that arrived meanwhile). Jobs whose consumer went away (the
 //! result receiver was dropped) are discarded when popped, never run.
 
+mod queue;
 mod stream;
 
+pub use queue::Consumer;
+use queue::FairQueue;
 pub use stream::{job_inputs, produce, StreamEnd};
 
 use crate::generator::{ClassInput, Generator, GeneratorSpec};
 use crate::metrics::Metrics;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,7 +78,7 @@ impl Job {
 struct Inner {
     cfg: EngineConfig,
     spec: GeneratorSpec,
-    queue: Mutex<VecDeque<Job>>,
+    queue: Mutex<FairQueue>,
     /// Wakes the batcher when a job arrives.
     work: Notify,
     /// Wakes producers waiting for queue space.
@@ -88,7 +95,7 @@ impl Inner {
     /// The queue. A panic elsewhere while it was held cannot leave it half-updated (every
     /// critical section is a single push/remove), so a poisoned lock is recovered instead of
     /// cascading the panic into every request.
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, FairQueue> {
         self.queue
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -107,10 +114,10 @@ impl Engine {
     pub fn start(generator: Box<dyn Generator>, cfg: EngineConfig, metrics: Arc<Metrics>) -> Self {
         let spec = generator.spec().clone();
         let inner = Arc::new(Inner {
+            queue: Mutex::new(FairQueue::new(cfg.max_batch_size)),
             encode_slots: Arc::new(tokio::sync::Semaphore::new(cfg.encode_threads.max(1))),
             cfg,
             spec,
-            queue: Mutex::new(VecDeque::new()),
             work: Notify::new(),
             space: Notify::new(),
             ready: AtomicBool::new(false),
@@ -150,46 +157,75 @@ impl Engine {
         &self.inner.encode_slots
     }
 
+    /// Jobs one consumer's streams may have queued.
+    fn stream_share(&self) -> usize {
+        (self.inner.cfg.max_queue / 4).max(1)
+    }
+
+    /// Jobs all streams together may have queued (the rest is kept for single requests).
+    fn stream_cap(&self) -> usize {
+        (self.inner.cfg.max_queue * 3 / 4).max(1)
+    }
+
     fn push(
         &self,
+        consumer: &Consumer,
         rows: Vec<f32>,
         classes: ClassInput,
         truncation: f64,
+        interactive: bool,
     ) -> Result<oneshot::Receiver<JobOutput>, (Vec<f32>, ClassInput)> {
         let mut q = self.inner.queue();
-        if q.len() >= self.inner.cfg.max_queue {
-            return Err((rows, classes));
+        let full = |q: &FairQueue| {
+            if interactive {
+                q.len() >= self.inner.cfg.max_queue
+            } else {
+                q.len() >= self.stream_cap() || q.queued_by(&consumer.name) >= self.stream_share()
+            }
+        };
+        if full(&q) {
+            // Jobs of consumers that went away still count until the batcher meets them.
+            let dead = q.purge_dead();
+            self.inner.metrics.jobs_dropped.inc_by(dead as u64);
+            if full(&q) {
+                return Err((rows, classes));
+            }
         }
         let (tx, rx) = oneshot::channel();
         let n = rows.len() / self.inner.spec.latent_dim;
-        q.push_back(Job {
+        let job = Job {
             rows,
             n,
             classes,
             truncation,
             enqueued: Instant::now(),
             tx,
-        });
+        };
+        q.push(consumer, job, interactive);
         self.inner.metrics.queue_depth.set(q.len() as i64);
         drop(q);
         self.inner.work.notify_one();
         Ok(rx)
     }
 
-    /// Queues a job or fails at once with `QueueFull` (single requests: the caller answers 429).
+    /// Queues an interactive job (a sample, a grid, a generate) at the front of its consumer's
+    /// queue, or fails at once with `QueueFull` (the caller answers 429).
     pub fn try_submit(
         &self,
+        consumer: &Consumer,
         rows: Vec<f32>,
         classes: ClassInput,
         truncation: f64,
     ) -> Result<oneshot::Receiver<JobOutput>, EngineError> {
-        self.push(rows, classes, truncation)
+        self.push(consumer, rows, classes, truncation, true)
             .map_err(|_| EngineError::QueueFull(self.inner.cfg.max_queue))
     }
 
-    /// Queues a job, waiting for queue space (streams: a full queue slows producers down).
+    /// Queues a stream's job, waiting for room within the streams' part of the queue and the
+    /// consumer's share of it (a full queue slows producers down).
     pub async fn submit(
         &self,
+        consumer: &Consumer,
         mut rows: Vec<f32>,
         mut classes: ClassInput,
         truncation: f64,
@@ -198,7 +234,7 @@ impl Engine {
             let notified = self.inner.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.push(rows, classes, truncation) {
+            match self.push(consumer, rows, classes, truncation, false) {
                 Ok(rx) => return rx,
                 Err((r, c)) => {
                     rows = r;
@@ -210,28 +246,16 @@ impl Engine {
     }
 }
 
-/// Pops the first live job compatible with `first` (or any live job when `first` is None) whose
-/// rows fit in `room`. Dead jobs met on the way are dropped.
+/// Pops the next live job (fair order) compatible with `first` (or any job when `first` is
+/// None) whose rows fit in `room`.
 fn pop_job(inner: &Inner, first: Option<&Job>, room: usize) -> Option<Job> {
     let mut q = inner.queue();
-    let mut i = 0;
-    let mut found = None;
-    while i < q.len() {
-        if q[i].tx.is_closed() {
-            q.remove(i);
-            inner.metrics.jobs_dropped.inc();
-            continue;
-        }
-        let fits = match first {
-            None => true,
-            Some(f) => q[i].n <= room && f.compatible(&q[i]),
-        };
-        if fits {
-            found = q.remove(i);
-            break;
-        }
-        i += 1;
-    }
+    let mut dropped = 0;
+    let found = q.pop(
+        |j| first.is_none_or(|f| j.n <= room && f.compatible(j)),
+        &mut dropped,
+    );
+    inner.metrics.jobs_dropped.inc_by(dropped as u64);
     inner.metrics.queue_depth.set(q.len() as i64);
     drop(q);
     inner.space.notify_waiters();

@@ -6,7 +6,7 @@
 //! so encoding overlaps the device running later batches. Dropping the producer aborts those tasks,
 //! which drops their result receivers, so the batcher discards their queued jobs.
 
-use super::{Engine, EngineError};
+use super::{Consumer, Engine, EngineError};
 use crate::generator::ClassInput;
 use crate::params::SampleRequest;
 use crate::sampler::SampleLatents;
@@ -70,13 +70,14 @@ async fn one_sample(
 /// Queues one sample (waiting for queue space) and returns the task producing its tar bytes.
 pub(crate) async fn start_sample(
     engine: &Engine,
+    consumer: &Consumer,
     req: &Arc<SampleRequest>,
     index: u64,
 ) -> AbortOnDropHandle<Result<Bytes, EngineError>> {
     let l = req.latents(engine.spec(), index);
     let (rows, classes) = job_inputs(&l);
     let rx = engine
-        .submit(rows, classes, req.settings.gen_truncation)
+        .submit(consumer, rows, classes, req.settings.gen_truncation)
         .await;
     AbortOnDropHandle::new(tokio::spawn(one_sample(engine.clone(), req.clone(), l, rx)))
 }
@@ -85,6 +86,7 @@ pub(crate) async fn start_sample(
 /// receiver is gone (consumer disconnected), or after sending an error (which aborts the body).
 pub async fn produce(
     engine: Engine,
+    consumer: Consumer,
     req: Arc<SampleRequest>,
     start: u64,
     end: StreamEnd,
@@ -92,14 +94,18 @@ pub async fn produce(
     shutdown: CancellationToken,
 ) {
     let metrics = engine.metrics().clone();
+    let label = crate::metrics::Metrics::consumer(&consumer.label);
     metrics.active_streams.inc();
-    struct Active(Arc<crate::metrics::Metrics>);
+    metrics.consumer_streams.get_or_create(&label).inc();
+    struct Active(Arc<crate::metrics::Metrics>, crate::metrics::ConsumerLabels);
     impl Drop for Active {
         fn drop(&mut self) {
             self.0.active_streams.dec();
+            self.0.consumer_streams.get_or_create(&self.1).dec();
         }
     }
-    let _active = Active(metrics.clone());
+    let _active = Active(metrics.clone(), label.clone());
+    let consumer_samples = metrics.consumer_samples.get_or_create(&label).clone();
 
     let (stop_at, stops_on_shutdown) = match end {
         StreamEnd::Shard(e) => (e, false),
@@ -115,8 +121,9 @@ pub async fn produce(
             && !(stops_on_shutdown && shutdown.is_cancelled())
         {
             let h = tokio::select! {
-                h = start_sample(&engine, &req, next) => h,
+                h = start_sample(&engine, &consumer, &req, next) => h,
                 _ = tx.closed() => return,
+                _ = shutdown.cancelled(), if stops_on_shutdown => break,
             };
             inflight.push_back(h);
             next += 1;
@@ -127,6 +134,9 @@ pub async fn produce(
         let res = tokio::select! {
             r = front => r,
             _ = tx.closed() => return,
+            // Shutdown: nothing of the front sample was sent, so this is a sample boundary;
+            // samples queued for later are dropped with `inflight` (their jobs are discarded).
+            _ = shutdown.cancelled(), if stops_on_shutdown => break,
         };
         inflight.pop_front();
         let res =
@@ -134,9 +144,13 @@ pub async fn produce(
         match res {
             Ok(bytes) => {
                 metrics.samples_generated.inc();
+                consumer_samples.inc();
                 metrics.bytes_streamed.inc_by(bytes.len() as u64);
                 if tx.send(Ok(bytes)).await.is_err() {
                     return;
+                }
+                if stops_on_shutdown && shutdown.is_cancelled() {
+                    break;
                 }
             }
             Err(e) => {
@@ -151,6 +165,8 @@ pub async fn produce(
             }
         }
     }
+    // Samples read ahead past the end (shutdown) are not wanted any more.
+    inflight.clear();
     metrics.bytes_streamed.inc_by(TAR_END.len() as u64);
     let _ = tx.send(Ok(Bytes::from_static(&TAR_END))).await;
 }

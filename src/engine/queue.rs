@@ -1,0 +1,262 @@
+//! The wait queue: one FIFO per consumer (API key, or peer address on an open server), served
+//! by weighted deficit round robin, so a consumer with many streams gets its weighted share of
+//! the generator and no more.
+//!
+//! Each consumer with queued work (a *flow*) takes turns; a turn adds `quantum × weight` images
+//! of credit and serves the flow's jobs while the credit lasts. A job larger than the quantum is
+//! served once the flow has a quantum of credit and leaves the flow in debt, repaid on later
+//! turns, so big jobs neither starve nor jump the line. An empty flow is forgotten (bounded
+//! memory whatever the number of peers). Interactive jobs (single samples, grids, generate) go to
+//! the front of their own flow: a consumer's stream backlog never delays its own inspection
+//! requests, and other consumers' backlogs delay them by one turn at most.
+
+use super::Job;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Who a job is for: the unit of fairness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    /// A stable identity: the API key's name, or the peer's IP address on an open server.
+    pub name: Arc<str>,
+    /// Its metrics label: the key's name, or `open` (peer addresses are unbounded).
+    pub label: Arc<str>,
+    /// Share of the generator relative to other consumers with queued work (≥ 1).
+    pub weight: u32,
+}
+
+impl Consumer {
+    pub fn new(name: impl Into<Arc<str>>, label: impl Into<Arc<str>>, weight: u32) -> Self {
+        Self {
+            name: name.into(),
+            label: label.into(),
+            weight: weight.max(1),
+        }
+    }
+}
+
+struct Flow {
+    jobs: VecDeque<Job>,
+    /// Images this flow may still take in its current turn; negative after a large job.
+    deficit: i64,
+    weight: u32,
+    in_turn: bool,
+}
+
+/// Per-consumer FIFOs under deficit round robin.
+pub(super) struct FairQueue {
+    flows: HashMap<Arc<str>, Flow>,
+    /// Flows with queued jobs, in turn order; the front one is being served.
+    order: VecDeque<Arc<str>>,
+    len: usize,
+    /// Credit per turn and unit of weight, in images (the batch size: one turn of a weight-1
+    /// flow fills at most one batch).
+    quantum: i64,
+}
+
+impl FairQueue {
+    pub fn new(quantum: usize) -> Self {
+        Self {
+            flows: HashMap::new(),
+            order: VecDeque::new(),
+            len: 0,
+            quantum: quantum.max(1) as i64,
+        }
+    }
+
+    /// Jobs queued, all consumers.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Jobs queued for one consumer.
+    pub fn queued_by(&self, name: &str) -> usize {
+        self.flows.get(name).map_or(0, |f| f.jobs.len())
+    }
+
+    /// Queues a job at the back of its consumer's flow (or the front, for interactive jobs).
+    pub fn push(&mut self, c: &Consumer, job: Job, front: bool) {
+        let flow = self.flows.entry(c.name.clone()).or_insert_with(|| Flow {
+            jobs: VecDeque::new(),
+            deficit: 0,
+            weight: c.weight,
+            in_turn: false,
+        });
+        if flow.jobs.is_empty() {
+            self.order.push_back(c.name.clone());
+        }
+        flow.weight = c.weight;
+        if front {
+            flow.jobs.push_front(job);
+        } else {
+            flow.jobs.push_back(job);
+        }
+        self.len += 1;
+    }
+
+    /// Drops jobs whose consumer went away (their result receiver is gone); returns how many.
+    pub fn purge_dead(&mut self) -> usize {
+        let mut dropped = 0;
+        for f in self.flows.values_mut() {
+            let before = f.jobs.len();
+            f.jobs.retain(|j| !j.tx.is_closed());
+            dropped += before - f.jobs.len();
+        }
+        self.len -= dropped;
+        self.forget_empty();
+        dropped
+    }
+
+    fn forget_empty(&mut self) {
+        let flows = &mut self.flows;
+        self.order
+            .retain(|n| flows.get(n).is_some_and(|f| !f.jobs.is_empty()));
+        flows.retain(|_, f| !f.jobs.is_empty());
+    }
+
+    /// The next job to run that `accept`s (fits the batch being formed), in deficit round robin
+    /// order; `None` when no queued job is acceptable. `dropped` counts dead jobs discarded.
+    pub fn pop(&mut self, accept: impl Fn(&Job) -> bool, dropped: &mut usize) -> Option<Job> {
+        // Visits in a row that found nothing acceptable; a full round of them ends the search.
+        let mut idle = 0;
+        while let Some(name) = self.order.front().cloned() {
+            let flow = self.flows.get_mut(&name).expect("ordered flows exist");
+            while flow.jobs.front().is_some_and(|j| j.tx.is_closed()) {
+                flow.jobs.pop_front();
+                self.len -= 1;
+                *dropped += 1;
+            }
+            if flow.jobs.is_empty() {
+                self.order.pop_front();
+                self.flows.remove(&name);
+                continue;
+            }
+            let credit = self.quantum * flow.weight as i64;
+            if !flow.in_turn {
+                // Credit does not pile up while a flow's head cannot join the batches formed.
+                flow.deficit = (flow.deficit + credit).min(2 * credit);
+                flow.in_turn = true;
+            }
+            let head = flow.jobs.front().expect("non-empty");
+            if accept(head) {
+                idle = 0;
+                if flow.deficit >= (head.n as i64).min(credit) {
+                    let job = flow.jobs.pop_front().expect("non-empty");
+                    flow.deficit -= job.n as i64;
+                    self.len -= 1;
+                    if flow.jobs.is_empty() {
+                        self.order.pop_front();
+                        self.flows.remove(&name);
+                    }
+                    return Some(job);
+                }
+            } else {
+                idle += 1;
+            }
+            // End of this flow's turn.
+            flow.in_turn = false;
+            self.order.rotate_left(1);
+            if idle >= self.order.len() {
+                return None;
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generator::ClassInput;
+    use std::time::Instant;
+
+    fn job(n: usize, tag: f64) -> (Job, tokio::sync::oneshot::Receiver<super::super::JobOutput>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let j = Job {
+            rows: vec![],
+            n,
+            classes: ClassInput::None,
+            truncation: tag,
+            enqueued: Instant::now(),
+            tx,
+        };
+        (j, rx)
+    }
+
+    /// Images served per consumer when `hog` (weight 1, 8 deep backlog of 2-image jobs) and
+    /// `b` (weight `wb`) both keep their flows non-empty.
+    #[test]
+    fn shares_follow_weights_under_backlog() {
+        for wb in [1u32, 3] {
+            let mut q = FairQueue::new(8);
+            let hog = Consumer::new("hog", "hog", 1);
+            let b = Consumer::new("b", "b", wb);
+            let mut keep = vec![];
+            for _ in 0..400 {
+                let (j, rx) = job(2, 0.0);
+                keep.push(rx);
+                q.push(&hog, j, false);
+            }
+            for _ in 0..400 {
+                let (j, rx) = job(2, 1.0);
+                keep.push(rx);
+                q.push(&b, j, false);
+            }
+            let (mut h, mut bb) = (0, 0);
+            let mut dropped = 0;
+            // Whole rounds: (4 + 4·wb) jobs each.
+            for _ in 0..160 {
+                let j = q.pop(|_| true, &mut dropped).unwrap();
+                if j.truncation == 0.0 {
+                    h += j.n
+                } else {
+                    bb += j.n
+                }
+            }
+            assert_eq!(bb, wb as usize * h, "weight {wb}: hog {h} b {bb}");
+        }
+    }
+
+    #[test]
+    fn large_jobs_run_and_repay_their_debt_and_dead_jobs_are_dropped() {
+        let mut q = FairQueue::new(4);
+        let a = Consumer::new("a", "a", 1);
+        let b = Consumer::new("b", "b", 1);
+        let (big, _rb) = job(12, 0.0);
+        q.push(&a, big, false);
+        let (small, _rs) = job(1, 0.0);
+        q.push(&a, small, false);
+        let mut keep = vec![];
+        for _ in 0..8 {
+            let (j, rx) = job(1, 1.0);
+            keep.push(rx);
+            q.push(&b, j, false);
+        }
+        let (dead, rx) = job(1, 1.0);
+        drop(rx);
+        q.push(&b, dead, true);
+        let mut dropped = 0;
+        assert_eq!(q.pop(|_| true, &mut dropped).unwrap().n, 12);
+        // `a` is 8 images in debt: `b` gets the next turns.
+        let next: Vec<f64> = (0..8)
+            .map(|_| q.pop(|_| true, &mut dropped).unwrap().truncation)
+            .collect();
+        assert!(next.iter().all(|&t| t == 1.0), "{next:?}");
+        assert_eq!(dropped, 1);
+        assert_eq!(q.pop(|_| true, &mut dropped).unwrap().n, 1);
+        assert!(q.pop(|_| true, &mut dropped).is_none());
+        assert_eq!(q.len(), 0);
+        assert!(q.flows.is_empty() && q.order.is_empty());
+    }
+
+    #[test]
+    fn unacceptable_heads_end_the_search() {
+        let mut q = FairQueue::new(4);
+        let (j, _r) = job(3, 0.0);
+        q.push(&Consumer::new("a", "a", 1), j, false);
+        let mut dropped = 0;
+        assert!(q.pop(|j| j.n <= 2, &mut dropped).is_none());
+        assert_eq!(q.queued_by("a"), 1);
+        assert_eq!(q.pop(|_| true, &mut dropped).unwrap().n, 3);
+    }
+}
