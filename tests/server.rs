@@ -459,3 +459,100 @@ fn never_reading_clients_lose_their_stream_slots_after_the_idle_timeout() {
     });
     drop(hogs);
 }
+
+/// Bytes/s of one consumer downloading a shard while a hog reads 8 endless streams, and the
+/// hog's bytes/s over the same window: the fairness run.
+async fn fairness_run(s: &Server, hog: reqwest::Client, other: reqwest::Client) -> (f64, f64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let hog_bytes = std::sync::Arc::new(AtomicU64::new(0));
+    let streams: Vec<_> = (0..8)
+        .map(|i| {
+            let (c, n) = (hog.clone(), hog_bytes.clone());
+            let u = s.url(&format!("/v1/stream?views=1&seed={i}"));
+            tokio::spawn(async move {
+                let mut r = c.get(u).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                while let Ok(Some(b)) = r.chunk().await {
+                    n.fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // The hog's backlog builds up first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (h0, t) = (hog_bytes.load(Ordering::Relaxed), Instant::now());
+    let r = other
+        .get(s.url("/v1/shards/train-000000.tar?views=1&seed=99&shard_size=600"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mine = r.bytes().await.unwrap().len() as f64;
+    let dt = t.elapsed().as_secs_f64();
+    let theirs = (hog_bytes.load(Ordering::Relaxed) - h0) as f64;
+    for h in streams {
+        h.abort();
+    }
+    (mine / dt, theirs / dt)
+}
+
+/// A client whose connections come from `ip` (a loopback address: 127.0.0.0/8 is local).
+fn client_from(ip: [u8; 4], token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {t}").parse().unwrap(),
+        );
+    }
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(ip))
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// The fairness run: a hog with 8 endless streams against a second consumer's single shard, as
+/// two peers of an open server and as two API keys. The second consumer must get at least 40 %
+/// of the throughput (one stream per consumer is 50 %; before per-consumer scheduling it got
+/// about 10 %).
+#[test]
+fn a_hog_with_8_streams_leaves_another_consumer_its_share() {
+    let mut shares = Vec::new();
+    {
+        let s = Server::start(&[]);
+        let (b, h) = rt().block_on(fairness_run(
+            &s,
+            client_from([127, 0, 0, 1], None),
+            client_from([127, 0, 0, 2], None),
+        ));
+        shares.push(("open server, two peers", b, h));
+    }
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys.toml");
+        std::fs::write(
+            &keys,
+            "[[consumer]]\nname = \"hog\"\nkey = \"hog-0123456789abcdef\"\n\n\
+             [[consumer]]\nname = \"team-b\"\nkey = \"teamb-0123456789abcdef\"\n",
+        )
+        .unwrap();
+        let s = Server::start(&["--api-keys", keys.to_str().unwrap()]);
+        let (b, h) = rt().block_on(fairness_run(
+            &s,
+            client_from([127, 0, 0, 1], Some("hog-0123456789abcdef")),
+            client_from([127, 0, 0, 1], Some("teamb-0123456789abcdef")),
+        ));
+        shares.push(("two API keys, one address", b, h));
+    }
+    for (what, b, h) in &shares {
+        let share = b / (b + h);
+        println!(
+            "fairness ({what}): second consumer {:.0} kB/s, hog (8 streams) {:.0} kB/s: share {:.1} %",
+            b / 1e3,
+            h / 1e3,
+            100.0 * share
+        );
+        assert!(share >= 0.40, "{what}: share {share:.3}");
+    }
+}

@@ -191,6 +191,8 @@ pub struct Consumers {
     /// pruned, so the map stays small whatever the number of peers).
     by_peer: Mutex<HashMap<IpAddr, Arc<ConsumerPolicy>>>,
     max_streams: usize,
+    /// Images each consumer's streams may read ahead together.
+    readahead: usize,
 }
 
 fn digest(key: &str) -> [u8; 32] {
@@ -199,14 +201,16 @@ fn digest(key: &str) -> [u8; 32] {
 
 impl Consumers {
     /// `keys`: the key file's entries, or `None` for an open server. `max_streams`: the
-    /// default stream cap per consumer.
-    pub fn new(keys: Option<Vec<KeyEntry>>, max_streams: usize) -> Self {
+    /// default stream cap per consumer; `readahead`: images a consumer's streams may have in
+    /// flight together.
+    pub fn new(keys: Option<Vec<KeyEntry>>, max_streams: usize, readahead: usize) -> Self {
         let max_streams = max_streams.max(1);
         let keyed = keys.map(|entries| {
             entries
                 .into_iter()
                 .map(|e| {
-                    let c = Consumer::new(e.name.as_str(), e.name.as_str(), e.weight.unwrap_or(1));
+                    let c = Consumer::new(e.name.as_str(), e.name.as_str(), e.weight.unwrap_or(1))
+                        .with_readahead(readahead);
                     let p = ConsumerPolicy::new(
                         c,
                         e.max_streams.unwrap_or(max_streams),
@@ -220,6 +224,7 @@ impl Consumers {
             keyed,
             by_peer: Mutex::new(HashMap::new()),
             max_streams,
+            readahead,
         }
     }
 
@@ -240,7 +245,7 @@ impl Consumers {
             .or_insert_with(|| {
                 let name = ip.to_string();
                 Arc::new(ConsumerPolicy::new(
-                    Consumer::new(name.as_str(), OPEN_LABEL, 1),
+                    Consumer::new(name.as_str(), OPEN_LABEL, 1).with_readahead(self.readahead),
                     self.max_streams,
                     None,
                 ))

@@ -64,7 +64,13 @@ impl AppState {
         Self {
             stream_permits: Arc::new(Semaphore::new(limits.max_concurrent_streams)),
             generate_body_limit: limits.max_generate_latents * per_row + (64 << 10),
-            consumers: Arc::new(Consumers::new(keys, limits.max_streams_per_consumer)),
+            // A consumer reads ahead as much as one stream does (two batches), however many
+            // streams it opens; a sample larger than that still fits.
+            consumers: Arc::new(Consumers::new(
+                keys,
+                limits.max_streams_per_consumer,
+                (2 * engine.config().max_batch_size).max(limits.max_views + 1),
+            )),
             engine,
             limits,
             shutdown,

@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Who a job is for: the unit of fairness.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Consumer {
     /// A stable identity: the API key's name, or the peer's IP address on an open server.
     pub name: Arc<str>,
@@ -23,6 +23,11 @@ pub struct Consumer {
     pub label: Arc<str>,
     /// Share of the generator relative to other consumers with queued work (≥ 1).
     pub weight: u32,
+    /// Images this consumer's streams may have in flight together (read ahead of what the
+    /// client has taken). Without it a consumer with many streams would hold many windows of
+    /// generated samples waiting for the shared encoders, and crowd others out there.
+    /// The semaphore holds one permit per image; the number is its size.
+    pub readahead: Option<(Arc<tokio::sync::Semaphore>, u32)>,
 }
 
 impl Consumer {
@@ -31,7 +36,15 @@ impl Consumer {
             name: name.into(),
             label: label.into(),
             weight: weight.max(1),
+            readahead: None,
         }
+    }
+
+    /// Bounds the images the consumer's streams read ahead, all streams together.
+    pub fn with_readahead(mut self, images: usize) -> Self {
+        let images = images.clamp(1, u32::MAX as usize);
+        self.readahead = Some((Arc::new(tokio::sync::Semaphore::new(images)), images as u32));
+        self
     }
 }
 

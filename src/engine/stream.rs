@@ -30,6 +30,12 @@ pub enum StreamEnd {
     Stream(Option<u64>),
 }
 
+/// A sample being generated and encoded, and its share of the consumer's read-ahead.
+type InFlight = (
+    AbortOnDropHandle<Result<Bytes, EngineError>>,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
 /// Generator rows and classes of one sample.
 pub fn job_inputs(l: &SampleLatents) -> (Vec<f32>, ClassInput) {
     let rows: Vec<f32> = l.rows().flatten().copied().collect();
@@ -113,22 +119,46 @@ pub async fn produce(
     };
     let per_sample = 1 + req.settings.views as usize;
     let window = (2 * engine.config().max_batch_size / per_sample).clamp(2, 64);
-    let mut inflight: VecDeque<AbortOnDropHandle<Result<Bytes, EngineError>>> = VecDeque::new();
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let mut next = start;
     loop {
         while inflight.len() < window
             && next < stop_at
             && !(stops_on_shutdown && shutdown.is_cancelled())
         {
+            // The consumer's read-ahead budget: wait for it only with nothing in flight here
+            // (holding samples while waiting for more would deadlock sibling streams that
+            // hold the rest of the budget); otherwise send what is in flight first.
+            let permit = match &consumer.readahead {
+                Some((slots, size)) => {
+                    let n = (per_sample as u32).min(*size);
+                    if inflight.is_empty() {
+                        tokio::select! {
+                            p = slots.clone().acquire_many_owned(n) => match p {
+                                Ok(p) => Some(p),
+                                Err(_) => break,
+                            },
+                            _ = tx.closed() => return,
+                            _ = shutdown.cancelled(), if stops_on_shutdown => break,
+                        }
+                    } else {
+                        match slots.clone().try_acquire_many_owned(n) {
+                            Ok(p) => Some(p),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => None,
+            };
             let h = tokio::select! {
-                h = start_sample(&engine, &consumer, &req, next) => h,
+                h = start_sample(&engine, &consumer, &req, next) => (h, permit),
                 _ = tx.closed() => return,
                 _ = shutdown.cancelled(), if stops_on_shutdown => break,
             };
             inflight.push_back(h);
             next += 1;
         }
-        let Some(front) = inflight.front_mut() else {
+        let Some((front, _)) = inflight.front_mut() else {
             break;
         };
         let res = tokio::select! {
@@ -138,7 +168,8 @@ pub async fn produce(
             // samples queued for later are dropped with `inflight` (their jobs are discarded).
             _ = shutdown.cancelled(), if stops_on_shutdown => break,
         };
-        inflight.pop_front();
+        // Its read-ahead permit is released once the bytes are handed to the body.
+        let _sent = inflight.pop_front();
         let res =
             res.unwrap_or_else(|e| Err(EngineError::Backend(format!("sample task failed: {e}"))));
         match res {
