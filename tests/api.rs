@@ -510,3 +510,188 @@ async fn prefixes_are_namespaces_so_train_and_val_never_share_samples() {
         assert!(String::from_utf8_lossy(&body).contains("prefix"), "{bad}");
     }
 }
+
+const ALICE: &str = "alice-0123456789abcdef";
+const BOB: &str = "bob-0123456789abcdef";
+
+async fn keyed_app() -> Router {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    let file = serde_json::json!({"consumer": [
+        {"name": "alice", "key": ALICE, "max_streams": 1, "weight": 2},
+        {"name": "bob", "key": BOB, "max_requests_per_s": 2.0},
+    ]});
+    std::fs::write(&path, file.to_string()).unwrap();
+    let keys = genrep::api::auth::read_key_file(&path).unwrap();
+    let g = genrep::embedded::load(&candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let cfg = EngineConfig {
+        max_batch_size: 64,
+        max_batch_wait: Duration::from_millis(2),
+        max_queue: 1024,
+        encode_threads: 2,
+    };
+    let access = genrep::server::Access {
+        api_keys: Some(keys),
+        cors_origins: vec!["https://viewer.example".into()],
+    };
+    let (app, _) =
+        genrep::server::app_with(g, cfg, Limits::default(), &access, CancellationToken::new())
+            .unwrap();
+    for _ in 0..500 {
+        if call(&app, Method::GET, "/ready", Body::empty()).await.0 == StatusCode::OK {
+            return app;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the engine did not become ready");
+}
+
+/// `uri` with an optional bearer key: status, headers, body.
+async fn call_as(
+    app: &Router,
+    key: Option<&str>,
+    uri: &str,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let mut req = Request::builder().uri(uri);
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 20).await.unwrap();
+    (parts.status, parts.headers, bytes.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_gate_every_route_but_probes_with_per_key_limits_and_metrics() {
+    let app = keyed_app().await;
+    // No key, an unknown key, another scheme: 401 JSON naming the problem.
+    for (key, uri, says) in [
+        (None, "/v1/info", "missing API key"),
+        (Some("not-a-key-0123456789"), "/v1/info", "unknown API key"),
+        (
+            None,
+            "/v1/shards/train-000000.tar?shard_size=2",
+            "missing API key",
+        ),
+        (None, "/metrics", "missing API key"),
+    ] {
+        let (c, h, body) = call_as(&app, key, uri).await;
+        assert_eq!(c, StatusCode::UNAUTHORIZED, "{uri}");
+        assert!(h["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error_type"], "unauthorized");
+        assert!(v["error"].as_str().unwrap().contains(says), "{v}");
+    }
+    let basic = Request::builder()
+        .uri("/v1/info")
+        .header("authorization", format!("Basic {ALICE}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(app.clone().oneshot(basic).await.unwrap().status(), 401);
+    // Probes stay open.
+    for p in ["/health", "/ready"] {
+        assert_eq!(call_as(&app, None, p).await.0, StatusCode::OK);
+    }
+    // A bearer key and `?token=` give the same shard (the token is not a sampling parameter).
+    let shard = "/v1/shards/train-000000.tar?shard_size=2";
+    let (c, _, a) = call_as(&app, Some(ALICE), shard).await;
+    assert_eq!(c, StatusCode::OK);
+    let (c, _, b) = call_as(&app, None, &format!("{shard}&token={ALICE}")).await;
+    assert_eq!(c, StatusCode::OK);
+    assert_eq!(a, b);
+    let (c, _, _) = call_as(&app, None, &format!("/v1/info?token={BOB}x")).await;
+    assert_eq!(c, StatusCode::UNAUTHORIZED);
+
+    // alice may hold one stream: the second gets 429 naming her limit.
+    let first = app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/v1/stream?views=1")
+                .header("authorization", format!("Bearer {ALICE}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let (c, _, body) = call_as(&app, Some(ALICE), "/v1/stream?views=1&limit=2").await;
+    assert_eq!(c, StatusCode::TOO_MANY_REQUESTS);
+    assert!(String::from_utf8_lossy(&body).contains("alice"));
+    // bob's own limit is not alice's.
+    let (c, _, _) = call_as(&app, Some(BOB), "/v1/stream?views=1&limit=2").await;
+    assert_eq!(c, StatusCode::OK);
+    drop(first);
+
+    // bob: 2 requests/s (bursts of 2); his third at once is refused.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        codes.push(call_as(&app, Some(BOB), "/v1/info").await.0.as_u16());
+    }
+    assert_eq!(codes, [200, 200, 429]);
+
+    // CORS for the configured origin.
+    let pre = Request::builder()
+        .method(Method::OPTIONS)
+        .uri("/v1/grid.png")
+        .header("origin", "https://viewer.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(pre).await.unwrap();
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://viewer.example"
+    );
+
+    // Per-consumer series carry the key's name, never the key.
+    let (c, _, m) = call_as(&app, Some(ALICE), "/metrics").await;
+    assert_eq!(c, StatusCode::OK);
+    let m = String::from_utf8(m).unwrap();
+    assert!(
+        m.contains(r#"genrep_consumer_requests_total{consumer="alice",status="200"}"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"genrep_consumer_requests_total{consumer="bob",status="429"} 1"#));
+    assert!(m.contains(r#"genrep_consumer_samples_total{consumer="alice"}"#));
+    assert!(!m.contains(ALICE) && !m.contains(BOB));
+}
+
+#[test]
+fn bad_key_files_are_refused_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("a.toml", "[[consumer]]\nname = \"a\"\nkey = \"short\"\n", "at least 16"),
+        (
+            "b.toml",
+            "[[consumer]]\nname = \"a\"\nkey = \"0123456789abcdef\"\n[[consumer]]\nname = \"a\"\nkey = \"0123456789abcdefg\"\n",
+            "appears twice",
+        ),
+        ("c.json", r#"{"consumer": [{"name": "a", "key": "0123456789abcdef", "wieght": 2}]}"#, "wieght"),
+        ("d.json", r#"{"consumer": []}"#, "at least one"),
+        ("e.toml", "[[consumer]]\nname = \"open\"\nkey = \"0123456789abcdef\"\n", "reserved"),
+        ("f.json", "{", "f.json"),
+    ];
+    for (name, text, says) in cases {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        let e = genrep::api::auth::read_key_file(&p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "{name}: {e}");
+    }
+    let e = genrep::api::auth::read_key_file(&dir.path().join("missing.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.toml"), "{e}");
+}

@@ -254,7 +254,7 @@ impl Consumers {
     }
 
     /// Identifies the consumer of `req` (removing a `token` query parameter, so handlers and
-    /// logs never see it) and checks its request rate.
+    /// logs never see it).
     pub fn admit(&self, req: &mut Request) -> Result<Arc<ConsumerPolicy>, ApiError> {
         let from_query = take_token(req);
         let from_header = req
@@ -287,19 +287,26 @@ impl Consumers {
                     .ok_or_else(|| ApiError::new(ErrorType::Unauthorized, "unknown API key"))?
             }
         };
-        if let Some(bucket) = &policy.rate {
-            let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(wait) = b.take() {
-                return Err(ApiError::new(
-                    ErrorType::Overloaded,
-                    format!(
-                        "consumer `{}` is over its max_requests_per_s ({}); retry in {:.2} s",
-                        policy.consumer.label, b.rate, wait
-                    ),
-                ));
-            }
-        }
         Ok(policy)
+    }
+}
+
+impl ConsumerPolicy {
+    /// Takes one request from the consumer's rate budget (`max_requests_per_s`).
+    pub fn check_rate(&self) -> Result<(), ApiError> {
+        let Some(bucket) = &self.rate else {
+            return Ok(());
+        };
+        let mut b = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        b.take().map_err(|wait| {
+            ApiError::new(
+                ErrorType::Overloaded,
+                format!(
+                    "consumer `{}` is over its max_requests_per_s ({}); retry in {:.2} s",
+                    self.consumer.label, b.rate, wait
+                ),
+            )
+        })
     }
 }
 

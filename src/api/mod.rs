@@ -159,8 +159,13 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
         Err(e) => e.into_response(),
         Ok(policy) => {
             let label = ConsumerLabel(policy.consumer.label.clone());
-            req.extensions_mut().insert(policy);
-            let mut resp = next.run(req).await;
+            let mut resp = match policy.check_rate() {
+                Ok(()) => {
+                    req.extensions_mut().insert(policy);
+                    next.run(req).await
+                }
+                Err(e) => e.into_response(),
+            };
             resp.extensions_mut().insert(label);
             resp
         }
@@ -220,8 +225,12 @@ fn stream_body(
     let shutdown = st.shutdown.clone();
     let consumer = who.consumer.clone();
     tokio::spawn(async move {
-        let _permits = (permit, mine);
+        // The body ends when the last sender is gone: the slots are released first, so a
+        // client that saw its response end can open the next one at once.
+        let last_sender = tx.clone();
         produce(engine, consumer, Arc::new(req), start, end, tx, shutdown).await;
+        drop((permit, mine));
+        drop(last_sender);
     });
     Ok(Body::from_stream(ReceiverStream::new(rx)))
 }
