@@ -556,3 +556,156 @@ fn a_hog_with_8_streams_leaves_another_consumer_its_share() {
         assert!(share >= 0.40, "{what}: share {share:.3}");
     }
 }
+
+/// Reads a tar body to its end: (bytes, when it ended, whether it ended cleanly).
+async fn read_to_end(mut r: reqwest::Response) -> (Vec<u8>, Instant, bool) {
+    let mut body = Vec::new();
+    loop {
+        match r.chunk().await {
+            Ok(Some(c)) => body.extend_from_slice(&c),
+            Ok(None) => return (body, Instant::now(), true),
+            Err(_) => return (body, Instant::now(), false),
+        }
+    }
+}
+
+/// Member names of a complete tar (panics on a truncated one).
+fn tar_names(body: &[u8]) -> Vec<String> {
+    assert!(body.ends_with(&[0u8; 1024]), "no tar end marker");
+    tar::Archive::new(body)
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn wait_exit(s: &mut Server, within: Duration) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(t.elapsed() < within, "server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM with 2 endless streams and 3 shards open at `--drain-timeout-s 3`: `/ready` answers
+/// 503 on new connections during the drain, both streams end with a valid tar end within 2 s,
+/// the shards run to their last sample, and the process exits 0.
+#[test]
+fn sigterm_drains_with_ready_503_streams_ending_in_2s_and_complete_shards() {
+    let mut s = Server::start(&["--drain-timeout-s", "3"]);
+    let ready = s.url("/ready");
+    let (streams, shards, t0, probes) = rt().block_on(async {
+        let c = reqwest::Client::new();
+        let mut open = Vec::new();
+        for i in 0..2 {
+            open.push(c.get(s.url(&format!("/v1/stream?views=2&seed={i}"))).send());
+        }
+        for i in 0..3 {
+            let u = format!("/v1/shards/train-{i:06}.tar?views=1&shard_size=150");
+            open.push(c.get(s.url(&u)).send());
+        }
+        let mut resp: Vec<_> = futures::future::join_all(open)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        let mut firsts = Vec::new();
+        for r in &mut resp {
+            assert_eq!(r.status(), 200);
+            firsts.push(r.chunk().await.unwrap().unwrap().to_vec());
+        }
+        let readers: Vec<_> = resp
+            .into_iter()
+            .zip(firsts)
+            .map(|(r, first)| {
+                tokio::spawn(async move {
+                    let (rest, at, clean) = read_to_end(r).await;
+                    ([first, rest].concat(), at, clean)
+                })
+            })
+            .collect();
+        let t0 = Instant::now();
+        assert!(Command::new("kill")
+            .args(["-TERM", &s.pid().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        // New connections during the drain: the listener is still there and says 503.
+        let mut probes = Vec::new();
+        for _ in 0..10 {
+            let code = reqwest::Client::new()
+                .get(&ready)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            probes.push(code);
+            if code == 503 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut done = Vec::new();
+        for r in readers {
+            done.push(r.await.unwrap());
+        }
+        let shards = done.split_off(2);
+        (done, shards, t0, probes)
+    });
+    assert!(
+        probes.contains(&503),
+        "no 503 from /ready during the drain: {probes:?}"
+    );
+    for (body, at, clean) in &streams {
+        assert!(clean, "stream aborted");
+        let names = tar_names(body);
+        // anchor, pos0, pos1, cls, json
+        assert_eq!(names.len() % 5, 0, "partial sample at the end");
+        let took = at.duration_since(t0);
+        println!(
+            "drain: a stream ended {took:?} after SIGTERM with {} samples",
+            names.len() / 4
+        );
+        assert!(took < Duration::from_secs(2), "stream took {took:?} to end");
+    }
+    for (body, at, clean) in &shards {
+        assert!(clean, "shard aborted");
+        assert_eq!(tar_names(body).len(), 150 * 4, "shard cut short");
+        println!(
+            "drain: a shard completed {:?} after SIGTERM",
+            at.duration_since(t0)
+        );
+    }
+    let st = wait_exit(&mut s, Duration::from_secs(10));
+    assert!(st.success(), "exit status {st}");
+}
+
+/// A shard that cannot finish within the drain deadline is cut (the client sees an aborted
+/// body, never a clean end) and the process reports it with a non-zero exit status.
+#[test]
+fn a_drain_that_cuts_a_shard_exits_non_zero() {
+    let mut s = Server::start(&["--drain-timeout-s", "1"]);
+    let (clean, n) = rt().block_on(async {
+        let mut r = reqwest::get(s.url("/v1/shards/big-000000.tar?views=8&shard_size=100000"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let first = r.chunk().await.unwrap().unwrap();
+        assert!(Command::new("kill")
+            .args(["-TERM", &s.pid().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let (rest, _, clean) = read_to_end(r).await;
+        (clean, first.len() + rest.len())
+    });
+    assert!(
+        !clean || n % 512 != 0 || n < 1024,
+        "a cut shard looked complete"
+    );
+    let st = wait_exit(&mut s, Duration::from_secs(10));
+    assert!(!st.success(), "exit status {st} after cutting a shard");
+}
