@@ -709,3 +709,110 @@ fn a_drain_that_cuts_a_shard_exits_non_zero() {
     let st = wait_exit(&mut s, Duration::from_secs(10));
     assert!(!st.success(), "exit status {st} after cutting a shard");
 }
+
+/// Resident memory of a process, in bytes (Linux `/proc`).
+fn rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// The status line of a raw HTTP exchange: `head` is sent, then `body_bytes` of `[` in 1 MiB
+/// writes (stopping quietly when the server closes); returns the status and when it came.
+fn raw_post(addr: &str, head: &str, body_bytes: usize) -> (u16, Duration) {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    let t = Instant::now();
+    sock.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b'['; 1 << 20];
+    let mut sent = 0;
+    while sent < body_bytes {
+        let n = chunk.len().min(body_bytes - sent);
+        if sock.write_all(&chunk[..n]).is_err() {
+            break;
+        }
+        sent += n;
+    }
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = sock.read(&mut buf).unwrap_or(0);
+    let status = String::from_utf8_lossy(&buf[..n])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, t.elapsed())
+}
+
+/// The hostile-client figures: a 1 GB declared body is refused before it is sent; a 60 MB body
+/// costs the server < 100 MB of memory; 64 never-reading streams from one address do not stop
+/// another client's shard.
+#[test]
+fn hostile_bodies_and_never_reading_sockets_leave_the_server_serving() {
+    use std::io::Write;
+    let s = Server::start(&[]);
+    let addr = host(&s);
+    let (code, took) = raw_post(
+        &addr,
+        "POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n",
+        0,
+    );
+    println!("hostile: 1 GB declared body -> {code} in {took:?}");
+    assert_eq!(code, 413);
+    assert!(took < Duration::from_millis(100), "{took:?}");
+
+    let before = rss(s.pid());
+    let big = 60 << 20;
+    let (code, took) = raw_post(
+        &addr,
+        &format!("POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {big}\r\n\r\n"),
+        big,
+    );
+    let grew = rss(s.pid()).saturating_sub(before);
+    println!(
+        "hostile: 60 MB body -> {code} in {took:?}, RSS {} -> +{} MB",
+        before >> 20,
+        grew >> 20
+    );
+    assert_eq!(code, 413);
+    assert!(grew < 100 << 20, "RSS grew {} MB", grew >> 20);
+    // The same body without a declared length (chunked) is cut off at the limit.
+    let (code, _) = raw_post(
+        &addr,
+        "POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n100000\r\n",
+        1 << 20,
+    );
+    assert_eq!(code, 413);
+
+    // 64 sockets ask for endless streams and never read.
+    let hogs: Vec<_> = (0..64)
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            let req = format!("GET /v1/stream?views=8&seed={i} HTTP/1.1\r\nHost: x\r\n\r\n");
+            c.write_all(req.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let (code, n) = rt().block_on(async {
+        let r = client_from([127, 0, 0, 2], None)
+            .get(s.url("/v1/shards/train-000000.tar?views=1&shard_size=100"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+    });
+    println!(
+        "hostile: 64 never-reading streams open; another client's 100-sample shard: {code} in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(code, 200);
+    assert_eq!(tar_names(&n).len(), 100 * 4);
+    drop(hogs);
+}
