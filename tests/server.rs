@@ -816,3 +816,56 @@ fn hostile_bodies_and_never_reading_sockets_leave_the_server_serving() {
     assert_eq!(tar_names(&n).len(), 100 * 4);
     drop(hogs);
 }
+
+/// Schemathesis (installed by tests/run_all.sh) generates requests from `/openapi.json` and
+/// checks that none gets a 5xx. `/v1/stream` runs apart: without `limit` it is endless by
+/// design, so its generated requests get a small limit (tests/schemathesis/genrep_hooks.py)
+/// and it skips the coverage phase, which adds requests that omit `limit`.
+#[test]
+fn schemathesis_finds_no_server_errors() {
+    let s = Server::start(&[
+        "--max-shard-size",
+        "16",
+        "--max-views",
+        "4",
+        "--max-grid-rows",
+        "4",
+        "--max-generate-latents",
+        "8",
+    ]);
+    let bin = std::path::Path::new(&python()).with_file_name("schemathesis");
+    let hooks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis");
+    let work = tempfile::tempdir().unwrap();
+    for only in [
+        &["--exclude-path", "/v1/stream"][..],
+        &[
+            "--include-path",
+            "/v1/stream",
+            "--phases",
+            "examples,fuzzing",
+        ][..],
+    ] {
+        let out = Command::new(&bin)
+            .args(["--no-color", "run", &s.url("/openapi.json")])
+            .args(["--checks", "not_a_server_error", "--max-examples", "25"])
+            .args(["--workers", "1", "--request-timeout", "30", "--seed", "1"])
+            .args(only)
+            .env("PYTHONPATH", hooks)
+            .env("SCHEMATHESIS_HOOKS", "genrep_hooks")
+            .current_dir(work.path())
+            .output()
+            .expect("running schemathesis (installed by tests/run_all.sh)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let summary: Vec<&str> = text.lines().rev().take(25).collect();
+        println!(
+            "schemathesis {only:?}:\n{}",
+            summary.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+        assert!(
+            out.status.success(),
+            "schemathesis found failures ({only:?}):\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("passed"), "{text}");
+    }
+}
