@@ -869,3 +869,30 @@ fn schemathesis_finds_no_server_errors() {
         assert!(text.contains("passed"), "{text}");
     }
 }
+
+/// genrep-client's loader sends its key (`GENREP_API_KEY`, here set on the policy) and gets
+/// a clear 401 without one.
+#[test]
+fn the_client_authenticates_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.json");
+    std::fs::write(
+        &keys,
+        r#"{"consumer": [{"name": "trainer", "key": "trainer-0123456789abcdef"}]}"#,
+    )
+    .unwrap();
+    let s = Server::start(&["--api-keys", keys.to_str().unwrap()]);
+    let url = s.url("/v1/shards/train-000000.tar?views=1&shard_size=5");
+    let mut policy = genrep_client::loader::FetchPolicy {
+        attempts: 1,
+        api_key: Some("trainer-0123456789abcdef".into()),
+        ..Default::default()
+    };
+    let samples = genrep_client::loader::fetch(&url, &policy).unwrap();
+    assert_eq!(samples.len(), 5);
+    policy.api_key = None;
+    let e = genrep_client::loader::fetch(&url, &policy)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("401") && e.contains("missing API key"), "{e}");
+}

@@ -97,6 +97,7 @@ fn loader(base: &str, shards: usize, attempts: usize, cursor: Cursor) -> Loader 
             attempts,
             backoff: Duration::from_millis(10),
             timeout: Duration::from_secs(10),
+            api_key: None,
         },
         ..Default::default()
     };

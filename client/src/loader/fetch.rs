@@ -13,6 +13,8 @@ pub struct FetchPolicy {
     pub backoff: Duration,
     /// Longest wait for the next bytes of a response (streams are endless, so not a total).
     pub timeout: Duration,
+    /// Sent as `Authorization: Bearer KEY` to servers started with `--api-keys`.
+    pub api_key: Option<String>,
 }
 
 impl Default for FetchPolicy {
@@ -21,6 +23,11 @@ impl Default for FetchPolicy {
             attempts: 5,
             backoff: Duration::from_millis(500),
             timeout: Duration::from_secs(600),
+            // An environment variable rather than a flag: keys stay out of process listings
+            // and shell history, and every command (train, eval) picks it up.
+            api_key: std::env::var("GENREP_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
         }
     }
 }
@@ -48,7 +55,11 @@ pub fn stream_shard(
         if attempt > 0 {
             std::thread::sleep(policy.backoff * (1 << (attempt - 1).min(6)) as u32);
         }
-        match agent.get(url).call() {
+        let mut req = agent.get(url);
+        if let Some(k) = &policy.api_key {
+            req = req.set("Authorization", &format!("Bearer {k}"));
+        }
+        match req.call() {
             Ok(resp) => {
                 let expected = resp
                     .header(genrep_wire::SAMPLES_HEADER)
