@@ -179,7 +179,7 @@ struct ServeArgs {
     max_streams_per_consumer: usize,
     /// Browser origins allowed to call the API (CORS), comma-separated, or `*`. Default: none
     /// (browsers block cross-origin reads; curl and training jobs are unaffected).
-    #[arg(long, env = "GENREP_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(long, env = "GENREP_CORS_ORIGIN", value_delimiter = ',')]
     cors_origin: Vec<String>,
 }
 

@@ -654,6 +654,21 @@ async fn api_keys_gate_every_route_but_probes_with_per_key_limits_and_metrics() 
         "https://viewer.example"
     );
 
+    // The document states the bearer scheme, and that the probes are open.
+    let (c, _, doc) = call_as(&app, Some(ALICE), "/openapi.json").await;
+    assert_eq!(c, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(doc["security"][0]["bearer"], serde_json::json!([]));
+    assert_eq!(
+        doc["paths"]["/health"]["get"]["security"],
+        serde_json::json!([{}])
+    );
+    assert!(doc["paths"]["/v1/stream"]["get"]["responses"]["401"].is_object());
+
     // Per-consumer series carry the key's name, never the key.
     let (c, _, m) = call_as(&app, Some(ALICE), "/metrics").await;
     assert_eq!(c, StatusCode::OK);

@@ -896,3 +896,57 @@ fn the_client_authenticates_with_its_key() {
         .to_string();
     assert!(e.contains("401") && e.contains("missing API key"), "{e}");
 }
+
+/// 20 consumers' endless streams fill their part of the queue, not all of it: single-sample
+/// requests still get through (before the reserve every one of them got 429).
+#[test]
+fn twenty_streams_do_not_lock_out_single_requests() {
+    let s = Server::start(&[
+        "--max-queue",
+        "64",
+        "--max-batch-size",
+        "8",
+        "--max-streams-per-consumer",
+        "32",
+    ]);
+    rt().block_on(async {
+        let c = reqwest::Client::new();
+        let mut streams = Vec::new();
+        // 20 consumers (peer addresses 127.0.0.10-29), one stream each.
+        for i in 0..20 {
+            let r = client_from([127, 0, 0, 10 + i as u8], None)
+                .get(s.url(&format!("/v1/stream?views=4&seed={i}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            streams.push(r);
+        }
+        // Let them fill the queue (nobody reads them).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let m = c
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let depth = metric(&m, "genrep_queue_depth");
+        let singles = (0..8).map(|i| {
+            let c = c.clone();
+            let u = s.url(&format!("/v1/samples/{i}.png?views=1"));
+            async move { c.get(u).send().await.unwrap().status().as_u16() }
+        });
+        let codes = futures::future::join_all(singles).await;
+        println!("20 streams: queue depth {depth}, single requests {codes:?}");
+        assert!(codes.iter().all(|&c| c == 200), "{codes:?}");
+        assert!(
+            depth >= 40.0,
+            "the streams did not fill their part of the queue: {depth}"
+        );
+        let grid = c.get(s.url("/v1/grid.png?rows=4")).send().await.unwrap();
+        assert_eq!(grid.status(), 200);
+        drop(streams);
+    });
+}

@@ -13,6 +13,7 @@ use utoipa::openapi::path::{
 };
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathItem,
     PathsBuilder, Ref, Required, ResponseBuilder, ResponsesBuilder,
@@ -131,7 +132,7 @@ fn op(summary: &str, params: Vec<Parameter>, ok: &str, ok_types: &[&str]) -> Ope
         ok_resp = ok_resp.content(*t, ContentBuilder::new().build());
     }
     let mut responses = ResponsesBuilder::new().response("200", ok_resp.build());
-    for code in ["404", "422", "429", "503"] {
+    for code in ["401", "404", "422", "429", "503"] {
         responses = responses.response(code, error.clone());
     }
     OperationBuilder::new()
@@ -147,8 +148,16 @@ fn simple(summary: &str, ok: &str) -> Operation {
         .build()
 }
 
-/// The document for this server's limits.
-pub fn document(limits: &Limits) -> OpenApi {
+/// A probe: open even when the server requires API keys.
+fn probe(summary: &str, ok: &str) -> Operation {
+    let mut op = simple(summary, ok);
+    op.security = Some(vec![SecurityRequirement::default()]);
+    op
+}
+
+/// The document for this server's limits; `keyed`: the server requires API keys (`--api-keys`),
+/// stated as a bearer security scheme on every operation but the probes.
+pub fn document(limits: &Limits, keyed: bool) -> OpenApi {
     let sampling = [Group::Sampling];
     let tar = [Group::Sampling, Group::Encoding];
     let tar_ok = "WebDataset tar, streamed; an error after the headers aborts the connection";
@@ -266,12 +275,12 @@ pub fn document(limits: &Limits) -> OpenApi {
                 simple("Generator, weights sha256, defaults and limits", "JSON"),
             ),
         )
-        .path("/health", PathItem::new(HttpMethod::Get, simple("Liveness", "alive")))
+        .path("/health", PathItem::new(HttpMethod::Get, probe("Liveness", "alive")))
         .path(
             "/ready",
             PathItem::new(
                 HttpMethod::Get,
-                simple("Readiness: 503 while warming up or shutting down", "ready"),
+                probe("Readiness: 503 while warming up or shutting down", "ready"),
             ),
         )
         .path(
@@ -342,6 +351,29 @@ pub fn document(limits: &Limits) -> OpenApi {
         .required("error")
         .required("error_type");
 
+    let mut components = ComponentsBuilder::new()
+        .schema("Error", error)
+        .schema("GenerateRequest", generate_request)
+        .schema("SampleMeta", genrep_wire::SampleMeta::schema())
+        .schema("Method", genrep_wire::Method::schema());
+    let mut security = None;
+    if keyed {
+        components = components.security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key of the server's --api-keys file (or `?token=KEY`)",
+                    ))
+                    .build(),
+            ),
+        );
+        security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
     OpenApiBuilder::new()
         .info(
             InfoBuilder::new()
@@ -353,17 +385,11 @@ pub fn document(limits: &Limits) -> OpenApi {
                 .build(),
         )
         .paths(paths.build())
-        .components(Some(
-            ComponentsBuilder::new()
-                .schema("Error", error)
-                .schema("GenerateRequest", generate_request)
-                .schema("SampleMeta", genrep_wire::SampleMeta::schema())
-                .schema("Method", genrep_wire::Method::schema())
-                .build(),
-        ))
+        .components(Some(components.build()))
+        .security(security)
         .build()
 }
 
 pub async fn spec(State(st): State<AppState>) -> Json<OpenApi> {
-    Json(document(&st.limits))
+    Json(document(&st.limits, st.consumers.requires_keys()))
 }
