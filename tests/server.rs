@@ -950,3 +950,26 @@ fn twenty_streams_do_not_lock_out_single_requests() {
         drop(streams);
     });
 }
+
+/// `serve` refuses a bad key file at startup with a message naming it, before binding.
+#[test]
+fn serve_refuses_a_bad_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("keys.toml");
+    std::fs::write(&bad, "[[consumer]]\nname = \"a\"\nkey = \"short\"\n").unwrap();
+    for (path, says) in [
+        (bad.to_str().unwrap().to_string(), "at least 16"),
+        (
+            dir.path().join("none.json").to_str().unwrap().to_string(),
+            "cannot read",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_genrep"))
+            .args(["serve", "--port", "0", "--api-keys", &path])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(says) && err.contains(&path), "{err}");
+    }
+}
