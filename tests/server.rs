@@ -895,6 +895,21 @@ fn the_client_authenticates_with_its_key() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("401") && e.contains("missing API key"), "{e}");
+    // `?token=` works too, and the access log never shows the key.
+    let with_token = format!("{url}&token=trainer-0123456789abcdef");
+    assert_eq!(
+        genrep_client::loader::fetch(&with_token, &policy)
+            .unwrap()
+            .len(),
+        5
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let log = s.log.lock().unwrap().clone();
+    assert!(log.contains("token=REDACTED"), "{log}");
+    assert!(
+        !log.contains("trainer-0123456789abcdef"),
+        "the key is in the log"
+    );
 }
 
 /// 20 consumers' endless streams fill their part of the queue, not all of it: single-sample

@@ -310,6 +310,25 @@ impl ConsumerPolicy {
     }
 }
 
+/// The URI as logs show it: a `token` parameter's value replaced by `REDACTED` (the access log
+/// records the request before the token is taken out of it).
+pub fn redacted_uri(uri: &Uri) -> String {
+    match uri.query() {
+        Some(q) if q.split('&').any(is_token) => {
+            let q: Vec<&str> = q
+                .split('&')
+                .map(|p| if is_token(p) { "token=REDACTED" } else { p })
+                .collect();
+            format!("{}?{}", uri.path(), q.join("&"))
+        }
+        _ => uri.to_string(),
+    }
+}
+
+fn is_token(p: &str) -> bool {
+    p == "token" || p.starts_with("token=")
+}
+
 /// Removes `token=…` from the query string and returns its value.
 fn take_token(req: &mut Request) -> Option<String> {
     let q = req.uri().query()?;
@@ -323,7 +342,7 @@ fn take_token(req: &mut Request) -> Option<String> {
     let rest: Vec<&str> = q
         .split('&')
         .filter(|p| {
-            if *p == "token" || p.starts_with("token=") {
+            if is_token(p) {
                 let v = p.strip_prefix("token=").unwrap_or("");
                 token = form_urlencoded::parse(format!("t={v}").as_bytes())
                     .next()

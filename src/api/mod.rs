@@ -121,10 +121,19 @@ pub fn router(state: AppState) -> Router {
 /// One INFO line per request (method, path, status, latency): the access log.
 fn access_log() -> tower_http::trace::TraceLayer<
     tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    fn(&Request) -> tracing::Span,
 > {
-    use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+    use tower_http::trace::{DefaultOnResponse, TraceLayer};
+    fn span(req: &Request) -> tracing::Span {
+        tracing::info_span!(
+            "request",
+            method = %req.method(),
+            uri = %auth::redacted_uri(req.uri()),
+            version = ?req.version(),
+        )
+    }
     TraceLayer::new_for_http()
-        .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+        .make_span_with(span as fn(&Request) -> tracing::Span)
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
 }
 

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// Everything the server logged so far (stderr).
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -23,6 +25,8 @@ impl Server {
             .expect("spawn genrep serve");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -33,12 +37,15 @@ impl Server {
                     }
                 }
                 eprintln!("[server] {line}");
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
             }
         });
         let base = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("server did not report its address");
-        let s = Server { child, base };
+        let s = Server { child, base, log };
         s.wait_ready();
         s
     }
