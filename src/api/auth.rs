@@ -121,6 +121,21 @@ pub fn read_key_file(path: &Path) -> Result<Vec<KeyEntry>, KeyFileError> {
     Ok(file.consumer)
 }
 
+/// The consumer an address belongs to: an IPv4 address, or an IPv6 /64 (one host usually
+/// holds a whole /64, so per-address consumers would let it be as many consumers as it likes).
+fn peer_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+            }
+        },
+    }
+}
+
 /// Metrics label of every consumer of an open server.
 pub const OPEN_LABEL: &str = "open";
 
@@ -233,7 +248,7 @@ impl Consumers {
     }
 
     fn of_peer(&self, ip: Option<IpAddr>) -> Arc<ConsumerPolicy> {
-        let ip = ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let ip = peer_group(ip.unwrap_or(IpAddr::from([127, 0, 0, 1])));
         let mut map = self.by_peer.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= 4096 {
             // Only peers holding streams need their entry kept (it holds their stream count).
@@ -370,4 +385,32 @@ fn take_token(req: &mut Request) -> Option<String> {
 /// `WWW-Authenticate` for 401 answers (RFC 6750).
 pub fn www_authenticate() -> HeaderValue {
     HeaderValue::from_static("Bearer realm=\"genrep\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_peers_are_grouped_by_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(peer_group(a), peer_group(b));
+        assert_ne!(peer_group(a), peer_group(c));
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(peer_group(mapped), "10.0.0.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn tokens_are_taken_out_of_queries_and_logs() {
+        let mut req = Request::new(axum::body::Body::empty());
+        *req.uri_mut() = "/v1/info?a=1&token=k%2By&b=2".parse().unwrap();
+        assert_eq!(redacted_uri(req.uri()), "/v1/info?a=1&token=REDACTED&b=2");
+        assert_eq!(take_token(&mut req).as_deref(), Some("k+y"));
+        assert_eq!(req.uri().to_string(), "/v1/info?a=1&b=2");
+        *req.uri_mut() = "/x?token".parse().unwrap();
+        assert_eq!(take_token(&mut req).as_deref(), Some(""));
+        assert_eq!(req.uri().to_string(), "/x");
+    }
 }

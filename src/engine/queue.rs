@@ -59,6 +59,9 @@ struct Flow {
 /// Per-consumer FIFOs under deficit round robin.
 pub(super) struct FairQueue {
     flows: HashMap<Arc<str>, Flow>,
+    /// Debts of flows that emptied while in debt (a job larger than their credit): charged
+    /// when they queue again, so one large job at a time cannot take more than a fair share.
+    debts: HashMap<Arc<str>, i64>,
     /// Flows with queued jobs, in turn order; the front one is being served.
     order: VecDeque<Arc<str>>,
     len: usize,
@@ -71,6 +74,7 @@ impl FairQueue {
     pub fn new(quantum: usize) -> Self {
         Self {
             flows: HashMap::new(),
+            debts: HashMap::new(),
             order: VecDeque::new(),
             len: 0,
             quantum: quantum.max(1) as i64,
@@ -89,9 +93,10 @@ impl FairQueue {
 
     /// Queues a job at the back of its consumer's flow (or the front, for interactive jobs).
     pub fn push(&mut self, c: &Consumer, job: Job, front: bool) {
+        let debts = &mut self.debts;
         let flow = self.flows.entry(c.name.clone()).or_insert_with(|| Flow {
             jobs: VecDeque::new(),
-            deficit: 0,
+            deficit: debts.remove(&c.name).unwrap_or(0),
             weight: c.weight,
             in_turn: false,
         });
@@ -124,7 +129,26 @@ impl FairQueue {
         let flows = &mut self.flows;
         self.order
             .retain(|n| flows.get(n).is_some_and(|f| !f.jobs.is_empty()));
-        flows.retain(|_, f| !f.jobs.is_empty());
+        let empty: Vec<Arc<str>> = flows
+            .iter()
+            .filter(|(_, f)| f.jobs.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in empty {
+            self.forget(&n);
+        }
+    }
+
+    /// Removes an empty flow, keeping its debt (bounded: a flood of peers cannot grow it).
+    fn forget(&mut self, name: &Arc<str>) {
+        if let Some(f) = self.flows.remove(name) {
+            if f.deficit < 0 {
+                if self.debts.len() >= 4096 {
+                    self.debts.clear();
+                }
+                self.debts.insert(name.clone(), f.deficit);
+            }
+        }
     }
 
     /// The next job to run that `accept`s (fits the batch being formed), in deficit round robin
@@ -141,7 +165,7 @@ impl FairQueue {
             }
             if flow.jobs.is_empty() {
                 self.order.pop_front();
-                self.flows.remove(&name);
+                self.forget(&name);
                 continue;
             }
             let credit = self.quantum * flow.weight as i64;
@@ -159,7 +183,7 @@ impl FairQueue {
                     self.len -= 1;
                     if flow.jobs.is_empty() {
                         self.order.pop_front();
-                        self.flows.remove(&name);
+                        self.forget(&name);
                     }
                     return Some(job);
                 }
@@ -260,6 +284,37 @@ mod tests {
         assert!(q.pop(|_| true, &mut dropped).is_none());
         assert_eq!(q.len(), 0);
         assert!(q.flows.is_empty() && q.order.is_empty());
+    }
+
+    /// A consumer sending one large job at a time (each queued when the last returns) gets its
+    /// share, not a whole large job per turn.
+    #[test]
+    fn debt_survives_an_empty_queue() {
+        let mut q = FairQueue::new(4);
+        let (big, small) = (Consumer::new("big", "big", 1), Consumer::new("s", "s", 1));
+        let mut keep = vec![];
+        for _ in 0..200 {
+            let (j, rx) = job(1, 1.0);
+            keep.push(rx);
+            q.push(&small, j, false);
+        }
+        let (mut b, mut s) = (0, 0);
+        let mut dropped = 0;
+        for _ in 0..6 {
+            let (j, rx) = job(16, 0.0);
+            keep.push(rx);
+            q.push(&big, j, false);
+            // Serve until the big job has run.
+            loop {
+                let j = q.pop(|_| true, &mut dropped).unwrap();
+                if j.truncation == 0.0 {
+                    b += j.n;
+                    break;
+                }
+                s += j.n;
+            }
+        }
+        assert!(s >= b - 16, "small {s} vs big {b}");
     }
 
     #[test]
