@@ -160,7 +160,7 @@ pub fn run(
         token.cancelled().await;
         // Drain: streams end at their next sample boundary, shards run to their end.
         let deadline = tokio::time::Instant::now() + opts.drain;
-        let open = || opts.limits.max_concurrent_streams - state.stream_permits.available_permits();
+        let open = || state.open_bodies.load(std::sync::atomic::Ordering::Acquire);
         while open() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -168,7 +168,7 @@ pub fn run(
         closed.cancel();
         let _ = accepting.await;
         connections.close();
-        // Finished bodies still flush to their clients; cut ones are aborted now.
+        // Finished bodies flush to their clients; cut ones are aborted now.
         let flush = deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .max(Duration::from_secs(1));

@@ -604,7 +604,7 @@ fn sigterm_drains_with_ready_503_streams_ending_in_2s_and_complete_shards() {
             open.push(c.get(s.url(&format!("/v1/stream?views=2&seed={i}"))).send());
         }
         for i in 0..3 {
-            let u = format!("/v1/shards/train-{i:06}.tar?views=1&shard_size=150");
+            let u = format!("/v1/shards/train-{i:06}.tar?views=1&shard_size=60");
             open.push(c.get(s.url(&u)).send());
         }
         let mut resp: Vec<_> = futures::future::join_all(open)
@@ -673,7 +673,7 @@ fn sigterm_drains_with_ready_503_streams_ending_in_2s_and_complete_shards() {
     }
     for (body, at, clean) in &shards {
         assert!(clean, "shard aborted");
-        assert_eq!(tar_names(body).len(), 150 * 4, "shard cut short");
+        assert_eq!(tar_names(body).len(), 60 * 4, "shard cut short");
         println!(
             "drain: a shard completed {:?} after SIGTERM",
             at.duration_since(t0)

@@ -43,6 +43,9 @@ pub struct AppState {
     pub generate_body_limit: usize,
     /// API keys (or per-peer consumers on an open server) and their limits.
     pub consumers: Arc<Consumers>,
+    /// Shard/stream bodies not yet finished (the drain waits for them; what is left at its
+    /// deadline was cut off).
+    pub open_bodies: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl AppState {
@@ -66,6 +69,7 @@ impl AppState {
             generate_body_limit: limits.max_generate_latents * per_row + (64 << 10),
             // A consumer reads ahead as much as one stream does (two batches), however many
             // streams it opens; a sample larger than that still fits.
+            open_bodies: Arc::default(),
             consumers: Arc::new(Consumers::new(
                 keys,
                 limits.max_streams_per_consumer,
@@ -241,7 +245,23 @@ fn stream_body(
         drop((permit, mine));
         drop(last_sender);
     });
-    Ok(Body::from_stream(ReceiverStream::new(rx)))
+    // Counted until hyper drops the body: after its last chunk, or when the connection dies.
+    struct Open(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+    st.open_bodies
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let open = Open(st.open_bodies.clone());
+    Ok(Body::from_stream(futures::StreamExt::map(
+        ReceiverStream::new(rx),
+        move |chunk| {
+            let _ = &open;
+            chunk
+        },
+    )))
 }
 
 /// `GET|HEAD /v1/shards/{prefix}-{NNNNNN}.tar`: samples [n·S, (n+1)·S).
