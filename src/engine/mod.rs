@@ -208,8 +208,8 @@ impl Engine {
         Ok(rx)
     }
 
-    /// Queues an interactive job (a sample, a grid, a generate) at the front of its consumer's
-    /// queue, or fails at once with `QueueFull` (the caller answers 429).
+    /// Queues an interactive job (a sample, a grid, a generate) ahead of its consumer's stream
+    /// jobs, or fails at once with `QueueFull` (the caller answers 429).
     pub fn try_submit(
         &self,
         consumer: &Consumer,

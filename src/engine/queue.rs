@@ -6,9 +6,10 @@
 //! of credit and serves the flow's jobs while the credit lasts. A job larger than the quantum is
 //! served once the flow has a quantum of credit and leaves the flow in debt, repaid on later
 //! turns, so big jobs neither starve nor jump the line. An empty flow is forgotten (bounded
-//! memory whatever the number of peers). Interactive jobs (single samples, grids, generate) go to
-//! the front of their own flow: a consumer's stream backlog never delays its own inspection
-//! requests, and other consumers' backlogs delay them by one turn at most.
+//! memory whatever the number of peers). Interactive jobs (single samples, grids, generate) go
+//! ahead of their own flow's stream jobs, first come first served among themselves: a consumer's
+//! stream backlog never delays its own inspection requests, and other consumers' backlogs delay
+//! them by one turn at most.
 
 use super::Job;
 use std::collections::{HashMap, VecDeque};
@@ -49,11 +50,28 @@ impl Consumer {
 }
 
 struct Flow {
+    /// Single samples, grids, generate: served before the flow's stream jobs, in order.
+    interactive: VecDeque<Job>,
+    /// Stream jobs.
     jobs: VecDeque<Job>,
     /// Images this flow may still take in its current turn; negative after a large job.
     deficit: i64,
     weight: u32,
     in_turn: bool,
+}
+
+impl Flow {
+    fn is_empty(&self) -> bool {
+        self.interactive.is_empty() && self.jobs.is_empty()
+    }
+    fn front(&self) -> Option<&Job> {
+        self.interactive.front().or(self.jobs.front())
+    }
+    fn pop_front(&mut self) -> Option<Job> {
+        self.interactive
+            .pop_front()
+            .or_else(|| self.jobs.pop_front())
+    }
 }
 
 /// Per-consumer FIFOs under deficit round robin.
@@ -86,26 +104,28 @@ impl FairQueue {
         self.len
     }
 
-    /// Jobs queued for one consumer.
+    /// Stream jobs queued for one consumer.
     pub fn queued_by(&self, name: &str) -> usize {
         self.flows.get(name).map_or(0, |f| f.jobs.len())
     }
 
-    /// Queues a job at the back of its consumer's flow (or the front, for interactive jobs).
+    /// Queues a job in its consumer's flow: stream jobs at the back, interactive ones after the
+    /// flow's other interactive jobs but ahead of its stream jobs.
     pub fn push(&mut self, c: &Consumer, job: Job, front: bool) {
         let debts = &mut self.debts;
         let flow = self.flows.entry(c.name.clone()).or_insert_with(|| Flow {
+            interactive: VecDeque::new(),
             jobs: VecDeque::new(),
             deficit: debts.remove(&c.name).unwrap_or(0),
             weight: c.weight,
             in_turn: false,
         });
-        if flow.jobs.is_empty() {
+        if flow.is_empty() {
             self.order.push_back(c.name.clone());
         }
         flow.weight = c.weight;
         if front {
-            flow.jobs.push_front(job);
+            flow.interactive.push_back(job);
         } else {
             flow.jobs.push_back(job);
         }
@@ -116,9 +136,10 @@ impl FairQueue {
     pub fn purge_dead(&mut self) -> usize {
         let mut dropped = 0;
         for f in self.flows.values_mut() {
-            let before = f.jobs.len();
+            let before = f.jobs.len() + f.interactive.len();
             f.jobs.retain(|j| !j.tx.is_closed());
-            dropped += before - f.jobs.len();
+            f.interactive.retain(|j| !j.tx.is_closed());
+            dropped += before - f.jobs.len() - f.interactive.len();
         }
         self.len -= dropped;
         self.forget_empty();
@@ -128,10 +149,10 @@ impl FairQueue {
     fn forget_empty(&mut self) {
         let flows = &mut self.flows;
         self.order
-            .retain(|n| flows.get(n).is_some_and(|f| !f.jobs.is_empty()));
+            .retain(|n| flows.get(n).is_some_and(|f| !f.is_empty()));
         let empty: Vec<Arc<str>> = flows
             .iter()
-            .filter(|(_, f)| f.jobs.is_empty())
+            .filter(|(_, f)| f.is_empty())
             .map(|(n, _)| n.clone())
             .collect();
         for n in empty {
@@ -158,12 +179,12 @@ impl FairQueue {
         let mut idle = 0;
         while let Some(name) = self.order.front().cloned() {
             let flow = self.flows.get_mut(&name).expect("ordered flows exist");
-            while flow.jobs.front().is_some_and(|j| j.tx.is_closed()) {
-                flow.jobs.pop_front();
+            while flow.front().is_some_and(|j| j.tx.is_closed()) {
+                flow.pop_front();
                 self.len -= 1;
                 *dropped += 1;
             }
-            if flow.jobs.is_empty() {
+            if flow.is_empty() {
                 self.order.pop_front();
                 self.forget(&name);
                 continue;
@@ -174,14 +195,14 @@ impl FairQueue {
                 flow.deficit = (flow.deficit + credit).min(2 * credit);
                 flow.in_turn = true;
             }
-            let head = flow.jobs.front().expect("non-empty");
+            let head = flow.front().expect("non-empty");
             if accept(head) {
                 idle = 0;
                 if flow.deficit >= (head.n as i64).min(credit) {
-                    let job = flow.jobs.pop_front().expect("non-empty");
+                    let job = flow.pop_front().expect("non-empty");
                     flow.deficit -= job.n as i64;
                     self.len -= 1;
-                    if flow.jobs.is_empty() {
+                    if flow.is_empty() {
                         self.order.pop_front();
                         self.forget(&name);
                     }
@@ -315,6 +336,24 @@ mod tests {
             }
         }
         assert!(s >= b - 16, "small {s} vs big {b}");
+    }
+
+    #[test]
+    fn interactive_jobs_go_first_in_arrival_order() {
+        let mut q = FairQueue::new(64);
+        let c = Consumer::new("c", "c", 1);
+        let mut keep = vec![];
+        for (t, interactive) in [(0.0, false), (1.0, true), (2.0, false), (3.0, true)] {
+            let (j, rx) = job(1, t);
+            keep.push(rx);
+            q.push(&c, j, interactive);
+        }
+        let mut dropped = 0;
+        let order: Vec<f64> = (0..4)
+            .map(|_| q.pop(|_| true, &mut dropped).unwrap().truncation)
+            .collect();
+        assert_eq!(order, [1.0, 3.0, 0.0, 2.0]);
+        assert_eq!(q.queued_by("c"), 0);
     }
 
     #[test]
