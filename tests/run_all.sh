@@ -8,7 +8,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check webdataset==1.0.2 pillow numpy \
-  openapi-spec-validator==0.9.0 schemathesis==4.32.5
+  openapi-spec-validator==0.9.0 schemathesis==4.32.5 kubernetes-validate==1.37.0
 export GENREP_TEST_PYTHON="$PWD/$VENV/bin/python"
 cargo fmt --all -- --check
 # Unit, integration and doc tests of every crate (benchmarks are runners, not tests; they are
