@@ -10,6 +10,11 @@ fi
 "$VENV/bin/pip" install -q --disable-pip-version-check webdataset==1.0.2 pillow numpy \
   openapi-spec-validator==0.9.0 schemathesis==4.32.5 kubernetes-validate==1.37.0
 export GENREP_TEST_PYTHON="$PWD/$VENV/bin/python"
+# nginx for the replica test (tests/replicas.rs), from the distribution's packages.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light
+fi
 cargo fmt --all -- --check
 # Unit, integration and doc tests of every crate (benchmarks are runners, not tests; they are
 # only type-checked here).

@@ -15,8 +15,13 @@ pub struct Server {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
+        Self::start_on(0, extra)
+    }
+
+    /// A server on a given port (0: any free one).
+    pub fn start_on(port: u16, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_genrep"))
-            .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+            .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -117,4 +122,13 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("metric {name} not found"))
+}
+
+/// A free loopback port (bound, then released for a child process to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
