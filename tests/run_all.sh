@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace from a fresh clone: installs what the tests need
-# (a local Python venv with `webdataset` for the interop tests), then the Rust tests.
+# Runs every test of the workspace from a fresh clone: installs what the tests need (a local
+# Python venv with webdataset, openapi-spec-validator, schemathesis and kubernetes-validate;
+# nginx from the distribution), type-checks the CUDA build, then runs the Rust tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-test
