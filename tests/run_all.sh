@@ -17,6 +17,8 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
   $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light
 fi
 cargo fmt --all -- --check
+# The CUDA backend type-checks (toolkit from pinned PyPI wheels; no GPU needed).
+bash scripts/build-cuda.sh check 90
 # Unit, integration and doc tests of every crate (benchmarks are runners, not tests; they are
 # only type-checked here).
 cargo test --workspace
