@@ -54,6 +54,10 @@ sys=$(find "${CARGO_HOME:-$HOME/.cargo}"/registry/src -path '*cudarc-0.19.*/src/
 grep -o 'pub unsafe fn cu[A-Za-z0-9_]*' "$sys" | sed 's/pub unsafe fn //' | sort -u \
   | sed 's/.*/int &(void) { return 999; }/' > "$link/libcuda_stub.c"
 cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/libcuda_stub.c"
+# The runtime name too, so the binary's CPU path can be smoke-tested here:
+#   LD_LIBRARY_PATH=$link:$cu/lib target/cuda-sm90/release/genrep serve --device cpu
+# (with the stub, --device cuda:0 fails cleanly with a driver error).
+ln -sf "$link/libcuda.so" "$link/libcuda.so.1"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$link"
 target=target/cuda-sm$cc
 cargo build --locked --release --features cuda --bin genrep --target-dir "$target"
