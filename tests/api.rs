@@ -25,13 +25,28 @@ async fn app_with(g: Box<dyn Generator>) -> Router {
     app_with_batch(g, 64).await
 }
 
-async fn app_with_batch(g: Box<dyn Generator>, max_batch_size: usize) -> Router {
-    let cfg = EngineConfig {
+fn engine_config(max_batch_size: usize) -> EngineConfig {
+    EngineConfig {
         max_batch_size,
         max_batch_wait: Duration::from_millis(2),
         max_queue: 1024,
         encode_threads: 2,
-    };
+    }
+}
+
+/// `app` once its engine is ready.
+async fn ready(app: Router) -> Router {
+    for _ in 0..500 {
+        if call(&app, Method::GET, "/ready", Body::empty()).await.0 == StatusCode::OK {
+            return app;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the engine did not become ready");
+}
+
+async fn app_with_batch(g: Box<dyn Generator>, max_batch_size: usize) -> Router {
+    let cfg = engine_config(max_batch_size);
     let limits = Limits {
         max_views: 8,
         max_shard_size: 500,
@@ -41,14 +56,13 @@ async fn app_with_batch(g: Box<dyn Generator>, max_batch_size: usize) -> Router 
         body_timeout_s: 2,
         max_streams_per_consumer: 8,
     };
-    let app = genrep::server::app(g, cfg, limits, CancellationToken::new());
-    for _ in 0..500 {
-        if call(&app, Method::GET, "/ready", Body::empty()).await.0 == StatusCode::OK {
-            return app;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the engine did not become ready");
+    ready(genrep::server::app(
+        g,
+        cfg,
+        limits,
+        CancellationToken::new(),
+    ))
+    .await
 }
 
 async fn call(app: &Router, method: Method, uri: &str, body: Body) -> (StatusCode, Vec<u8>) {
@@ -357,10 +371,10 @@ async fn generate_bodies_are_bounded_in_size_and_time() {
     assert_eq!(c, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
 }
 
-/// The embedded generator, except that it panics on a latent whose first value is 3.25.
-struct PanicsOnSentinel(Box<dyn Generator>);
+/// The embedded generator with `inspect` run on every forward pass's latents first.
+struct Inspect<F>(Box<dyn Generator>, F);
 
-impl Generator for PanicsOnSentinel {
+impl<F: Fn(&Tensor) -> candle_core::Result<()> + Send + Sync> Generator for Inspect<F> {
     fn info(&self) -> &ModelInfo {
         self.0.info()
     }
@@ -370,8 +384,7 @@ impl Generator for PanicsOnSentinel {
         classes: &ClassInput,
         truncation: f64,
     ) -> genrep::generator::Result<Tensor> {
-        let first: f32 = z.get(0)?.get(0)?.to_scalar()?;
-        assert!(first != 3.25, "sentinel latent");
+        (self.1)(z)?;
         self.0.forward(z, classes, truncation)
     }
 }
@@ -379,7 +392,13 @@ impl Generator for PanicsOnSentinel {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_generator_answers_500_and_turns_not_ready() {
     let g = genrep::embedded::load(&candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
-    let app = app_with(Box::new(PanicsOnSentinel(g))).await;
+    // It panics on a latent whose first value is 3.25.
+    let sentinel = |z: &Tensor| {
+        let first: f32 = z.get(0)?.get(0)?.to_scalar()?;
+        assert!(first != 3.25, "sentinel latent");
+        Ok(())
+    };
+    let app = app_with(Box::new(Inspect(g, sentinel))).await;
     let mut z = vec!["0.1"; 64];
     z[0] = "3.25";
     let body = format!(r#"{{"z": [[{}]], "classes": [1]}}"#, z.join(","));
@@ -397,34 +416,20 @@ async fn a_panicking_generator_answers_500_and_turns_not_ready() {
     assert_eq!(c, StatusCode::OK);
 }
 
-/// The embedded generator, recording the largest forward pass it was given.
-struct RecordsBatch(
-    Box<dyn Generator>,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-);
-
-impl Generator for RecordsBatch {
-    fn info(&self) -> &ModelInfo {
-        self.0.info()
-    }
-    fn forward(
-        &self,
-        z: &Tensor,
-        classes: &ClassInput,
-        truncation: f64,
-    ) -> genrep::generator::Result<Tensor> {
-        self.1
-            .fetch_max(z.dims()[0], std::sync::atomic::Ordering::SeqCst);
-        self.0.forward(z, classes, truncation)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_batch_size_caps_every_forward_pass() {
     let load =
         || genrep::embedded::load(&candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
     let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let capped = app_with_batch(Box::new(RecordsBatch(load(), seen.clone())), 2).await;
+    // Records the largest forward pass it is given.
+    let record = {
+        let seen = seen.clone();
+        move |z: &Tensor| {
+            seen.fetch_max(z.dims()[0], std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    };
+    let capped = app_with_batch(Box::new(Inspect(load(), record)), 2).await;
     let wide = app_with_batch(load(), 64).await;
     let row = vec!["0.3"; 64].join(",");
     let body = format!(
@@ -524,12 +529,7 @@ async fn keyed_app() -> Router {
     std::fs::write(&path, file.to_string()).unwrap();
     let keys = genrep::api::auth::read_key_file(&path).unwrap();
     let g = genrep::embedded::load(&candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
-    let cfg = EngineConfig {
-        max_batch_size: 64,
-        max_batch_wait: Duration::from_millis(2),
-        max_queue: 1024,
-        encode_threads: 2,
-    };
+    let cfg = engine_config(64);
     let access = genrep::server::Access {
         api_keys: Some(keys),
         cors_origins: vec!["https://viewer.example".into()],
@@ -537,13 +537,7 @@ async fn keyed_app() -> Router {
     let (app, _) =
         genrep::server::app_with(g, cfg, Limits::default(), &access, CancellationToken::new())
             .unwrap();
-    for _ in 0..500 {
-        if call(&app, Method::GET, "/ready", Body::empty()).await.0 == StatusCode::OK {
-            return app;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the engine did not become ready");
+    ready(app).await
 }
 
 /// `uri` with an optional bearer key: status, headers, body.

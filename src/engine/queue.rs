@@ -241,6 +241,23 @@ mod tests {
         (j, rx)
     }
 
+    /// Queues `count` stream jobs of `n` images tagged `tag` for `c`, keeping their receivers
+    /// alive in `keep` (a dropped receiver makes a job dead).
+    fn fill(
+        q: &mut FairQueue,
+        c: &Consumer,
+        count: usize,
+        n: usize,
+        tag: f64,
+        keep: &mut Vec<tokio::sync::oneshot::Receiver<super::super::JobOutput>>,
+    ) {
+        for _ in 0..count {
+            let (j, rx) = job(n, tag);
+            keep.push(rx);
+            q.push(c, j, false);
+        }
+    }
+
     /// Images served per consumer when `hog` (weight 1, 8 deep backlog of 2-image jobs) and
     /// `b` (weight `wb`) both keep their flows non-empty.
     #[test]
@@ -250,16 +267,8 @@ mod tests {
             let hog = Consumer::new("hog", "hog", 1);
             let b = Consumer::new("b", "b", wb);
             let mut keep = vec![];
-            for _ in 0..400 {
-                let (j, rx) = job(2, 0.0);
-                keep.push(rx);
-                q.push(&hog, j, false);
-            }
-            for _ in 0..400 {
-                let (j, rx) = job(2, 1.0);
-                keep.push(rx);
-                q.push(&b, j, false);
-            }
+            fill(&mut q, &hog, 400, 2, 0.0, &mut keep);
+            fill(&mut q, &b, 400, 2, 1.0, &mut keep);
             let (mut h, mut bb) = (0, 0);
             let mut dropped = 0;
             // Whole rounds: (4 + 4·wb) jobs each.
@@ -285,11 +294,7 @@ mod tests {
         let (small, _rs) = job(1, 0.0);
         q.push(&a, small, false);
         let mut keep = vec![];
-        for _ in 0..8 {
-            let (j, rx) = job(1, 1.0);
-            keep.push(rx);
-            q.push(&b, j, false);
-        }
+        fill(&mut q, &b, 8, 1, 1.0, &mut keep);
         let (dead, rx) = job(1, 1.0);
         drop(rx);
         q.push(&b, dead, true);
@@ -314,11 +319,7 @@ mod tests {
         let mut q = FairQueue::new(4);
         let (big, small) = (Consumer::new("big", "big", 1), Consumer::new("s", "s", 1));
         let mut keep = vec![];
-        for _ in 0..200 {
-            let (j, rx) = job(1, 1.0);
-            keep.push(rx);
-            q.push(&small, j, false);
-        }
+        fill(&mut q, &small, 200, 1, 1.0, &mut keep);
         let (mut b, mut s) = (0, 0);
         let mut dropped = 0;
         for _ in 0..6 {

@@ -132,3 +132,19 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Runs `cmd` to completion and returns its stdout; panics with both outputs, naming `what`,
+/// unless it exits 0.
+pub fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
