@@ -7,25 +7,15 @@
 //! runs `tools/bench_reference.py` (same config, thread count and batch sizes) and prints the
 //! ratio.
 
-use candle_core::{DType, Device, Tensor};
-use genrep::generator::{random_biggan, BigGanConfig, ClassInput, Generator};
+use candle_core::{DType, Device};
+use genrep::check::throughput::images_per_s;
+use genrep::generator::{random_biggan, BigGanConfig, Generator};
 use genrep_kernels::bench_support::{torch_reference, value_before};
-use std::time::Instant;
+use std::time::Duration;
 
-fn time_batch(g: &dyn Generator, b: usize, reps: usize) -> f64 {
-    let spec = g.spec();
-    let z: Vec<f32> = (0..b * spec.latent_dim)
-        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-        .collect();
-    let classes = ClassInput::Ids((0..b as u32).map(|i| i % spec.num_classes as u32).collect());
-    // Warm-up run (allocations, rayon pool).
-    g.generate(&z, &classes, 1.0).unwrap();
-    let t = Instant::now();
-    for _ in 0..reps {
-        let out: Tensor = g.generate(&z, &classes, 1.0).unwrap();
-        std::hint::black_box(out);
-    }
-    (b * reps) as f64 / t.elapsed().as_secs_f64()
+/// Images/s at batch `b` (one warm-up pass, then passes for at least `min_time`).
+fn time_batch(g: &dyn Generator, b: usize, min_time: Duration) -> f64 {
+    images_per_s(g, b, min_time).unwrap().images_per_s
 }
 
 fn main() {
@@ -43,7 +33,7 @@ fn main() {
     let batches: &[usize] = if quick { &[1, 8] } else { &[1, 8, 32] };
     let ours: Vec<f64> = batches
         .iter()
-        .map(|&b| time_batch(&g, b, if b == 1 { 3 } else { 1 }))
+        .map(|&b| time_batch(&g, b, Duration::from_millis(300)))
         .collect();
     drop(g);
     // The PyTorch side, same config, thread count and batch sizes, when GENREP_BENCH_PYTHON names a
@@ -86,7 +76,7 @@ fn main() {
     if model_dir.join("model.safetensors").exists() {
         let g = genrep::generator::load_model_dir(&model_dir, &dev, DType::F32).unwrap();
         for b in [1usize, 64, 256] {
-            let ips = time_batch(g.as_ref(), b, if b == 1 { 50 } else { 3 });
+            let ips = time_batch(g.as_ref(), b, Duration::from_millis(500));
             println!("mnist-cdcgan    candle f32  batch {b:>3}: {ips:8.1} images/s");
         }
     }

@@ -4,6 +4,7 @@
 //! (candle models) → [`format`] (PNG/npy, tar) → api (HTTP).
 
 pub mod api;
+pub mod check;
 pub mod data;
 pub mod device;
 pub mod embedded;

@@ -51,6 +51,58 @@ enum Command {
     /// This is how to check a converted checkpoint against the reference implementation from outside
     /// the test suite: same z, classes and truncation in, compare the arrays.
     Generate(GenerateArgs),
+    /// Measure this build on one device and print a JSON report: parity with the committed
+    /// references in each dtype, determinism of shard bytes, generator throughput (images/s,
+    /// TFLOP/s) and serving throughput (HTTP vs in-process, dynamic batching gain).
+    ///
+    /// The defaults are the GPU run of `scripts/gpu-check.sh` (a few minutes on one GPU). On a
+    /// CPU, pass small models and batches, e.g. `--models tests/fixtures/biggan-tiny --batches 1,4
+    /// --dtypes f32`. Exits 1 when a parity or determinism check fails (the report is still
+    /// written).
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// `cpu`, or `cuda:N` when built with the `cuda` feature.
+    #[arg(long, env = "GENREP_DEVICE", default_value = "cpu")]
+    device: String,
+    /// The repository's `tests/fixtures` folder (the BigGAN fixture and its PyTorch outputs).
+    #[arg(long, default_value = "tests/fixtures")]
+    fixtures: PathBuf,
+    /// Dtypes of the parity checks and the throughput sweep.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,f16,bf16")]
+    dtypes: Vec<Dtype>,
+    /// Throughput models: `deep-128`, `deep-256`, `deep-512` (the package's configs, random
+    /// weights) or model directories.
+    #[arg(long, value_delimiter = ',', default_value = "deep-128,deep-256")]
+    models: Vec<String>,
+    /// Batch sizes of the throughput sweep; after a batch fails (out of memory), larger ones of
+    /// the same model and dtype are skipped.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
+    batches: Vec<usize>,
+    /// Seconds the throughput sweep may take; later entries are reported as skipped, so the
+    /// check fits the time a borrowed GPU host gives.
+    #[arg(long, default_value_t = 150.0)]
+    throughput_budget_s: f64,
+    /// Seconds each throughput entry repeats its batch for (after one warm-up pass).
+    #[arg(long, default_value_t = 1.0)]
+    min_time_s: f64,
+    /// Generators of the serving measurements: `embedded`, `deep-128`, …, or `none`.
+    #[arg(long, value_delimiter = ',', default_value = "embedded,deep-128")]
+    serving_models: Vec<String>,
+    /// Compute dtype of the serving measurements.
+    #[arg(long, value_enum, default_value_t = Dtype::F16)]
+    serving_dtype: Dtype,
+    /// Seconds of each of the four serving measurements per generator.
+    #[arg(long, default_value_t = 5.0)]
+    serving_s: f64,
+    /// Encoder threads of the serving engines. Default: all cores.
+    #[arg(long)]
+    encode_threads: Option<usize>,
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -342,6 +394,68 @@ fn generate(a: GenerateArgs) -> Result<()> {
     genrep::offline::generate(&o, &device, a.dtype.candle())
 }
 
+fn check(a: CheckArgs) -> Result<()> {
+    use genrep::check::{serving::ServingModel, throughput::ModelChoice};
+    let seconds = |v: f64, flag: &str| -> Result<std::time::Duration> {
+        std::time::Duration::try_from_secs_f64(v)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .with_context(|| format!("{flag} must be a positive number of seconds, got {v}"))
+    };
+    if a.batches.is_empty() || a.batches.contains(&0) {
+        bail!("--batches must list batch sizes of at least 1");
+    }
+    if a.dtypes.is_empty() {
+        bail!("--dtypes must list at least one dtype");
+    }
+    if a.encode_threads == Some(0) {
+        bail!("--encode-threads must be at least 1");
+    }
+    let models = a
+        .models
+        .iter()
+        .map(|m| m.parse::<ModelChoice>().map_err(|e| anyhow::anyhow!("--models: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    let serving_models = a
+        .serving_models
+        .iter()
+        .filter(|m| m.as_str() != "none")
+        .map(|m| {
+            m.parse::<ServingModel>()
+                .map_err(|e| anyhow::anyhow!("--serving-models: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let o = genrep::check::CheckOptions {
+        device: genrep::device::parse_device(&a.device)?,
+        device_name: a.device,
+        fixtures: a.fixtures,
+        dtypes: a.dtypes.iter().map(|d| d.candle()).collect(),
+        models,
+        batches: a.batches,
+        throughput_budget: seconds(a.throughput_budget_s, "--throughput-budget-s")?,
+        min_time: seconds(a.min_time_s, "--min-time-s")?,
+        serving_models,
+        serving_dtype: a.serving_dtype.candle(),
+        serving_time: seconds(a.serving_s, "--serving-s")?,
+        encode_threads: a.encode_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }),
+    };
+    let report = genrep::check::run(&o)?;
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(p) = &a.out {
+        std::fs::write(p, format!("{text}\n"))
+            .with_context(|| format!("cannot write the report to {}", p.display()))?;
+    }
+    println!("{text}");
+    if report["pass"] != true {
+        bail!("parity or determinism failed (see the report)");
+    }
+    Ok(())
+}
+
 fn main() {
     // Freed activations stay in the heap for the next batch (see genrep_kernels::alloc).
     genrep_kernels::tune_allocator();
@@ -357,6 +471,7 @@ fn main() {
         Command::Generate(a) => generate(a),
         Command::Serve(a) => serve(*a),
         Command::Export(a) => export(*a),
+        Command::Check(a) => check(a),
         Command::RealData(a) => {
             genrep::offline::real_data(&a.out, a.shard_size, a.csv.as_deref(), a.seed)
         }

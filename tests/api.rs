@@ -182,20 +182,18 @@ async fn bad_generate_bodies_are_422_naming_the_field() {
     }
 }
 
-/// sha256 of `GET /v1/shards/train-000002.tar?seed=1&sigma=0.2&views=2&shard_size=6` with the
-/// embedded generator. Only a deliberate change of the sampler, the model or the encoders may
-/// move it (then update it here and say so). Last moved by sampler version 2 (the shard prefix
-/// became a namespace in the key; weights 4c108de93eb545c1…).
-const PINNED_SHARD_SHA256: &str =
-    "c4d27d06f59c26c59f3d8520ab23c00be75dcca20028d04b02377a887d527ea6";
-
+/// The bytes of one shard are pinned (`PINNED_SHARD_SHA256` says when it may move; `genrep check`
+/// compares a device's bytes with it too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_is_pinned_to_its_sha256() {
     let app = app().await;
     let uri = "/v1/shards/train-000002.tar?seed=1&sigma=0.2&views=2&shard_size=6";
     let (c, body) = call(&app, Method::GET, uri, Body::empty()).await;
     assert_eq!(c, StatusCode::OK);
-    assert_eq!(hex::encode(Sha256::digest(&body)), PINNED_SHARD_SHA256);
+    assert_eq!(
+        hex::encode(Sha256::digest(&body)),
+        genrep::check::determinism::PINNED_SHARD_SHA256
+    );
 }
 
 /// `/openapi.json` is a valid OpenAPI 3.1 document (checked by `openapi-spec-validator`, which

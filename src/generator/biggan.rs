@@ -140,6 +140,36 @@ impl BigGanConfig {
     pub fn resolution(&self) -> usize {
         4 << self.layers.iter().filter(|l| l.0).count()
     }
+
+    /// Floating-point operations (2 × multiply-adds of the linear, convolution and attention
+    /// products) per image: `(executed, package)`. The package computes all `channel_width`
+    /// channels of the RGB convolution and keeps 3; we compute only those 3, so `executed` is
+    /// lower. Throughput reports use `package` (22.6 / 77.6 GFLOP for BigGAN-deep-128 / -256) so
+    /// that TFLOP/s figures of both implementations are proportional to images/s.
+    pub fn flops_per_image(&self) -> (f64, f64) {
+        let ch = self.channel_width;
+        let mut macs = (2 * self.z_dim * 4 * 4 * 16 * ch) as f64;
+        let mut r = 4usize;
+        for (i, &(up, a, b)) in self.layers.iter().enumerate() {
+            let (cin, cout) = ((a * ch) as f64, (b * ch) as f64);
+            let mid = cin / 4.0;
+            if i == self.attention_layer_position {
+                let n = (r * r) as f64;
+                // theta, phi (c/8 each), g (c/2), o (c/2 -> c) and the two attention products
+                // over the 2×2-pooled keys.
+                macs += n * cin * (cin / 8.0 * 2.0 + cin / 2.0 + cin / 2.0)
+                    + n * (n / 4.0) * (cin / 8.0 + cin / 2.0);
+            }
+            macs += (r * r) as f64 * cin * mid;
+            if up {
+                r *= 2;
+            }
+            let n = (r * r) as f64;
+            macs += n * mid * mid * 9.0 * 2.0 + n * mid * cout;
+        }
+        let rgb = |out: usize| (r * r * ch * out * 9) as f64;
+        (2.0 * (macs + rgb(3)), 2.0 * (macs + rgb(ch)))
+    }
 }
 
 /// BN statistics for all truncation rows, kept on the host: a truncation picks (and mixes) rows.
@@ -475,5 +505,14 @@ mod tests {
         // 0.405 -> q = 20.25: swapped mix = 20*0.25 + 21*0.75 = 20.75 (a plain lerp gives 20.25).
         let m = s.at(0.405).0[0];
         assert!((m - 20.75).abs() < 1e-3, "{m}");
+    }
+
+    #[test]
+    fn flops_match_the_published_figures() {
+        for (res, package, executed) in [(128, 22.6, 17.9), (256, 77.6, 58.8)] {
+            let (e, p) = BigGanConfig::deep(res).unwrap().flops_per_image();
+            assert!((p / 1e9 - package).abs() < 0.05, "{res}: {p}");
+            assert!((e / 1e9 - executed).abs() < 0.05, "{res}: {e}");
+        }
     }
 }

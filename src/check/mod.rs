@@ -1,0 +1,165 @@
+//! `genrep check`: what this build does on one device, as one JSON report — the command a GPU
+//! host runs from a carried binary (`scripts/gpu-check.sh`), and that CI runs on the CPU so it
+//! cannot rot.
+//!
+//! Sections: [`parity`] (fixtures and the embedded model against committed CPU references, in each
+//! dtype), [`determinism`] (shard bytes across runs and batch sizes), [`throughput`] (BigGAN-deep
+//! images/s and TFLOP/s over dtypes and batch sizes) and [`serving`] (HTTP against in-process, and
+//! the gain of dynamic batching).
+
+pub mod determinism;
+pub mod parity;
+pub mod serving;
+pub mod throughput;
+
+use crate::engine::{produce, Consumer, Engine, EngineConfig, StreamEnd};
+use crate::generator::{Generator, GeneratorError};
+use crate::metrics::Metrics;
+use crate::params::SampleRequest;
+use candle_core::{DType, Device};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// What to measure, and where.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// The `--device` string (reported as given).
+    pub device_name: String,
+    pub device: Device,
+    /// Folder holding `biggan-tiny/` and `biggan-tiny-io/` (the repository's `tests/fixtures`).
+    pub fixtures: PathBuf,
+    pub dtypes: Vec<DType>,
+    /// Generators for the throughput sweep.
+    pub models: Vec<throughput::ModelChoice>,
+    pub batches: Vec<usize>,
+    /// Wall time the throughput sweep may take; entries after it are reported as skipped.
+    pub throughput_budget: Duration,
+    /// Time each throughput entry is repeated for (after a warm-up pass).
+    pub min_time: Duration,
+    /// Generators whose serving figures are measured (empty: no serving section).
+    pub serving_models: Vec<serving::ServingModel>,
+    /// Compute dtype of the serving measurements.
+    pub serving_dtype: DType,
+    /// Length of each serving measurement.
+    pub serving_time: Duration,
+    pub encode_threads: usize,
+}
+
+/// Runs every section and returns the report. Errors only for unusable options (missing
+/// fixtures); a failed measurement is recorded in the report instead.
+pub fn run(o: &CheckOptions) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let parity = parity::run(o)?;
+    let determinism = determinism::run(o);
+    let throughput = throughput::run(o);
+    let serving: Vec<Value> = o
+        .serving_models
+        .iter()
+        .map(|m| serving::run(o, *m))
+        .collect();
+    let pass = parity["pass"].as_bool() == Some(true)
+        && determinism["pass"].as_bool() == Some(true);
+    Ok(json!({
+        "genrep_version": env!("CARGO_PKG_VERSION"),
+        "device": o.device_name,
+        "cuda_feature": cfg!(feature = "cuda"),
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "pass": pass,
+        "pass_means": "every parity entry within its tolerance, and repeated runs give identical shard bytes",
+        "parity": parity,
+        "determinism": determinism,
+        "throughput": throughput,
+        "serving": serving,
+        "seconds": started.elapsed().as_secs_f64(),
+    }))
+}
+
+/// Short name of a dtype, as the CLI spells it.
+pub fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::F32 => "f32",
+        _ => "other",
+    }
+}
+
+/// Engine settings for a measurement with the given batch cap.
+pub(crate) fn engine_config(max_batch: usize, encode_threads: usize) -> EngineConfig {
+    EngineConfig {
+        max_batch_size: max_batch,
+        max_batch_wait: Duration::from_millis(5),
+        max_queue: 1024,
+        encode_threads: encode_threads.max(1),
+    }
+}
+
+/// Starts an engine and waits for its warm-up pass (on the current tokio runtime).
+pub(crate) async fn ready_engine(
+    g: Box<dyn Generator>,
+    cfg: EngineConfig,
+) -> Result<Engine, GeneratorError> {
+    let e = Engine::start(g, cfg, Arc::new(Metrics::default()));
+    let t = Instant::now();
+    while !e.is_ready() {
+        if e.has_panicked() || t.elapsed() > Duration::from_secs(600) {
+            return Err(GeneratorError::Input(
+                "the engine did not become ready (warm-up pass failed)".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(e)
+}
+
+/// The bytes of shard `[start, end)`, as the server sends them (tar of every sample, then the
+/// end-of-archive blocks).
+pub(crate) async fn shard_bytes(
+    engine: &Engine,
+    req: Arc<SampleRequest>,
+    start: u64,
+    end: u64,
+) -> std::io::Result<Vec<u8>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(produce(
+        engine.clone(),
+        Consumer::new("check", "check", 1),
+        req,
+        start,
+        StreamEnd::Shard(end),
+        tx,
+        CancellationToken::new(),
+    ));
+    let mut out = Vec::new();
+    while let Some(chunk) = rx.recv().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+/// A fresh multi-threaded runtime per measurement: dropping it stops the engine's batcher, which
+/// ends the device thread and frees the generator (device memory) before the next one loads.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Runs `f`, turning a panic into an error: one failing kernel (an unsupported dtype on a
+/// device, say) is recorded in the report instead of ending the whole check.
+pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => Err(format!(
+            "panicked: {}",
+            p.downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)")
+        )),
+    }
+}

@@ -1,0 +1,177 @@
+//! Generator throughput: images/s and TFLOP/s per (model, dtype, batch). Times include copying
+//! the images back to the host (the engine always does; on a GPU it is also the synchronisation
+//! point). BigGAN-deep configs run with seeded random weights: speed does not depend on values.
+
+use super::{dtype_name, guarded, CheckOptions};
+use crate::generator::{
+    load_model_dir, random_biggan, BigGanConfig, ClassInput, Generator, GeneratorError,
+};
+use candle_core::{DType, Device};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A generator to measure.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelChoice {
+    /// The package's BigGAN-deep config at this resolution, random weights.
+    Deep(usize),
+    /// A model directory (config.json + model.safetensors).
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for ModelChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(r) = s.strip_prefix("deep-") {
+            return match r.parse::<usize>().ok().filter(|r| BigGanConfig::deep(*r).is_some()) {
+                Some(r) => Ok(Self::Deep(r)),
+                None => Err(format!("`{s}`: BigGAN-deep comes in deep-128, deep-256, deep-512")),
+            };
+        }
+        let p = PathBuf::from(s);
+        if p.join("config.json").is_file() {
+            Ok(Self::Dir(p))
+        } else {
+            Err(format!(
+                "`{s}` is neither deep-128/256/512 nor a model directory with a config.json"
+            ))
+        }
+    }
+}
+
+impl ModelChoice {
+    pub fn name(&self) -> String {
+        match self {
+            Self::Deep(r) => format!("biggan-deep-{r}"),
+            Self::Dir(p) => p.display().to_string(),
+        }
+    }
+
+    /// The BigGAN config, when the model is a BigGAN-deep (for FLOP counts and for the PyTorch
+    /// side of `scripts/gpu-check.sh`, which builds the same network from it).
+    pub fn biggan_config(&self) -> Option<BigGanConfig> {
+        match self {
+            Self::Deep(r) => BigGanConfig::deep(*r),
+            Self::Dir(p) => std::fs::read_to_string(p.join("config.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok()),
+        }
+    }
+
+    pub fn load(&self, device: &Device, dtype: DType) -> Result<Box<dyn Generator>, GeneratorError> {
+        match self {
+            Self::Deep(r) => Ok(Box::new(random_biggan(
+                BigGanConfig::deep(*r).expect("checked when parsed"),
+                0,
+                device,
+                dtype,
+            )?)),
+            Self::Dir(p) => load_model_dir(p, device, dtype),
+        }
+    }
+}
+
+/// One timed figure.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    pub images_per_s: f64,
+    /// Timed passes (after one warm-up pass).
+    pub passes: usize,
+}
+
+/// Images/s of `g` at batch `b`: one warm-up pass, then passes until `min_time` has elapsed.
+pub fn images_per_s(g: &dyn Generator, b: usize, min_time: Duration) -> Result<Rate, GeneratorError> {
+    let spec = g.spec();
+    let z: Vec<f32> = (0..b * spec.latent_dim)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let classes = if spec.num_classes == 0 {
+        ClassInput::None
+    } else {
+        ClassInput::Ids((0..b as u32).map(|i| i % spec.num_classes as u32).collect())
+    };
+    g.generate(&z, &classes, 1.0)?;
+    let t = Instant::now();
+    let mut passes = 0;
+    while passes == 0 || t.elapsed() < min_time {
+        std::hint::black_box(g.generate(&z, &classes, 1.0)?);
+        passes += 1;
+    }
+    Ok(Rate {
+        images_per_s: (b * passes) as f64 / t.elapsed().as_secs_f64(),
+        passes,
+    })
+}
+
+/// The throughput section: a list of entries, in sweep order.
+pub fn run(o: &CheckOptions) -> Value {
+    let started = Instant::now();
+    let mut entries = Vec::new();
+    let mut models = Vec::new();
+    for m in &o.models {
+        let cfg = m.biggan_config();
+        let gflop = cfg.as_ref().map(|c| c.flops_per_image().1 / 1e9);
+        models.push(json!({
+            "model": m.name(),
+            "gflop_per_image": gflop,
+            "gflop_per_image_executed": cfg.as_ref().map(|c| c.flops_per_image().0 / 1e9),
+            "config": cfg,
+        }));
+        for &d in &o.dtypes {
+            let base = json!({ "model": m.name(), "dtype": dtype_name(d) });
+            let with = |extra: Value| {
+                let mut e = base.clone();
+                e.as_object_mut()
+                    .expect("object")
+                    .extend(extra.as_object().expect("object").clone());
+                e
+            };
+            if started.elapsed() >= o.throughput_budget {
+                entries.extend(o.batches.iter().map(|&b| {
+                    with(json!({ "batch": b, "skipped": "the throughput time budget was spent" }))
+                }));
+                continue;
+            }
+            let g = match guarded(|| m.load(&o.device, d).map_err(|e| e.to_string())) {
+                Ok(g) => g,
+                Err(e) => {
+                    entries.push(with(json!({ "error": format!("loading: {e}") })));
+                    continue;
+                }
+            };
+            let mut failed_at = None;
+            for &b in &o.batches {
+                let e = if let Some(f) = failed_at {
+                    with(json!({ "batch": b, "skipped": format!("batch {f} failed") }))
+                } else if started.elapsed() >= o.throughput_budget {
+                    with(json!({ "batch": b, "skipped": "the throughput time budget was spent" }))
+                } else {
+                    match guarded(|| images_per_s(g.as_ref(), b, o.min_time).map_err(|e| e.to_string())) {
+                        Ok(r) => with(json!({
+                            "batch": b,
+                            "images_per_s": r.images_per_s,
+                            "ms_per_batch": 1e3 * b as f64 / r.images_per_s,
+                            "tflops": gflop.map(|g| g * r.images_per_s / 1e3),
+                            "passes": r.passes,
+                        })),
+                        Err(e) => {
+                            failed_at = Some(b);
+                            with(json!({ "batch": b, "error": e }))
+                        }
+                    }
+                };
+                tracing::info!(entry = %e, "throughput");
+                entries.push(e);
+            }
+        }
+    }
+    json!({
+        "models": models,
+        "flops_note": "tflops = images/s x gflop_per_image (the package's count, whose RGB convolution computes all channels; genrep computes the 3 it keeps: gflop_per_image_executed)",
+        "includes": "the copy of the images to the host",
+        "min_time_s": o.min_time.as_secs_f64(),
+        "entries": entries,
+        "seconds": started.elapsed().as_secs_f64(),
+    })
+}
