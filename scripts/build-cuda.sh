@@ -2,7 +2,7 @@
 # Builds genrep with the CUDA backend on a machine without a GPU or a CUDA install.
 #
 #   scripts/build-cuda.sh check [CC]   # cargo check --features cuda (what CI runs)
-#   scripts/build-cuda.sh build [CC]   # release binary -> target/cuda-sm<CC>/genrep
+#   scripts/build-cuda.sh build [CC]   # release binary -> target/cuda-sm<CC>/release/genrep
 #
 # CC is the compute capability (default 90 = H100/H200; 80 and 89 work too). The CUDA 13.0
 # toolkit comes from PyPI wheels (nvcc, runtime headers, nvvm, CCCL) installed into a cache
@@ -67,3 +67,8 @@ echo "built $out ($((size >> 20)) MiB); it needs libcuda.so.1 (driver) and the C
 if [ "$size" -gt $((64 << 20)) ]; then
   echo "warning: over 64 MiB" >&2
 fi
+# The PyTorch reference package for scripts/gpu-check.sh (a 27 kB wheel; GPU hosts have torch
+# but may not have it): carried next to the binary, where gpu-check.sh looks for it.
+"$venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$target/release" \
+  pytorch-pretrained-biggan==0.1.1
+echo "carry to the GPU host: $out and $target/release/pytorch_pretrained_biggan-0.1.1-py3-none-any.whl; run scripts/gpu-check.sh $out" >&2

@@ -71,7 +71,12 @@ struct CheckArgs {
     #[arg(long, default_value = "tests/fixtures")]
     fixtures: PathBuf,
     /// Dtypes of the parity checks and the throughput sweep.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,f16,bf16")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "f32,f16,bf16"
+    )]
     dtypes: Vec<Dtype>,
     /// Throughput models: `deep-128`, `deep-256`, `deep-512` (the package's configs, random
     /// weights) or model directories.
@@ -414,7 +419,10 @@ fn check(a: CheckArgs) -> Result<()> {
     let models = a
         .models
         .iter()
-        .map(|m| m.parse::<ModelChoice>().map_err(|e| anyhow::anyhow!("--models: {e}")))
+        .map(|m| {
+            m.parse::<ModelChoice>()
+                .map_err(|e| anyhow::anyhow!("--models: {e}"))
+        })
         .collect::<Result<Vec<_>>>()?;
     let serving_models = a
         .serving_models

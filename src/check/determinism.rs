@@ -39,16 +39,16 @@ fn shard_sha(
     end: u64,
 ) -> Result<String, String> {
     guarded(|| {
-    let g = crate::embedded::load(&o.device, DType::F32).map_err(|e| e.to_string())?;
-    runtime().block_on(async {
-        let e = ready_engine(g, engine_config(max_batch, o.encode_threads))
-            .await
-            .map_err(|e| e.to_string())?;
-        let bytes = shard_bytes(&e, req, start, end)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(hex::encode(Sha256::digest(&bytes)))
-    })
+        let g = crate::embedded::load(&o.device, DType::F32).map_err(|e| e.to_string())?;
+        runtime().block_on(async {
+            let e = ready_engine(g, engine_config(max_batch, o.encode_threads))
+                .await
+                .map_err(|e| e.to_string())?;
+            let bytes = shard_bytes(&e, req, start, end)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(hex::encode(Sha256::digest(&bytes)))
+        })
     })
 }
 
@@ -63,10 +63,7 @@ fn raw(o: &CheckOptions) -> Result<Value, String> {
     let ids: Vec<u32> = (0..n as u32).map(|i| i % spec.num_classes as u32).collect();
     let run = |chunk: usize| -> Result<Vec<f32>, String> {
         let mut out = Vec::new();
-        for (zc, ic) in z
-            .chunks(chunk * spec.latent_dim)
-            .zip(ids.chunks(chunk))
-        {
+        for (zc, ic) in z.chunks(chunk * spec.latent_dim).zip(ids.chunks(chunk)) {
             let t = g
                 .generate(zc, &ClassInput::Ids(ic.to_vec()), 1.0)
                 .map_err(|e| e.to_string())?;
@@ -106,11 +103,7 @@ pub fn run(o: &CheckOptions) -> Value {
     let pinned = shard_sha(
         o,
         64,
-        request(&spec, &[
-            ("seed", "1"),
-            ("sigma", "0.2"),
-            ("views", "2"),
-        ]),
+        request(&spec, &[("seed", "1"), ("sigma", "0.2"), ("views", "2")]),
         12,
         18,
     );

@@ -60,8 +60,8 @@ pub fn run(o: &CheckOptions) -> anyhow::Result<Value> {
         .iter()
         .map(|m| serving::run(o, *m))
         .collect();
-    let pass = parity["pass"].as_bool() == Some(true)
-        && determinism["pass"].as_bool() == Some(true);
+    let pass =
+        parity["pass"].as_bool() == Some(true) && determinism["pass"].as_bool() == Some(true);
     Ok(json!({
         "genrep_version": env!("CARGO_PKG_VERSION"),
         "device": o.device_name,

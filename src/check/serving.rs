@@ -62,7 +62,11 @@ impl ServingModel {
         }
     }
 
-    pub fn load(&self, device: &Device, dtype: DType) -> Result<Box<dyn Generator>, GeneratorError> {
+    pub fn load(
+        &self,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Box<dyn Generator>, GeneratorError> {
         match self {
             Self::Embedded => crate::embedded::load(device, dtype),
             Self::Deep(r) => Ok(Box::new(random_biggan(
@@ -170,10 +174,9 @@ impl Connection {
             .await
             .map_err(|e| format!("connecting to {addr}: {e}"))?;
         s.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
-                .await
-                .map_err(|e| e.to_string())?;
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         Ok(Self { send })
     }
@@ -228,7 +231,11 @@ pub async fn http_shards(
 }
 
 /// Samples/s of `consumers` HTTP clients each fetching single samples back to back for `dur`.
-pub async fn single_samples(addr: SocketAddr, consumers: u64, dur: Duration) -> Result<f64, String> {
+pub async fn single_samples(
+    addr: SocketAddr,
+    consumers: u64,
+    dur: Duration,
+) -> Result<f64, String> {
     concurrently(consumers, dur, |c, until| async move {
         let mut conn = Connection::open(addr).await?;
         let mut n = 0;

@@ -24,9 +24,15 @@ impl std::str::FromStr for ModelChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         if let Some(r) = s.strip_prefix("deep-") {
-            return match r.parse::<usize>().ok().filter(|r| BigGanConfig::deep(*r).is_some()) {
+            return match r
+                .parse::<usize>()
+                .ok()
+                .filter(|r| BigGanConfig::deep(*r).is_some())
+            {
                 Some(r) => Ok(Self::Deep(r)),
-                None => Err(format!("`{s}`: BigGAN-deep comes in deep-128, deep-256, deep-512")),
+                None => Err(format!(
+                    "`{s}`: BigGAN-deep comes in deep-128, deep-256, deep-512"
+                )),
             };
         }
         let p = PathBuf::from(s);
@@ -59,7 +65,11 @@ impl ModelChoice {
         }
     }
 
-    pub fn load(&self, device: &Device, dtype: DType) -> Result<Box<dyn Generator>, GeneratorError> {
+    pub fn load(
+        &self,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Box<dyn Generator>, GeneratorError> {
         match self {
             Self::Deep(r) => Ok(Box::new(random_biggan(
                 BigGanConfig::deep(*r).expect("checked when parsed"),
@@ -81,7 +91,11 @@ pub struct Rate {
 }
 
 /// Images/s of `g` at batch `b`: one warm-up pass, then passes until `min_time` has elapsed.
-pub fn images_per_s(g: &dyn Generator, b: usize, min_time: Duration) -> Result<Rate, GeneratorError> {
+pub fn images_per_s(
+    g: &dyn Generator,
+    b: usize,
+    min_time: Duration,
+) -> Result<Rate, GeneratorError> {
     let spec = g.spec();
     let z: Vec<f32> = (0..b * spec.latent_dim)
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
@@ -147,7 +161,9 @@ pub fn run(o: &CheckOptions) -> Value {
                 } else if started.elapsed() >= o.throughput_budget {
                     with(json!({ "batch": b, "skipped": "the throughput time budget was spent" }))
                 } else {
-                    match guarded(|| images_per_s(g.as_ref(), b, o.min_time).map_err(|e| e.to_string())) {
+                    match guarded(|| {
+                        images_per_s(g.as_ref(), b, o.min_time).map_err(|e| e.to_string())
+                    }) {
                         Ok(r) => with(json!({
                             "batch": b,
                             "images_per_s": r.images_per_s,
