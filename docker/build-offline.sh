@@ -57,7 +57,12 @@ fi
 # --format docker keeps HEALTHCHECK (the OCI format has no such field). No --layers: with vfs every
 # cached step would be a full copy of the file system.
 b bud --pull-never --format docker -f docker/Dockerfile -t "$tag" . >&2
-b inspect --type image --format '{{.Docker.Config.Healthcheck}} user={{.Docker.Config.User}} entrypoint={{.Docker.Config.Entrypoint}}{{"\n"}}' "$tag"
+conf=$(b inspect --type image --format '{{.Docker.Config.Healthcheck}} user={{.Docker.Config.User}}' "$tag")
+echo "image $tag: $conf" >&2
+case "$conf" in
+  *CMD-SHELL*GENREP_PORT*user=genrep*) ;;
+  *) echo "error: the image lost its HEALTHCHECK or its non-root user" >&2; exit 1 ;;
+esac
 
 # Smoke test: the image's entrypoint serves the pinned shard on a free port.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
