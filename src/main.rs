@@ -63,6 +63,8 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+// A flag given again replaces its earlier value (scripts pass defaults, users override them).
+#[command(args_override_self = true)]
 struct CheckArgs {
     /// `cpu`, or `cuda:N` when built with the `cuda` feature.
     #[arg(long, env = "GENREP_DEVICE", default_value = "cpu")]
@@ -75,16 +77,17 @@ struct CheckArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "f32,f16,bf16"
+        default_value = "f32,f16,bf16",
+        action = clap::ArgAction::Set
     )]
     dtypes: Vec<Dtype>,
     /// Throughput models: `deep-128`, `deep-256`, `deep-512` (the package's configs, random
     /// weights) or model directories.
-    #[arg(long, value_delimiter = ',', default_value = "deep-128,deep-256")]
+    #[arg(long, value_delimiter = ',', default_value = "deep-128,deep-256", action = clap::ArgAction::Set)]
     models: Vec<String>,
     /// Batch sizes of the throughput sweep; after a batch fails (out of memory), larger ones of
     /// the same model and dtype are skipped.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256", action = clap::ArgAction::Set)]
     batches: Vec<usize>,
     /// Seconds the throughput sweep may take; later entries are reported as skipped, so the
     /// check fits the time a borrowed GPU host gives.
@@ -94,7 +97,7 @@ struct CheckArgs {
     #[arg(long, default_value_t = 1.0)]
     min_time_s: f64,
     /// Generators of the serving measurements: `embedded`, `deep-128`, …, or `none`.
-    #[arg(long, value_delimiter = ',', default_value = "embedded,deep-128")]
+    #[arg(long, value_delimiter = ',', default_value = "embedded,deep-128", action = clap::ArgAction::Set)]
     serving_models: Vec<String>,
     /// Compute dtype of the serving measurements.
     #[arg(long, value_enum, default_value_t = Dtype::F16)]
@@ -105,7 +108,12 @@ struct CheckArgs {
     /// Encoder threads of the serving engines. Default: all cores.
     #[arg(long)]
     encode_threads: Option<usize>,
-    /// Also write the report to this file.
+    /// Seconds the whole check may take: measurements that would start later are reported as
+    /// skipped. Default: no deadline.
+    #[arg(long)]
+    deadline_s: Option<f64>,
+    /// Also write the report to this file, after every section (so a run that is cut short
+    /// leaves the sections it finished; `"complete": false` until the end).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -401,6 +409,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
 
 fn check(a: CheckArgs) -> Result<()> {
     use genrep::check::{serving::ServingModel, throughput::ModelChoice};
+    let started = std::time::Instant::now();
     let seconds = |v: f64, flag: &str| -> Result<std::time::Duration> {
         std::time::Duration::try_from_secs_f64(v)
             .ok()
@@ -450,14 +459,33 @@ fn check(a: CheckArgs) -> Result<()> {
                 .map(|n| n.get())
                 .unwrap_or(2)
         }),
+        deadline: match a.deadline_s {
+            Some(s) => Some(started + seconds(s, "--deadline-s")?),
+            None => None,
+        },
     };
-    let report = genrep::check::run(&o)?;
-    let text = serde_json::to_string_pretty(&report)?;
-    if let Some(p) = &a.out {
-        std::fs::write(p, format!("{text}\n"))
-            .with_context(|| format!("cannot write the report to {}", p.display()))?;
+    let write = |report: &serde_json::Value| -> Result<()> {
+        if let Some(p) = &a.out {
+            // Written whole to a temporary name and renamed, so a kill never leaves half a file.
+            let tmp = p.with_extension("json.partial");
+            std::fs::write(&tmp, format!("{:#}\n", report))
+                .and_then(|_| std::fs::rename(&tmp, p))
+                .with_context(|| format!("cannot write the report to {}", p.display()))?;
+        }
+        Ok(())
+    };
+    // Fail before measuring when the report cannot be written.
+    write(&serde_json::json!({ "complete": false }))?;
+    let mut write_error = None;
+    let report = genrep::check::run(&o, |r| {
+        if let Err(e) = write(r) {
+            write_error.get_or_insert(e);
+        }
+    })?;
+    if let Some(e) = write_error {
+        return Err(e);
     }
-    println!("{text}");
+    println!("{report:#}");
     if report["pass"] != true {
         bail!("parity or determinism failed (see the report)");
     }

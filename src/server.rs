@@ -186,6 +186,24 @@ pub fn run(
     })
 }
 
+/// Serves `app` on `listener` with the connection handling of `genrep serve` (connection cap,
+/// timeouts, per-peer consumers) until the runtime ends: for in-process measurements
+/// (`genrep check`) that must see what a client of the real server sees.
+pub fn spawn_serving(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+) {
+    tokio::spawn(accept_loop(
+        listener,
+        app,
+        limits,
+        TaskTracker::new(),
+        CancellationToken::new(),
+        CancellationToken::new(),
+    ));
+}
+
 /// Accepts connections until `closed` is cancelled, each served by hyper with the header-read
 /// timeout, under the connection cap, on a socket whose stalled writes time out. After
 /// `shutdown`, open connections close once their current response ends and new ones serve a

@@ -414,6 +414,36 @@ async fn a_panicking_generator_answers_500_and_turns_not_ready() {
     assert_eq!(c, StatusCode::OK);
 }
 
+/// A generator whose warm-up pass fails or panics marks the engine failed at once (not ready,
+/// never): callers waiting for readiness (`genrep check`, probes) can stop waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_warm_up_marks_the_engine_failed() {
+    let load =
+        || genrep::embedded::load(&candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let failing = |_: &Tensor| Err(candle_core::Error::Msg("broken kernel".into()));
+    let panicking = |_: &Tensor| -> candle_core::Result<()> { panic!("broken kernel") };
+    let engines = [
+        genrep::engine::Engine::start(
+            Box::new(Inspect(load(), failing)),
+            engine_config(8),
+            Default::default(),
+        ),
+        genrep::engine::Engine::start(
+            Box::new(Inspect(load(), panicking)),
+            engine_config(8),
+            Default::default(),
+        ),
+    ];
+    for e in engines {
+        let t = Instant::now();
+        while !e.has_panicked() {
+            assert!(t.elapsed() < Duration::from_secs(10), "never marked failed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!e.is_ready());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_batch_size_caps_every_forward_pass() {
     let load =

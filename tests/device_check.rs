@@ -44,6 +44,7 @@ fn gpu_check_script_cpu_path_reports_every_section() {
     assert_eq!(report["pass"], true, "{report:#}");
     let g = &report["genrep"];
     assert_eq!(g["device"], "cpu");
+    assert_eq!(g["complete"], true);
 
     // Parity: both generators, each dtype, within tolerance (f32 at the CPU tests' 1e-4).
     for model in ["biggan_fixture", "embedded"] {
@@ -67,18 +68,35 @@ fn gpu_check_script_cpu_path_reports_every_section() {
     // Determinism: on the CPU every comparison holds, including the pinned shard.
     let d = &g["determinism"];
     for key in [
-        "two_runs_identical",
-        "batch_64_vs_7_identical",
+        "two_runs_identical_fixed_batch",
+        "two_runs_identical_batch_cap_64",
+        "batch_cap_64_vs_7_identical",
+        "fixed_batch_vs_cap_64_identical",
         "pinned_cpu_shard_identical",
     ] {
         assert_eq!(d[key], true, "{key}: {d}");
     }
     assert_eq!(d["raw_batch_64_vs_7"]["bitwise_identical"], true);
 
-    // Throughput: every (dtype, batch) of the fixture measured, with TFLOP/s from its config.
+    // Throughput: every (dtype, batch) of the fixture measured, half precision first, with
+    // TFLOP/s from its config.
     let t = &g["throughput"];
     let entries = t["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), 6, "{t}");
+    let order: Vec<(&str, u64)> = entries
+        .iter()
+        .map(|e| (e["dtype"].as_str().unwrap(), e["batch"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("f16", 1),
+            ("f16", 4),
+            ("bf16", 1),
+            ("bf16", 4),
+            ("f32", 1),
+            ("f32", 4)
+        ]
+    );
     let gflop = num(&t["models"][0]["gflop_per_image"], "gflop_per_image");
     assert!(gflop > 0.0);
     for e in entries {
@@ -107,6 +125,86 @@ fn gpu_check_script_cpu_path_reports_every_section() {
         "{}",
         report["torch"]
     );
+}
+
+#[test]
+fn the_pytorch_side_compares_matching_entries_only() {
+    // gpu_torch_reference.compare() pairs genrep's and PyTorch's figures by (model, dtype,
+    // batch); skipped, failed and unmatched entries give no ratio. Needs only the stdlib.
+    let code = r#"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from gpu_torch_reference import compare
+report = {"throughput": {"entries": [
+    {"model": "m", "dtype": "f16", "batch": 1, "images_per_s": 30.0, "tflops": 3.0},
+    {"model": "m", "dtype": "f16", "batch": 4, "images_per_s": 80.0},
+    {"model": "m", "dtype": "f32", "batch": 1, "skipped": "budget"},
+    {"model": "m", "dtype": "bf16", "batch": 1, "error": "out of memory"},
+]}}
+torch = {"entries": [
+    {"model": "m", "dtype": "f16", "batch": 1, "images_per_s": 10.0, "tflops": 1.0},
+    {"model": "m", "dtype": "f16", "batch": 4, "error": "out of memory"},
+    {"model": "m", "dtype": "f32", "batch": 1, "images_per_s": 5.0},
+    {"model": "other", "dtype": "bf16", "batch": 1, "images_per_s": 5.0},
+]}
+print(json.dumps(compare(report, torch)))
+print(json.dumps(compare(report, {"skipped": "no torch"})))
+"#;
+    let out = common::run_ok(
+        Command::new(common::python())
+            .args(["-c", code])
+            .arg(repo().join("tools")),
+        "gpu_torch_reference.compare",
+    );
+    let mut lines = out.lines();
+    let rows: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["dtype"], "f16");
+    assert_eq!(rows[0]["batch"], 1);
+    assert_eq!(rows[0]["ratio"], 3.0);
+    assert_eq!(lines.next().unwrap(), "[]");
+}
+
+#[test]
+fn past_the_deadline_measurements_are_skipped_and_the_report_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("sub/r.json");
+    std::fs::create_dir_all(report.parent().unwrap()).unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--device", "cpu", "--dtypes", "f32"])
+        // A repeated flag replaces the earlier value (gpu-check.sh passes defaults first).
+        .args(["--batches", "4", "--batches", "1", "--deadline-s", "0.001"])
+        .args(["--serving-models", "embedded", "--models"])
+        .arg(repo().join("tests/fixtures/biggan-tiny"))
+        .arg("--fixtures")
+        .arg(repo().join("tests/fixtures"))
+        .arg("--out")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["complete"], true);
+    // Parity and determinism always run (they are the pass/fail part).
+    assert_eq!(r["pass"], true);
+    let entries = r["throughput"]["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["batch"], 1);
+    assert!(entries[0]["skipped"].is_string(), "{}", entries[0]);
+    let s = &r["serving"][0];
+    assert!(
+        s["shards_http_samples_per_s"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("deadline"),
+        "{s}"
+    );
+    assert!(s["batching_gain"].is_null());
 }
 
 /// A copy of the fixtures whose f32 reference for truncation 0.4 is off by 1 %.

@@ -7,8 +7,10 @@ and batch sizes of a `genrep check` report, and writes the merged report with th
 
 Same network (the report carries each model's config), random weights, eval mode, no_grad,
 truncation 1.0, and the same timing rule as genrep: one warm-up pass, then passes until
---min-time-s has elapsed, each ending with the images copied to the host as float32.
-PyTorch runs with its default settings (cuDNN convolutions, cudnn.benchmark off).
+--min-time-s has elapsed, each ending with the images copied to the host as float32. Only the
+entries genrep measured are run. TF32 is off, as in candle (whose f32 GEMMs run in full f32), so
+f32 compares f32 arithmetic; otherwise PyTorch's defaults (cuDNN, cudnn.benchmark off). On SIGINT
+(the caller's time limit) the entries measured so far are kept and the report is written.
 
 Without torch or the package, the report is still written, with the reason under "torch". The
 package is a 27 kB wheel: carry it and put it on PYTHONPATH (a wheel is importable as a zip). Its
@@ -91,53 +93,59 @@ def images_per_s(torch, model, cfg, batch, dtype, device, min_time):
 def run_torch(report, device, budget, min_time):
     torch, BigGAN, BigGANConfig, stubbed = import_biggan()
     dtypes = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
-    thr = report["throughput"]
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    thr = report.get("throughput", {"entries": [], "models": []})
     if device == "cpu" and report.get("threads"):
         torch.set_num_threads(int(report["threads"]))
     started = time.time()
     entries = []
     plan = {}
     for e in thr["entries"]:
-        if "batch" in e:
+        if "images_per_s" in e:
             plan.setdefault((e["model"], e["dtype"]), []).append(e["batch"])
     configs = {m["model"]: m for m in thr["models"]}
-    for (name, dt), batches in plan.items():
-        info = configs.get(name, {})
-        cfg = info.get("config")
-        if cfg is None:
-            entries += [{"model": name, "dtype": dt, "batch": b, "skipped": "not a BigGAN-deep"} for b in batches]
-            continue
-        if time.time() - started >= budget:
-            entries += [{"model": name, "dtype": dt, "batch": b, "skipped": "the time budget was spent"} for b in batches]
-            continue
-        try:
-            model = random_biggan(torch, BigGAN, BigGANConfig, cfg).to(device, dtypes[dt])
-        except Exception as err:  # noqa: BLE001 (reported, the sweep goes on)
-            entries += [{"model": name, "dtype": dt, "batch": b, "error": f"loading: {err}"} for b in batches]
-            continue
-        failed = None
-        for b in batches:
-            e = {"model": name, "dtype": dt, "batch": b}
-            if failed is not None:
-                e["skipped"] = f"batch {failed} failed"
-            elif time.time() - started >= budget:
-                e["skipped"] = "the time budget was spent"
-            else:
-                try:
-                    ips, passes = images_per_s(torch, model, cfg, b, dtypes[dt], device, min_time)
-                    e.update(images_per_s=ips, passes=passes)
-                    if info.get("gflop_per_image"):
-                        e["tflops"] = ips * info["gflop_per_image"] / 1e3
-                except Exception as err:  # noqa: BLE001 (out of memory and the like)
-                    failed = b
-                    e["error"] = str(err).splitlines()[0][:300]
-                    if device.startswith("cuda"):
-                        torch.cuda.empty_cache()
-            print(json.dumps(e), file=sys.stderr, flush=True)
-            entries.append(e)
-        del model
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+    interrupted = False
+    try:
+        for (name, dt), batches in plan.items():
+            info = configs.get(name, {})
+            cfg = info.get("config")
+            if cfg is None:
+                entries += [{"model": name, "dtype": dt, "batch": b, "skipped": "not a BigGAN-deep"} for b in batches]
+                continue
+            if time.time() - started >= budget:
+                entries += [{"model": name, "dtype": dt, "batch": b, "skipped": "the time budget was spent"} for b in batches]
+                continue
+            try:
+                model = random_biggan(torch, BigGAN, BigGANConfig, cfg).to(device, dtypes[dt])
+            except Exception as err:  # noqa: BLE001 (reported, the sweep goes on)
+                entries += [{"model": name, "dtype": dt, "batch": b, "error": f"loading: {err}"} for b in batches]
+                continue
+            failed = None
+            for b in batches:
+                e = {"model": name, "dtype": dt, "batch": b}
+                if failed is not None:
+                    e["skipped"] = f"batch {failed} failed"
+                elif time.time() - started >= budget:
+                    e["skipped"] = "the time budget was spent"
+                else:
+                    try:
+                        ips, passes = images_per_s(torch, model, cfg, b, dtypes[dt], device, min_time)
+                        e.update(images_per_s=ips, passes=passes)
+                        if info.get("gflop_per_image"):
+                            e["tflops"] = ips * info["gflop_per_image"] / 1e3
+                    except Exception as err:  # noqa: BLE001 (out of memory and the like)
+                        failed = b
+                        e["error"] = str(err).splitlines()[0][:300]
+                        if device.startswith("cuda"):
+                            torch.cuda.empty_cache()
+                print(json.dumps(e), file=sys.stderr, flush=True)
+                entries.append(e)
+            del model
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    except KeyboardInterrupt:
+        interrupted = True
     return {
         "torch_version": torch.__version__,
         "device": device,
@@ -147,6 +155,7 @@ def run_torch(report, device, budget, min_time):
             "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
         },
         "stubbed_modules": stubbed,
+        "interrupted_at_time_limit": interrupted,
         "entries": entries,
         "seconds": time.time() - started,
     }

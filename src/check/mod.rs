@@ -46,35 +46,51 @@ pub struct CheckOptions {
     /// Length of each serving measurement.
     pub serving_time: Duration,
     pub encode_threads: usize,
+    /// When the check must end: later throughput entries and serving measurements are reported as
+    /// skipped (a borrowed GPU host gives minutes; a partial report beats a killed one).
+    pub deadline: Option<Instant>,
 }
 
-/// Runs every section and returns the report. Errors only for unusable options (missing
-/// fixtures); a failed measurement is recorded in the report instead.
-pub fn run(o: &CheckOptions) -> anyhow::Result<Value> {
+impl CheckOptions {
+    /// Whether the deadline has passed.
+    pub fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// Runs every section and returns the report; `progress` gets the report so far after each
+/// section (`"complete": false` until the end), so that a run cut short still leaves figures.
+/// Errors only for unusable options (missing fixtures); a failed measurement is recorded in the
+/// report instead.
+pub fn run(o: &CheckOptions, mut progress: impl FnMut(&Value)) -> anyhow::Result<Value> {
     let started = Instant::now();
-    let parity = parity::run(o)?;
-    let determinism = determinism::run(o);
-    let throughput = throughput::run(o);
-    let serving: Vec<Value> = o
-        .serving_models
-        .iter()
-        .map(|m| serving::run(o, *m))
-        .collect();
-    let pass =
-        parity["pass"].as_bool() == Some(true) && determinism["pass"].as_bool() == Some(true);
-    Ok(json!({
+    let mut report = json!({
         "genrep_version": env!("CARGO_PKG_VERSION"),
         "device": o.device_name,
         "cuda_feature": cfg!(feature = "cuda"),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "pass": pass,
-        "pass_means": "every parity entry within its tolerance, and repeated runs give identical shard bytes",
-        "parity": parity,
-        "determinism": determinism,
-        "throughput": throughput,
-        "serving": serving,
-        "seconds": started.elapsed().as_secs_f64(),
-    }))
+        "complete": false,
+        "pass": false,
+        "pass_means": "every parity entry within its tolerance, and repeated runs of fixed-shape batches give identical shard bytes",
+    });
+    let mut add = |key: &str, v: Value, report: &mut Value| {
+        report[key] = v;
+        report["seconds"] = json!(started.elapsed().as_secs_f64());
+        progress(report);
+    };
+    add("parity", parity::run(o)?, &mut report);
+    add("determinism", determinism::run(o), &mut report);
+    add("throughput", throughput::run(o), &mut report);
+    let mut serving = Vec::new();
+    for m in &o.serving_models {
+        serving.push(serving::run(o, *m));
+        add("serving", json!(serving), &mut report);
+    }
+    report["pass"] =
+        json!(report["parity"]["pass"] == true && report["determinism"]["pass"] == true);
+    report["complete"] = json!(true);
+    add("serving", json!(serving), &mut report);
+    Ok(report)
 }
 
 /// Short name of a dtype, as the CLI spells it.
@@ -105,9 +121,14 @@ pub(crate) async fn ready_engine(
     let e = Engine::start(g, cfg, Arc::new(Metrics::default()));
     let t = Instant::now();
     while !e.is_ready() {
-        if e.has_panicked() || t.elapsed() > Duration::from_secs(600) {
+        if e.has_panicked() {
             return Err(GeneratorError::Input(
-                "the engine did not become ready (warm-up pass failed)".into(),
+                "the engine's warm-up pass failed (see the log)".into(),
+            ));
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            return Err(GeneratorError::Input(
+                "the engine's warm-up pass took over 120 s".into(),
             ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -117,8 +117,12 @@ pub async fn in_process_shards(
     dur: Duration,
 ) -> Result<f64, String> {
     let req = request(engine);
+    // One consumer for all readers, with the read-ahead budget the API gives one peer (two
+    // batches), as the HTTP side's loopback clients are one consumer of the server.
+    let reader = Consumer::new("check", "check", 1)
+        .with_readahead((2 * engine.config().max_batch_size).max(2));
     concurrently(consumers, dur, |c, until| {
-        let (engine, req) = (engine.clone(), req.clone());
+        let (engine, req, reader) = (engine.clone(), req.clone(), reader.clone());
         async move {
             let mut n = 0;
             let mut shard = c;
@@ -127,7 +131,7 @@ pub async fn in_process_shards(
                 let start = shard * shard_size;
                 tokio::spawn(produce(
                     engine.clone(),
-                    Consumer::new(format!("c{c}"), "check", 1),
+                    reader.clone(),
                     req.clone(),
                     start,
                     StreamEnd::Shard(start + shard_size),
@@ -148,7 +152,8 @@ pub async fn in_process_shards(
     .await
 }
 
-/// Serves the API of `engine` on a loopback port (as `genrep serve` does, without keys).
+/// Serves the API of `engine` on a loopback port through the connection handling of
+/// `genrep serve` (open server: all loopback clients are one consumer).
 pub async fn serve_http(engine: Engine) -> Result<SocketAddr, String> {
     let app = router(AppState::new(
         engine,
@@ -159,7 +164,7 @@ pub async fn serve_http(engine: Engine) -> Result<SocketAddr, String> {
         .await
         .map_err(|e| e.to_string())?;
     let addr = l.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(async move { axum::serve(l, app).await });
+    crate::server::spawn_serving(l, app, crate::server::ConnectionLimits::default());
     Ok(addr)
 }
 
@@ -261,6 +266,9 @@ where
     F: FnOnce(Engine) -> Fut,
     Fut: std::future::Future<Output = Result<f64, String>>,
 {
+    if o.past_deadline() {
+        return Err("skipped: the check's deadline has passed".into());
+    }
     guarded(|| {
         let g = m.load(&o.device, dtype).map_err(|e| e.to_string())?;
         runtime().block_on(async {

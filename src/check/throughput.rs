@@ -118,9 +118,15 @@ pub fn images_per_s(
     })
 }
 
-/// The throughput section: a list of entries, in sweep order.
+/// The throughput section: a list of entries, in sweep order (per model: f16, bf16, then f32,
+/// so that a spent budget drops the slowest and least-served precision first).
 pub fn run(o: &CheckOptions) -> Value {
     let started = Instant::now();
+    let out_of_time = || started.elapsed() >= o.throughput_budget || o.past_deadline();
+    let dtypes: Vec<DType> = [DType::F16, DType::BF16, DType::F32]
+        .into_iter()
+        .filter(|d| o.dtypes.contains(d))
+        .collect();
     let mut entries = Vec::new();
     let mut models = Vec::new();
     for m in &o.models {
@@ -132,7 +138,7 @@ pub fn run(o: &CheckOptions) -> Value {
             "gflop_per_image_executed": cfg.as_ref().map(|c| c.flops_per_image().0 / 1e9),
             "config": cfg,
         }));
-        for &d in &o.dtypes {
+        for &d in &dtypes {
             let base = json!({ "model": m.name(), "dtype": dtype_name(d) });
             let with = |extra: Value| {
                 let mut e = base.clone();
@@ -141,9 +147,9 @@ pub fn run(o: &CheckOptions) -> Value {
                     .extend(extra.as_object().expect("object").clone());
                 e
             };
-            if started.elapsed() >= o.throughput_budget {
+            if out_of_time() {
                 entries.extend(o.batches.iter().map(|&b| {
-                    with(json!({ "batch": b, "skipped": "the throughput time budget was spent" }))
+                    with(json!({ "batch": b, "skipped": "out of time (the throughput budget or the check's deadline)" }))
                 }));
                 continue;
             }
@@ -158,8 +164,10 @@ pub fn run(o: &CheckOptions) -> Value {
             for &b in &o.batches {
                 let e = if let Some(f) = failed_at {
                     with(json!({ "batch": b, "skipped": format!("batch {f} failed") }))
-                } else if started.elapsed() >= o.throughput_budget {
-                    with(json!({ "batch": b, "skipped": "the throughput time budget was spent" }))
+                } else if out_of_time() {
+                    with(
+                        json!({ "batch": b, "skipped": "out of time (the throughput budget or the check's deadline)" }),
+                    )
                 } else {
                     match guarded(|| {
                         images_per_s(g.as_ref(), b, o.min_time).map_err(|e| e.to_string())

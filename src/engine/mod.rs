@@ -84,8 +84,8 @@ struct Inner {
     /// Wakes producers waiting for queue space.
     space: Notify,
     ready: AtomicBool,
-    /// Set when the generator panicked: the server stays up (for logs and liveness) but is
-    /// never ready again.
+    /// Set when the generator panicked or its warm-up pass failed: the server stays up (for logs
+    /// and liveness) but is never ready again.
     panicked: AtomicBool,
     metrics: Arc<Metrics>,
     encode_slots: Arc<tokio::sync::Semaphore>,
@@ -146,7 +146,7 @@ impl Engine {
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire)
     }
-    /// Whether the generator panicked (then it is never ready again).
+    /// Whether the generator panicked or failed its warm-up (then it is never ready again).
     pub fn has_panicked(&self) -> bool {
         self.inner.panicked.load(Ordering::Acquire)
     }
@@ -339,10 +339,19 @@ fn device_loop(generator: Box<dyn Generator>, mut rx: mpsc::Receiver<Vec<Job>>, 
     } else {
         ClassInput::None
     };
-    match generator.generate(&z, &classes, 1.0) {
-        Ok(_) => inner.ready.store(true, Ordering::Release),
-        Err(e) => {
+    let warm = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        generator.generate(&z, &classes, 1.0)
+    }));
+    match warm {
+        Ok(Ok(_)) => inner.ready.store(true, Ordering::Release),
+        Ok(Err(e)) => {
             tracing::error!("generator warm-up failed: {e}");
+            inner.panicked.store(true, Ordering::Release);
+            return;
+        }
+        Err(_) => {
+            tracing::error!("generator warm-up panicked");
+            inner.panicked.store(true, Ordering::Release);
             return;
         }
     }
