@@ -60,7 +60,9 @@ cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/libcuda_s
 ln -sf "$link/libcuda.so" "$link/libcuda.so.1"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$link"
 target=target/cuda-sm$cc
-cargo build --locked --release --features cuda --bin genrep --target-dir "$target"
+# Symbols stripped: the binary travels to GPU hosts under a 64 MiB limit.
+CARGO_PROFILE_RELEASE_STRIP=symbols \
+  cargo build --locked --release --features cuda --bin genrep --target-dir "$target"
 out=$target/release/genrep
 size=$(stat -c %s "$out")
 echo "built $out ($((size >> 20)) MiB); it needs libcuda.so.1 (driver) and the CUDA 13 cuBLAS, cuRAND and NVRTC libraries on LD_LIBRARY_PATH" >&2
