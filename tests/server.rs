@@ -173,27 +173,13 @@ fn disconnect_frees_the_permit_and_queued_work_and_overload_is_429() {
             .unwrap();
         assert_eq!(r2.status(), 429);
         assert_eq!(r2.headers()["retry-after"], "1");
-        let m = client
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = s.metrics().await;
         assert_eq!(metric(&m, "genrep_active_streams"), 1.0);
         drop(resp);
         // The producer notices, its queued jobs are dropped, the permit returns.
         let t = Instant::now();
         loop {
-            let m = client
-                .get(s.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = s.metrics().await;
             if metric(&m, "genrep_active_streams") == 0.0 && metric(&m, "genrep_queue_depth") == 0.0
             {
                 break;
@@ -325,12 +311,7 @@ fn info_openapi_health_and_inspection() {
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["x-genrep-samples"], "9");
         assert!(r.headers().get("content-length").is_none_or(|v| v != "0"));
-        let m = reqwest::get(s.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = s.metrics().await;
         for name in [
             "genrep_requests_total",
             "genrep_samples_generated_total",
@@ -950,14 +931,7 @@ fn twenty_streams_do_not_lock_out_single_requests() {
         }
         // Let them fill the queue (nobody reads them).
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let m = c
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = s.metrics().await;
         let depth = metric(&m, "genrep_queue_depth");
         let singles = (0..8).map(|i| {
             let c = c.clone();

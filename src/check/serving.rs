@@ -6,10 +6,11 @@
 //!
 //! Every measurement starts a fresh engine in its own runtime (see [`super::runtime`]).
 
+use super::throughput::{parse_deep, random_deep};
 use super::{dtype_name, engine_config, guarded, ready_engine, runtime, CheckOptions};
 use crate::api::{router, AppState};
 use crate::engine::{produce, Consumer, Engine, StreamEnd};
-use crate::generator::{random_biggan, BigGanConfig, Generator, GeneratorError};
+use crate::generator::{Generator, GeneratorError};
 use crate::params::{Limits, SampleRequest};
 use crate::wds::TAR_END;
 use bytes::Bytes;
@@ -40,16 +41,9 @@ impl std::str::FromStr for ServingModel {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "embedded" => Ok(Self::Embedded),
-            _ => match s
-                .strip_prefix("deep-")
-                .and_then(|r| r.parse::<usize>().ok())
-                .filter(|r| BigGanConfig::deep(*r).is_some())
-            {
-                Some(r) => Ok(Self::Deep(r)),
-                None => Err(format!(
-                    "`{s}`: serving models are embedded, deep-128, deep-256, deep-512"
-                )),
-            },
+            _ => parse_deep(s).map(Self::Deep).ok_or_else(|| {
+                format!("`{s}`: serving models are embedded, deep-128, deep-256, deep-512")
+            }),
         }
     }
 }
@@ -69,12 +63,7 @@ impl ServingModel {
     ) -> Result<Box<dyn Generator>, GeneratorError> {
         match self {
             Self::Embedded => crate::embedded::load(device, dtype),
-            Self::Deep(r) => Ok(Box::new(random_biggan(
-                BigGanConfig::deep(*r).expect("checked when parsed"),
-                0,
-                device,
-                dtype,
-            )?)),
+            Self::Deep(r) => random_deep(*r, device, dtype),
         }
     }
 }

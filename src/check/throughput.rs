@@ -20,20 +20,33 @@ pub enum ModelChoice {
     Dir(PathBuf),
 }
 
+/// `deep-128` / `deep-256` / `deep-512` → the resolution; `None` for anything else.
+pub fn parse_deep(s: &str) -> Option<usize> {
+    s.strip_prefix("deep-")?
+        .parse::<usize>()
+        .ok()
+        .filter(|r| BigGanConfig::deep(*r).is_some())
+}
+
+/// The package's BigGAN-deep at resolution `r` (one of [`parse_deep`]'s) with seeded random
+/// weights: speed does not depend on the values.
+pub fn random_deep(
+    r: usize,
+    device: &Device,
+    dtype: DType,
+) -> Result<Box<dyn Generator>, GeneratorError> {
+    let cfg = BigGanConfig::deep(r)
+        .ok_or_else(|| GeneratorError::Unsupported(format!("BigGAN-deep has no {r} config")))?;
+    Ok(Box::new(random_biggan(cfg, 0, device, dtype)?))
+}
+
 impl std::str::FromStr for ModelChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(r) = s.strip_prefix("deep-") {
-            return match r
-                .parse::<usize>()
-                .ok()
-                .filter(|r| BigGanConfig::deep(*r).is_some())
-            {
-                Some(r) => Ok(Self::Deep(r)),
-                None => Err(format!(
-                    "`{s}`: BigGAN-deep comes in deep-128, deep-256, deep-512"
-                )),
-            };
+        if s.starts_with("deep-") {
+            return parse_deep(s).map(Self::Deep).ok_or_else(|| {
+                format!("`{s}`: BigGAN-deep comes in deep-128, deep-256, deep-512")
+            });
         }
         let p = PathBuf::from(s);
         if p.join("config.json").is_file() {
@@ -71,12 +84,7 @@ impl ModelChoice {
         dtype: DType,
     ) -> Result<Box<dyn Generator>, GeneratorError> {
         match self {
-            Self::Deep(r) => Ok(Box::new(random_biggan(
-                BigGanConfig::deep(*r).expect("checked when parsed"),
-                0,
-                device,
-                dtype,
-            )?)),
+            Self::Deep(r) => random_deep(*r, device, dtype),
             Self::Dir(p) => load_model_dir(p, device, dtype),
         }
     }

@@ -59,6 +59,16 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     fn wait_ready(&self) {
         let t = Instant::now();
         loop {
