@@ -46,7 +46,14 @@ pub fn parse_shard_range(s: &str) -> anyhow::Result<(u64, u64)> {
     Ok((a, b))
 }
 
-/// Writes the shards; progress is counted per sample.
+/// A shard writer's outcome.
+fn settled(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    r.unwrap_or_else(|e| Err(anyhow::anyhow!("a shard writer failed: {e}")))
+}
+
+/// Writes the shards; progress is counted per sample. The first failure (a write error, a
+/// generator error, a producer that panicked) stops the export: shards in progress are
+/// abandoned and their temporary files removed, and the error is returned (non-zero exit).
 pub fn run(
     generator: Box<dyn Generator>,
     cfg: EngineConfig,
@@ -77,6 +84,10 @@ pub fn run(
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let engine = Engine::start(generator, cfg, Arc::new(Metrics::default()));
+        engine
+            .wait_ready()
+            .await
+            .context("the generator cannot run; nothing exported")?;
         let req = Arc::new(req);
         let bar = indicatif::ProgressBar::new((o.last - o.first + 1) * size);
         bar.set_style(
@@ -86,14 +97,27 @@ pub fn run(
             .unwrap(),
         );
         let sem = Arc::new(tokio::sync::Semaphore::new(o.parallel.max(1)));
-        let mut tasks = Vec::new();
-        for n in o.first..=o.last {
-            let permit = sem.clone().acquire_owned().await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut producers = Vec::new();
+        let mut failure: Option<anyhow::Error> = None;
+        'shards: for n in o.first..=o.last {
+            // Wait for a free slot; a shard that finished meanwhile may have failed.
+            let permit = loop {
+                tokio::select! {
+                    p = sem.clone().acquire_owned() => break p.expect("never closed"),
+                    Some(r) = tasks.join_next() => {
+                        if let Err(e) = settled(r) {
+                            failure = Some(e);
+                            break 'shards;
+                        }
+                    }
+                }
+            };
             let (engine, req, bar) = (engine.clone(), req.clone(), bar.clone());
             let path = o.out.join(format!("{}-{n:06}.tar", o.prefix));
             let (tx, mut rx) = tokio::sync::mpsc::channel(8);
             let start = n * size;
-            tokio::spawn(produce(
+            let producer = tokio::spawn(produce(
                 engine,
                 Consumer::new("export", "export", 1),
                 req,
@@ -102,25 +126,52 @@ pub fn run(
                 tx,
                 CancellationToken::new(),
             ));
-            tasks.push(tokio::task::spawn_blocking(move || {
+            producers.push(producer.abort_handle());
+            tasks.spawn_blocking(move || {
                 let _permit = permit;
                 let chunks = std::iter::from_fn(|| rx.blocking_recv()).inspect(|c| {
                     if matches!(c, Ok(b) if b[..] != TAR_END[..]) {
                         bar.inc(1);
                     }
                 });
-                write_shard(&path, chunks).map_err(|e| match e {
-                    WriteShardError::Io(p, e) => {
-                        anyhow::anyhow!("cannot write {}: {e}", p.display())
-                    }
-                    WriteShardError::Source(e) => {
-                        anyhow::anyhow!("generating {}: {e}", path.display())
-                    }
-                })
-            }));
+                write_shard(&path, chunks, Some(size))
+                    .map(drop)
+                    .map_err(|e| match e {
+                        WriteShardError::Io(p, e) => {
+                            anyhow::anyhow!("cannot write {}: {e}", p.display())
+                        }
+                        WriteShardError::Source(e) => {
+                            anyhow::anyhow!("generating {}: {e}", path.display())
+                        }
+                        WriteShardError::Incomplete(m) => anyhow::anyhow!(
+                            "generating {}: {m} (its sample producer stopped; see the log)",
+                            path.display()
+                        ),
+                    })
+            });
         }
-        for t in tasks {
-            t.await??;
+        while let Some(r) = tasks.join_next().await {
+            if let Err(e) = settled(r) {
+                if failure.is_none() {
+                    // Stop the other shards: their writers see their producers end early and
+                    // remove their temporary files.
+                    for p in &producers {
+                        p.abort();
+                    }
+                    failure = Some(e);
+                }
+            }
+            if failure.is_some() {
+                for p in &producers {
+                    p.abort();
+                }
+            }
+        }
+        if let Some(e) = failure {
+            bar.abandon_with_message("failed");
+            return Err(
+                e.context("export failed (no incomplete shard was left under a shard name)")
+            );
         }
         bar.finish_with_message("done");
         eprintln!(

@@ -302,15 +302,25 @@ fn load_generator(m: &ModelArgs) -> Result<Box<dyn genrep::generator::Generator>
     })
 }
 
+/// Checks that a numeric flag lies in `lo..=hi`. Every limit has an upper bound far above any
+/// real deployment and below what the structures behind it can count, so a typo (`3e18`) gets
+/// this message instead of a panic or an overflow.
+fn bounded(flag: &str, v: u64, lo: u64, hi: u64) -> Result<()> {
+    if !(lo..=hi).contains(&v) {
+        bail!("{flag} = {v} is out of range: use {lo}..={hi}");
+    }
+    Ok(())
+}
+
+/// Longest timeout any flag takes: a day (past it, deadlines could overflow the clock).
+const MAX_TIMEOUT_S: u64 = 86_400;
+
 fn engine_config(e: &EngineArgs) -> Result<genrep::engine::EngineConfig> {
-    if e.max_batch_size == 0 {
-        bail!("--max-batch-size must be at least 1");
-    }
-    if e.max_queue == 0 {
-        bail!("--max-queue must be at least 1");
-    }
-    if e.encode_threads == Some(0) {
-        bail!("--encode-threads must be at least 1");
+    bounded("--max-batch-size", e.max_batch_size as u64, 1, 1 << 16)?;
+    bounded("--max-queue", e.max_queue as u64, 1, 1 << 20)?;
+    bounded("--max-batch-wait-ms", e.max_batch_wait_ms, 0, 60_000)?;
+    if let Some(t) = e.encode_threads {
+        bounded("--encode-threads", t as u64, 1, 4096)?;
     }
     Ok(genrep::engine::EngineConfig {
         max_batch_size: e.max_batch_size,
@@ -325,27 +335,57 @@ fn engine_config(e: &EngineArgs) -> Result<genrep::engine::EngineConfig> {
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
-    if a.max_concurrent_streams == 0 || a.max_views == 0 || a.max_shard_size == 0 {
-        bail!("--max-concurrent-streams, --max-views and --max-shard-size must be at least 1");
-    }
-    if a.max_streams_per_consumer == 0 {
-        bail!("--max-streams-per-consumer must be at least 1");
-    }
+    let streams = genrep::api::auth::MAX_STREAMS as u64;
+    bounded(
+        "--max-concurrent-streams",
+        a.max_concurrent_streams as u64,
+        1,
+        streams,
+    )?;
+    bounded(
+        "--max-streams-per-consumer",
+        a.max_streams_per_consumer as u64,
+        1,
+        streams,
+    )?;
+    bounded("--max-views", a.max_views as u64, 1, 1024)?;
+    bounded(
+        "--max-shard-size",
+        a.max_shard_size,
+        1,
+        genrep_wire::MAX_INDEX,
+    )?;
+    bounded(
+        "--max-generate-latents",
+        a.max_generate_latents as u64,
+        1,
+        1 << 16,
+    )?;
+    bounded("--max-grid-rows", a.max_grid_rows as u64, 1, 4096)?;
+    bounded("--max-connections", a.max_connections as u64, 1, 1 << 20)?;
+    bounded(
+        "--header-read-timeout-s",
+        a.header_read_timeout_s,
+        1,
+        MAX_TIMEOUT_S,
+    )?;
+    bounded("--idle-timeout-s", a.idle_timeout_s, 1, MAX_TIMEOUT_S)?;
+    bounded("--body-timeout-s", a.body_timeout_s, 1, MAX_TIMEOUT_S)?;
+    bounded("--drain-timeout-s", a.drain_timeout_s, 0, MAX_TIMEOUT_S)?;
     let api_keys = match &a.api_keys {
         Some(path) => {
             let keys = genrep::api::auth::read_key_file(path)?;
+            if genrep::api::auth::readable_by_others(path) {
+                tracing::warn!(
+                    "{} is readable by other users, who can then act as any consumer in it: chmod 600 it",
+                    path.display()
+                );
+            }
             tracing::info!(consumers = keys.len(), "API keys required");
             Some(keys)
         }
         None => None,
     };
-    if a.max_connections == 0
-        || a.header_read_timeout_s == 0
-        || a.idle_timeout_s == 0
-        || a.body_timeout_s == 0
-    {
-        bail!("--max-connections and the --*-timeout-s flags must be at least 1");
-    }
     let generator = load_generator(&a.model)?;
     let cfg = engine_config(&a.engine)?;
     tracing::info!(?a.model, ?a.engine, host = %a.host, port = a.port, "starting");
@@ -377,6 +417,7 @@ fn serve(a: ServeArgs) -> Result<()> {
 
 fn export(a: ExportArgs) -> Result<()> {
     let (first, last) = genrep::export::parse_shard_range(&a.shards)?;
+    bounded("--parallel", a.parallel as u64, 1, 1024)?;
     let generator = load_generator(&a.model)?;
     let cfg = engine_config(&a.engine)?;
     genrep::export::run(

@@ -124,7 +124,8 @@ pub fn real_data(out: &Path, shard_size: usize, csv: Option<&Path>, seed: u64) -
             });
             let end = std::iter::once(Ok(Bytes::from_static(&TAR_END)));
             let path = out.join(format!("mnist-{}-{n:06}.tar", split.name()));
-            write_shard(&path, samples.chain(end)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            write_shard(&path, samples.chain(end), Some(chunk.len() as u64))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             written += 1;
         }
         eprintln!("{}: {} digits in {written} shards", split.name(), d.len());

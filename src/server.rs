@@ -45,6 +45,13 @@ pub struct Access {
 
 /// What one client's sockets may hold: the protections a public deployment needs against
 /// clients that open connections and never finish a request or never read a response.
+///
+/// The server speaks HTTP/1.1 only. Every client genrep serves (WebDataset and its curl/fsspec
+/// readers, PyTorch jobs, `genrep-train`, load balancers such as nginx, which proxy to upstreams
+/// over HTTP/1.1) uses it, and a sample stream gains nothing from multiplexing. HTTP/2 would
+/// need its own defences: its flow-control window lets a client hold a stream open without ever
+/// making the server write (so no write timeout fires), and protocol detection reads the first
+/// bytes without a deadline. An HTTP/2 preface is answered as a malformed HTTP/1 request.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// Open connections at most; beyond it new ones are closed at once (long before the
@@ -67,7 +74,8 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// The HTTP application over a started engine, open (no API keys): call inside a tokio runtime.
+/// The HTTP application over a started engine, open (no API keys), for in-process use (tests
+/// drive it with `oneshot`): call inside a tokio runtime.
 /// `shutdown` turns `/ready` to 503 and ends streams at the next sample boundary when cancelled.
 pub fn app(
     generator: Box<dyn Generator>,
@@ -75,9 +83,25 @@ pub fn app(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> axum::Router {
-    app_with(generator, cfg, limits, &Access::default(), shutdown)
+    let app = app_with(generator, cfg, limits, &Access::default(), shutdown)
         .expect("no CORS origins to parse")
-        .0
+        .0;
+    // In-process requests have no socket: they are all one peer (127.0.0.1) unless the caller
+    // sets `ConnectInfo` itself.
+    app.layer(axum::middleware::map_request(
+        |mut req: axum::extract::Request| async move {
+            if req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .is_none()
+            {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(
+                    std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                ));
+            }
+            req
+        },
+    ))
 }
 
 /// [`app`] with API keys and CORS; also hands back the state (the drain watches its streams).
@@ -124,6 +148,46 @@ fn cors(origins: &[String]) -> anyhow::Result<tower_http::cors::CorsLayer> {
         ]))
 }
 
+/// Fails when the largest answer the limits allow (a grid of `max_grid_rows` samples with
+/// `max_views` positives each, and a `max_generate_latents` generate) could not be allocated:
+/// with too little memory the process would abort on the first such request instead.
+pub fn check_memory(spec: &crate::generator::GeneratorSpec, limits: &Limits) -> anyhow::Result<()> {
+    let per_image = spec.channels * spec.resolution * spec.resolution;
+    let padded = spec.channels * (spec.resolution + 2) * (spec.resolution + 2);
+    let grid_images = limits.max_grid_rows.saturating_mul(limits.max_views + 1);
+    // f32 images, their 8-bit copies, the canvas and its PNG (at most the canvas again).
+    let grid = grid_images.saturating_mul(per_image * 5 + padded * 2);
+    // f32 images and their npy/PNG encoding.
+    let generate = limits.max_generate_latents.saturating_mul(per_image * 8);
+    for (what, bytes, hint) in [
+        (
+            format!(
+                "a full grid ({} rows of {} images at {}x{})",
+                limits.max_grid_rows,
+                limits.max_views + 1,
+                spec.resolution,
+                spec.resolution
+            ),
+            grid,
+            "--max-grid-rows or --max-views",
+        ),
+        (
+            format!("a full generate ({} latents)", limits.max_generate_latents),
+            generate,
+            "--max-generate-latents",
+        ),
+    ] {
+        let mut probe: Vec<u8> = Vec::new();
+        if probe.try_reserve_exact(bytes).is_err() {
+            anyhow::bail!(
+                "{what} needs {:.1} GiB of memory, which this process cannot allocate: lower {hint}",
+                bytes as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Serves until SIGINT/SIGTERM, then drains (see the module doc). Fails when the drain deadline
 /// cut shards short.
 pub fn run(
@@ -145,6 +209,15 @@ pub fn run(
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot bind {addr}"))?;
+        // Nothing is accepted before the generator has run a full batch and the largest
+        // answers are known to fit: a model that cannot serve fails here, with a message,
+        // instead of after clients were told it is up. Connections wait in the backlog.
+        check_memory(state.engine.spec(), &opts.limits)?;
+        state
+            .engine
+            .wait_ready()
+            .await
+            .context("the generator cannot serve; not starting")?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
         tokio::spawn(shutdown_signal(token.clone()));
         let connections = TaskTracker::new();
@@ -253,14 +326,14 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _slot = slot;
-            let mut builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            // HTTP/1.1 only (see `ConnectionLimits`): hyper's header-read timeout then runs from
+            // the first read after accept, and again between keep-alive requests.
+            let mut builder = hyper::server::conn::http1::Builder::new();
             builder
-                .http1()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .keep_alive(!draining);
-            let conn = builder.serve_connection_with_upgrades(io, service);
+            let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
             let mut shutting_down = draining;
             loop {

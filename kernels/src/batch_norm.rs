@@ -340,21 +340,25 @@ impl CustomOp3 for BnTrain {
             inv_std: inv_std.clone(),
             shift,
         };
-        let mut y = crate::cpu::output_buffer(x.len());
         let relu = self.relu;
-        y.par_chunks_mut(inner.max(1))
-            .zip(x.par_chunks(inner.max(1)))
-            .enumerate()
-            .for_each(|(blk, (yo, xi))| {
-                let ch = blk % c;
-                let a = (gamma[ch] as f64 * inv_std[ch]) as f32;
-                let (sh, dm) = stats.centre(ch);
-                let bt = beta[ch];
-                for (o, &v) in yo.iter_mut().zip(xi) {
-                    let t = ((v - sh) - dm) * a + bt;
-                    *o = if relu { t.max(0.0) } else { t };
-                }
-            });
+        let y = crate::cpu::output_buffer(x.len(), |y| {
+            y.par_chunks_mut(inner.max(1))
+                .zip(x.par_chunks(inner.max(1)))
+                .enumerate()
+                .for_each(|(blk, (yo, xi))| {
+                    assert_eq!(yo.len(), xi.len());
+                    let ch = blk % c;
+                    let a = (gamma[ch] as f64 * inv_std[ch]) as f32;
+                    let (sh, dm) = stats.centre(ch);
+                    let bt = beta[ch];
+                    for (o, &v) in yo.iter_mut().zip(xi) {
+                        let t = ((v - sh) - dm) * a + bt;
+                        o.write(if relu { t.max(0.0) } else { t });
+                    }
+                });
+            // SAFETY: every chunk was written element by element above (equal lengths).
+            unsafe { crate::cpu::init_all(y) }
+        });
         *self.saved.lock().unwrap() = Some(stats);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -447,21 +451,25 @@ impl CustomOp3 for BnBackward {
             let k = self.gamma[ch] as f64 * inv;
             coef.push((k, s / n, dgamma * inv / n));
         }
-        let mut dx = crate::cpu::output_buffer(x.len());
-        dx.par_chunks_mut(inner.max(1))
-            .enumerate()
-            .for_each(|(blk, out)| {
-                let ch = blk % c;
-                let (k, mdy, mq) = coef[ch];
-                let (k, mdy, mq) = (k as f32, mdy as f32, mq as f32);
-                let (sh, dm) = st.centre(ch);
-                let r = blk * inner..(blk + 1) * inner;
-                let (dyb, xb, yb) = (&dy[r.clone()], &x[r.clone()], &y[r]);
-                for (((o, &g), &xv), &yv) in out.iter_mut().zip(dyb).zip(xb).zip(yb) {
-                    let g = if relu && yv <= 0.0 { 0.0 } else { g };
-                    *o = k * (g - mdy - ((xv - sh) - dm) * mq);
-                }
-            });
+        let dx = crate::cpu::output_buffer(x.len(), |dx| {
+            dx.par_chunks_mut(inner.max(1))
+                .enumerate()
+                .for_each(|(blk, out)| {
+                    let ch = blk % c;
+                    let (k, mdy, mq) = coef[ch];
+                    let (k, mdy, mq) = (k as f32, mdy as f32, mq as f32);
+                    let (sh, dm) = st.centre(ch);
+                    let r = blk * inner..(blk + 1) * inner;
+                    let (dyb, xb, yb) = (&dy[r.clone()], &x[r.clone()], &y[r]);
+                    assert_eq!(out.len(), dyb.len());
+                    for (((o, &g), &xv), &yv) in out.iter_mut().zip(dyb).zip(xb).zip(yb) {
+                        let g = if relu && yv <= 0.0 { 0.0 } else { g };
+                        o.write(k * (g - mdy - ((xv - sh) - dm) * mq));
+                    }
+                });
+            // SAFETY: every chunk was written element by element above (equal lengths).
+            unsafe { crate::cpu::init_all(dx) }
+        });
         *self.param_grads.lock().unwrap() = Some((dg, db));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }

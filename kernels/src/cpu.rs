@@ -18,6 +18,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// Shape of one convolution: input `[batch, cin, h, w]`, kernel `[cout, cin, kh, kw]`, output
 /// `[batch, cout, ho, wo]`.
@@ -176,17 +177,43 @@ impl Geometry {
     }
 }
 
-/// A vector of `n` f32 for an output that the caller overwrites completely before it is read.
+/// A vector of `n` f32 written in full by `fill`, which gets the uninitialised storage (and
+/// returns [`init_all`]'s proof once every element is written).
 ///
-/// Zero-filling such an output is a whole extra pass over memory (8 % of a training step on this
-/// crate's benchmark).
-#[allow(clippy::uninit_vec)]
-pub(crate) fn output_buffer(n: usize) -> Vec<f32> {
+/// Zero-filling such an output first is a whole extra pass over memory (8 % of a training step
+/// on this crate's benchmark).
+pub(crate) fn output_buffer(
+    n: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]) -> Initialised,
+) -> Vec<f32> {
     let mut v = Vec::with_capacity(n);
-    // SAFETY: f32 has no invalid bit patterns, and every caller writes all `n` elements before
-    // the vector is read or handed out.
+    let Initialised(done) = fill(&mut v.spare_capacity_mut()[..n]);
+    assert_eq!(done, n, "an output buffer was not written in full");
+    // SAFETY: `fill` wrote all `n` elements (it returns `Initialised(n)` only through
+    // `init_all`, which it calls on the whole buffer once every element is written).
     unsafe { v.set_len(n) };
     v
+}
+
+/// Proof, returned by an [`output_buffer`] filler, that its `n` elements were written.
+pub(crate) struct Initialised(usize);
+
+/// Marks a buffer every element of which has been written (through `MaybeUninit::write`, a
+/// `*_uninit` helper or a raw-pointer kernel) as initialised.
+///
+/// # Safety
+/// Every element of `buf` must have been written.
+pub(crate) unsafe fn init_all(buf: &mut [MaybeUninit<f32>]) -> Initialised {
+    Initialised(buf.len())
+}
+
+/// A written `MaybeUninit` slice as plain floats.
+///
+/// # Safety
+/// Every element of `buf` must have been written.
+pub(crate) unsafe fn assume_init_mut(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: same layout; initialised per the caller's contract.
+    unsafe { &mut *(buf as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 thread_local! {
@@ -217,8 +244,42 @@ fn with_scratch<R>(n0: usize, n1: usize, f: impl FnOnce(&mut [f32], &mut [f32]) 
 /// an `m×n` destination, `_cs`/`_rs` the column/row strides in elements.
 #[allow(clippy::too_many_arguments)]
 fn gemm_f32(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: &mut [f32],
+    dst_strides: (usize, usize),
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+    par: Parallelism,
+) {
+    // SAFETY: `dst` is an initialised, exclusively borrowed slice of `dst.len()` elements.
+    unsafe {
+        gemm_f32_raw(
+            dims,
+            (dst.as_mut_ptr(), dst.len()),
+            dst_strides,
+            accumulate,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            par,
+        )
+    }
+}
+
+/// [`gemm_f32`] into `len` elements at `dst`, which may be uninitialised when `accumulate` is
+/// false (the product is then written without reading `dst`).
+///
+/// # Safety
+/// `dst` must be valid for writes of `len` elements (and reads, when `accumulate`), and must
+/// not alias `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32_raw(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_len): (*mut f32, usize),
     (dst_cs, dst_rs): (usize, usize),
     accumulate: bool,
     lhs: &[f32],
@@ -240,7 +301,7 @@ fn gemm_f32(
         }
     };
     assert!(
-        reach(m, n, dst_cs, dst_rs) <= dst.len(),
+        reach(m, n, dst_cs, dst_rs) <= dst_len,
         "gemm dst out of bounds"
     );
     assert!(
@@ -255,20 +316,21 @@ fn gemm_f32(
         if !accumulate {
             for j in 0..n {
                 for i in 0..m {
-                    dst[i * dst_rs + j * dst_cs] = 0.0;
+                    // SAFETY: in bounds (checked above), writable per the contract.
+                    unsafe { dst.add(i * dst_rs + j * dst_cs).write(0.0) };
                 }
             }
         }
         return;
     }
     // SAFETY: every index the GEMM touches is within the slices (checked above); `dst` does not
-    // alias `lhs` or `rhs` (a `&mut` and two `&` borrows).
+    // alias `lhs` or `rhs` (the caller's contract); with `accumulate` false gemm only writes it.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             dst_cs as isize,
             dst_rs as isize,
             accumulate,
@@ -405,22 +467,33 @@ fn gather(nchw: &[f32], grouped: &mut [f32], c: usize, hw: usize) {
 }
 
 /// The inverse of [`gather`].
-fn scatter(grouped: &[f32], nchw: &mut [f32], c: usize, hw: usize) {
+fn scatter(grouped: &[f32], nchw: &mut [MaybeUninit<f32>], c: usize, hw: usize) {
     let g = nchw.len() / (c * hw);
     for j in 0..g {
         for ch in 0..c {
-            nchw[(j * c + ch) * hw..][..hw].copy_from_slice(&grouped[ch * g * hw + j * hw..][..hw]);
+            copy_uninit(
+                &mut nchw[(j * c + ch) * hw..][..hw],
+                &grouped[ch * g * hw + j * hw..][..hw],
+            );
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` into uninitialised storage.
+pub(crate) fn copy_uninit(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
     }
 }
 
 /// Runs `f(group index, chunk)` over `data` cut into chunks of `group · per_image` elements,
 /// in parallel when the plan says so.
-fn for_groups(
-    data: &mut [f32],
+fn for_groups<T: Send>(
+    data: &mut [T],
     per_image: usize,
     plan: &Plan,
-    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
 ) {
     let chunk = (plan.group * per_image).max(1);
     if plan.par_groups {
@@ -450,35 +523,54 @@ fn add_bias(out: &mut [f32], bias: &[f32], hw: usize) {
 pub fn conv2d_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Geometry) -> Vec<f32> {
     let plan = geo.plan();
     let (hw, k, cout) = (geo.hw_out(), geo.k(), geo.cout);
-    // Every element is written: by the GEMM (or the scatter after it) of its group.
-    let mut out = output_buffer(geo.batch * cout * hw);
-    for_groups(&mut out, cout * hw, &plan, |gi, og| {
-        let grp = plan.group_at(gi, geo);
-        let l = grp.l;
-        let tmp_len = if grp.direct { 0 } else { cout * l };
-        with_scratch(geo.col_len(&grp), tmp_len, |col, tmp| {
-            let lhs = geo.col(x, &grp, col);
-            let dst: &mut [f32] = if grp.direct { &mut *og } else { &mut *tmp };
-            gemm_f32(
-                (l, cout, k),
-                dst,
-                (l, 1),
-                false,
-                lhs,
-                (l, 1),
-                w,
-                (k, 1),
-                plan.inner,
-            );
-            if !grp.direct {
-                scatter(tmp, og, cout, hw);
-            }
-            if let Some(b) = bias {
-                add_bias(og, b, hw);
-            }
-        })
-    });
-    out
+    output_buffer(geo.batch * cout * hw, |out| {
+        for_groups(out, cout * hw, &plan, |gi, og| {
+            let grp = plan.group_at(gi, geo);
+            let l = grp.l;
+            let tmp_len = if grp.direct { 0 } else { cout * l };
+            with_scratch(geo.col_len(&grp), tmp_len, |col, tmp| {
+                let lhs = geo.col(x, &grp, col);
+                if grp.direct {
+                    assert_eq!(og.len(), l * cout, "a direct group is its whole output");
+                    // SAFETY: `og` is exclusively ours, `og.len()` elements; the GEMM writes
+                    // every one of them (`l · cout` = the group's whole output) without reading.
+                    unsafe {
+                        gemm_f32_raw(
+                            (l, cout, k),
+                            (og.as_mut_ptr().cast::<f32>(), og.len()),
+                            (l, 1),
+                            false,
+                            lhs,
+                            (l, 1),
+                            w,
+                            (k, 1),
+                            plan.inner,
+                        )
+                    };
+                } else {
+                    gemm_f32(
+                        (l, cout, k),
+                        tmp,
+                        (l, 1),
+                        false,
+                        lhs,
+                        (l, 1),
+                        w,
+                        (k, 1),
+                        plan.inner,
+                    );
+                    scatter(tmp, og, cout, hw);
+                }
+                // SAFETY: written in full just above.
+                let og = unsafe { assume_init_mut(og) };
+                if let Some(b) = bias {
+                    add_bias(og, b, hw);
+                }
+            })
+        });
+        // SAFETY: every group's chunk was written above.
+        unsafe { init_all(out) }
+    })
 }
 
 /// Input gradient: `dy` `[B, C_out, H_o, W_o]`, `w` → `dx` `[B, C_in, H, W]`

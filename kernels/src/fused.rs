@@ -14,6 +14,7 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 fn on_cpu_f32(ts: &[&Tensor]) -> bool {
     ts.iter()
@@ -22,10 +23,11 @@ fn on_cpu_f32(ts: &[&Tensor]) -> bool {
 
 /// Writes row `src` (width `w`) twice widened into `dst` (width `2w`).
 #[inline]
-fn widen(src: &[f32], dst: &mut [f32]) {
+fn widen(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+    assert_eq!(dst.len(), 2 * src.len());
     for (d, &s) in dst.chunks_exact_mut(2).zip(src) {
-        d[0] = s;
-        d[1] = s;
+        d[0].write(s);
+        d[1].write(s);
     }
 }
 
@@ -49,18 +51,26 @@ impl CustomOp1 for Upsample2x {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "upsample")?;
         let (b, c, h, w) = l.shape().dims4()?;
-        let mut y = crate::cpu::output_buffer(x.len() * 4);
-        if w > 0 && h > 0 {
-            y.par_chunks_mut(4 * h * w)
-                .zip(x.par_chunks(h * w))
-                .for_each(|(yp, xp)| {
-                    for (rows, src) in yp.chunks_exact_mut(4 * w).zip(xp.chunks_exact(w)) {
-                        let (top, bottom) = rows.split_at_mut(2 * w);
-                        widen(src, top);
-                        bottom.copy_from_slice(top);
-                    }
-                });
-        }
+        let y = crate::cpu::output_buffer(x.len() * 4, |y| {
+            if w > 0 && h > 0 {
+                y.par_chunks_mut(4 * h * w)
+                    .zip(x.par_chunks(h * w))
+                    .for_each(|(yp, xp)| {
+                        assert_eq!(yp.len(), 4 * xp.len());
+                        for (rows, src) in yp.chunks_exact_mut(4 * w).zip(xp.chunks_exact(w)) {
+                            let (top, bottom) = rows.split_at_mut(2 * w);
+                            widen(src, top);
+                            // SAFETY: `widen` wrote all of `top`.
+                            crate::cpu::copy_uninit(bottom, unsafe {
+                                crate::cpu::assume_init_mut(top)
+                            });
+                        }
+                    });
+            }
+            // SAFETY: each plane of 4·h·w outputs is h rows of two widened copies of its input
+            // row (or the buffer is empty).
+            unsafe { crate::cpu::init_all(y) }
+        });
         Ok((CpuStorage::F32(y), Shape::from((b, c, 2 * h, 2 * w))))
     }
 
@@ -122,22 +132,26 @@ impl CustomOp3 for ScaleShift {
         let (_, _, h, w) = l1.shape().dims4()?;
         let hw = (h * w).max(1);
         let relu = self.relu;
-        let mut y = crate::cpu::output_buffer(x.len());
-        y.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw))
-            .enumerate()
-            .for_each(|(i, (yo, xi))| {
-                let (ai, bi) = (a[i], b[i]);
-                if relu {
-                    for (o, &v) in yo.iter_mut().zip(xi) {
-                        *o = (v * ai + bi).max(0.0);
+        let y = crate::cpu::output_buffer(x.len(), |y| {
+            y.par_chunks_mut(hw)
+                .zip(x.par_chunks(hw))
+                .enumerate()
+                .for_each(|(i, (yo, xi))| {
+                    assert_eq!(yo.len(), xi.len());
+                    let (ai, bi) = (a[i], b[i]);
+                    if relu {
+                        for (o, &v) in yo.iter_mut().zip(xi) {
+                            o.write((v * ai + bi).max(0.0));
+                        }
+                    } else {
+                        for (o, &v) in yo.iter_mut().zip(xi) {
+                            o.write(v * ai + bi);
+                        }
                     }
-                } else {
-                    for (o, &v) in yo.iter_mut().zip(xi) {
-                        *o = v * ai + bi;
-                    }
-                }
-            });
+                });
+            // SAFETY: every chunk was written element by element above (equal lengths).
+            unsafe { crate::cpu::init_all(y) }
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -209,31 +223,40 @@ impl CustomOp2 for AddSkip {
         let (_, ch, hh, wh) = l1.shape().dims4()?;
         let (_, cx, hx, wx) = l2.shape().dims4()?;
         let (ph, px) = ((hh * wh).max(1), (hx * wx).max(1));
-        let mut y = crate::cpu::output_buffer(h.len());
         let up = self.upsample;
-        y.par_chunks_mut(ph)
-            .zip(h.par_chunks(ph))
-            .enumerate()
-            .for_each(|(i, (yo, hi))| {
-                let (bi, c) = (i / ch, i % ch);
-                let xp = &x[(bi * cx + c) * px..][..px];
-                if !up {
-                    for ((o, &a), &s) in yo.iter_mut().zip(hi).zip(xp) {
-                        *o = a + s;
+        let y = crate::cpu::output_buffer(h.len(), |y| {
+            y.par_chunks_mut(ph)
+                .zip(h.par_chunks(ph))
+                .enumerate()
+                .for_each(|(i, (yo, hi))| {
+                    // Every element is written below: the shapes are checked by `add_skip`
+                    // (x has ≥ as many channels, the same or half the spatial size).
+                    assert_eq!(yo.len(), hi.len());
+                    let (bi, c) = (i / ch, i % ch);
+                    let xp = &x[(bi * cx + c) * px..][..px];
+                    if !up {
+                        assert_eq!(xp.len(), yo.len());
+                        for ((o, &a), &s) in yo.iter_mut().zip(hi).zip(xp) {
+                            o.write(a + s);
+                        }
+                        return;
                     }
-                    return;
-                }
-                for (r, (orow, hrow)) in
-                    yo.chunks_exact_mut(wh).zip(hi.chunks_exact(wh)).enumerate()
-                {
-                    let src = &xp[(r / 2) * wx..][..wx];
-                    for ((o, a), &s) in orow.chunks_exact_mut(2).zip(hrow.chunks_exact(2)).zip(src)
+                    assert!(wh == 2 * wx && yo.len() == 4 * px);
+                    for (r, (orow, hrow)) in
+                        yo.chunks_exact_mut(wh).zip(hi.chunks_exact(wh)).enumerate()
                     {
-                        o[0] = a[0] + s;
-                        o[1] = a[1] + s;
+                        let src = &xp[(r / 2) * wx..][..wx];
+                        for ((o, a), &s) in
+                            orow.chunks_exact_mut(2).zip(hrow.chunks_exact(2)).zip(src)
+                        {
+                            o[0].write(a[0] + s);
+                            o[1].write(a[1] + s);
+                        }
                     }
-                }
-            });
+                });
+            // SAFETY: every plane was written in full above (its lengths asserted).
+            unsafe { crate::cpu::init_all(y) }
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

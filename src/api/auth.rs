@@ -55,15 +55,84 @@ struct KeyFile {
     consumer: Vec<KeyEntry>,
 }
 
+/// Largest `max_streams` of a key (and `--max-streams-per-consumer`): far above any real
+/// deployment, far below what a semaphore can count.
+pub const MAX_STREAMS: usize = 1 << 20;
+/// Largest `weight` of a key (credits are `weight × max_batch_size` images per turn).
+pub const MAX_WEIGHT: u32 = 1 << 16;
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// A parse error's position and kind, with anything quoted in the parser's message (a value,
+/// possibly a key) left out.
+fn parse_error_text(at: Option<(usize, usize)>, message: &str) -> String {
+    let mut kind = String::new();
+    let mut quoted = None;
+    for ch in message.chars() {
+        match quoted {
+            Some(q) if ch == q => quoted = None,
+            Some(_) => {}
+            None if ch == '"' || ch == '`' => {
+                quoted = Some(ch);
+                kind.push_str("…");
+            }
+            None => kind.push(ch),
+        }
+    }
+    let kind = kind.trim().trim_end_matches(',');
+    let kind = if kind.is_empty() {
+        "syntax error"
+    } else {
+        kind
+    };
+    match at {
+        Some((l, c)) => format!("not a valid key file at line {l}, column {c}: {kind}"),
+        None => format!("not a valid key file: {kind}"),
+    }
+}
+
+/// Whether users other than the owner may read the file (a key file should be mode 0600 or
+/// 0400: anyone who reads it can act as every consumer in it).
+pub fn readable_by_others(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o044 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
+
 /// Reads a key file: TOML (`[[consumer]]` tables) when its name ends in `.toml`, JSON
 /// (`{"consumer": [...]}`) otherwise.
 pub fn read_key_file(path: &Path) -> Result<Vec<KeyEntry>, KeyFileError> {
     let p = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| KeyFileError::Read(p.clone(), e))?;
+    // Parse errors name the place and the kind of problem only: the parsers' own messages quote
+    // the offending line or value, which in this file may be a key.
     let file: KeyFile = if path.extension().is_some_and(|e| e == "toml") {
-        toml::from_str(&text).map_err(|e| KeyFileError::Parse(p.clone(), e.to_string()))?
+        toml::from_str(&text).map_err(|e| {
+            let at = e.span().map(|s| line_col(&text, s.start));
+            KeyFileError::Parse(p.clone(), parse_error_text(at, e.message()))
+        })?
     } else {
-        serde_json::from_str(&text).map_err(|e| KeyFileError::Parse(p.clone(), e.to_string()))?
+        serde_json::from_str(&text).map_err(|e| {
+            let what = format!("{e}");
+            let what = what.split(" at line ").next().unwrap_or("");
+            KeyFileError::Parse(
+                p.clone(),
+                parse_error_text(Some((e.line(), e.column())), what),
+            )
+        })?
     };
     let invalid = |m: String| KeyFileError::Invalid(p.clone(), m);
     if file.consumer.is_empty() {
@@ -103,17 +172,25 @@ pub fn read_key_file(path: &Path) -> Result<Vec<KeyEntry>, KeyFileError> {
                 c.name
             )));
         }
-        if c.max_streams == Some(0) || c.weight == Some(0) {
+        if c.max_streams
+            .is_some_and(|m| !(1..=MAX_STREAMS).contains(&m))
+        {
             return Err(invalid(format!(
-                "consumer `{}`: max_streams and weight must be at least 1",
+                "consumer `{}`: max_streams must be in 1..={MAX_STREAMS}",
+                c.name
+            )));
+        }
+        if c.weight.is_some_and(|w| !(1..=MAX_WEIGHT).contains(&w)) {
+            return Err(invalid(format!(
+                "consumer `{}`: weight must be in 1..={MAX_WEIGHT}",
                 c.name
             )));
         }
         if c.max_requests_per_s
-            .is_some_and(|r| !(r.is_finite() && r > 0.0))
+            .is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 1e9))
         {
             return Err(invalid(format!(
-                "consumer `{}`: max_requests_per_s must be a positive number",
+                "consumer `{}`: max_requests_per_s must be a positive number up to 1e9",
                 c.name
             )));
         }
@@ -139,18 +216,40 @@ fn peer_group(ip: IpAddr) -> IpAddr {
 /// Metrics label of every consumer of an open server.
 pub const OPEN_LABEL: &str = "open";
 
-/// Token bucket: `rate` tokens per second, at most `rate` (one second's burst, at least 1).
+/// Token bucket: `rate` tokens per second, at most `cap`.
 struct Bucket {
     rate: f64,
+    cap: f64,
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
+    /// `rate` per second with a burst of `cap` tokens, full.
+    fn new(rate: f64, cap: f64) -> Self {
+        Self {
+            rate,
+            cap,
+            tokens: cap,
+            at: Instant::now(),
+        }
+    }
+
+    /// Whether it is full (then it need not be remembered).
+    fn is_full(&self) -> bool {
+        self.tokens + (Instant::now() - self.at).as_secs_f64() * self.rate >= self.cap
+    }
+
+    /// Seconds until a token is there (0 when one is).
+    fn wait(&self) -> f64 {
+        let t = self.tokens + (Instant::now() - self.at).as_secs_f64() * self.rate;
+        ((1.0 - t) / self.rate).max(0.0)
+    }
+
     /// Takes a token, or says how many seconds until one is there.
     fn take(&mut self) -> Result<(), f64> {
         let now = Instant::now();
-        let cap = self.rate.max(1.0);
+        let cap = self.cap;
         self.tokens = (self.tokens + (now - self.at).as_secs_f64() * self.rate).min(cap);
         self.at = now;
         if self.tokens >= 1.0 {
@@ -176,13 +275,8 @@ impl ConsumerPolicy {
             consumer,
             max_streams,
             streams: Arc::new(Semaphore::new(max_streams)),
-            rate: rate.map(|rate| {
-                Mutex::new(Bucket {
-                    rate,
-                    tokens: rate.max(1.0),
-                    at: Instant::now(),
-                })
-            }),
+            // One second's worth of burst, at least one request.
+            rate: rate.map(|rate| Mutex::new(Bucket::new(rate, rate.max(1.0)))),
         }
     }
 
@@ -208,7 +302,14 @@ pub struct Consumers {
     max_streams: usize,
     /// Images each consumer's streams may read ahead together.
     readahead: usize,
+    /// Failed authentications per peer (IPv6 /64): guessing keys is slowed to
+    /// [`AUTH_FAILURES_PER_S`] per peer after a burst of [`AUTH_FAILURE_BURST`].
+    auth_failures: Mutex<HashMap<IpAddr, Bucket>>,
 }
+
+/// Failed authentications a peer may make in a burst, then per second.
+pub const AUTH_FAILURE_BURST: f64 = 10.0;
+pub const AUTH_FAILURES_PER_S: f64 = 1.0;
 
 fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
@@ -240,6 +341,7 @@ impl Consumers {
             by_peer: Mutex::new(HashMap::new()),
             max_streams,
             readahead,
+            auth_failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -247,8 +349,8 @@ impl Consumers {
         self.keyed.is_some()
     }
 
-    fn of_peer(&self, ip: Option<IpAddr>) -> Arc<ConsumerPolicy> {
-        let ip = peer_group(ip.unwrap_or(IpAddr::from([127, 0, 0, 1])));
+    fn of_peer(&self, ip: IpAddr) -> Arc<ConsumerPolicy> {
+        let ip = peer_group(ip);
         let mut map = self.by_peer.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= 4096 {
             // Only peers holding streams need their entry kept (it holds their stream count).
@@ -272,6 +374,22 @@ impl Consumers {
     /// logs never see it).
     pub fn admit(&self, req: &mut Request) -> Result<Arc<ConsumerPolicy>, ApiError> {
         let from_query = take_token(req);
+        // Every connection of `genrep serve` carries its peer address; without one every client
+        // would be the same consumer, so a router served some other way is refused loudly.
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorType::Backend,
+                    "the request has no peer address (ConnectInfo): serve the router through \
+                     genrep::server, or insert ConnectInfo for in-process use",
+                )
+            })?;
+        let Some(keys) = &self.keyed else {
+            return Ok(self.of_peer(peer));
+        };
         let from_header = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -282,27 +400,48 @@ impl Consumers {
                     .eq_ignore_ascii_case("bearer")
                     .then(|| rest.trim().to_string())
             });
-        let policy = match &self.keyed {
-            None => {
-                let peer = req
-                    .extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0.ip());
-                self.of_peer(peer)
+        let group = peer_group(peer);
+        let mut failures = self.auth_failures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = failures.get(&group) {
+            let wait = b.wait();
+            if wait > 0.0 {
+                return Err(ApiError::new(
+                    ErrorType::Overloaded,
+                    format!(
+                        "too many failed authentications from this address; retry in {wait:.2} s"
+                    ),
+                )
+                .retry_after(wait));
             }
-            Some(keys) => {
-                let key = from_header.or(from_query).ok_or_else(|| {
-                    ApiError::new(
-                        ErrorType::Unauthorized,
-                        "missing API key: send `Authorization: Bearer KEY` (or `?token=KEY`)",
-                    )
-                })?;
-                keys.get(&digest(&key))
-                    .cloned()
-                    .ok_or_else(|| ApiError::new(ErrorType::Unauthorized, "unknown API key"))?
-            }
+        }
+        let found = match from_header.or(from_query) {
+            None => Err(ApiError::new(
+                ErrorType::Unauthorized,
+                "missing API key: send `Authorization: Bearer KEY` (or `?token=KEY`)",
+            )),
+            Some(key) => keys
+                .get(&digest(&key))
+                .cloned()
+                .ok_or_else(|| ApiError::new(ErrorType::Unauthorized, "unknown API key")),
         };
-        Ok(policy)
+        if found.is_err() {
+            if failures.len() >= 4096 {
+                failures.retain(|_, b| !b.is_full());
+                if failures.len() >= 4096 {
+                    // A flood from more peers than that: forget the oldest half at random
+                    // rather than grow without bound.
+                    let drop: Vec<IpAddr> = failures.keys().step_by(2).copied().collect();
+                    for k in drop {
+                        failures.remove(&k);
+                    }
+                }
+            }
+            let _ = failures
+                .entry(group)
+                .or_insert_with(|| Bucket::new(AUTH_FAILURES_PER_S, AUTH_FAILURE_BURST))
+                .take();
+        }
+        found
     }
 }
 
@@ -321,11 +460,12 @@ impl ConsumerPolicy {
                     self.consumer.label, b.rate, wait
                 ),
             )
+            .retry_after(wait)
         })
     }
 }
 
-/// The URI as logs show it: a `token` parameter's value replaced by `REDACTED` (the access log
+/// The URI as logs show it: a token parameter's value replaced by `REDACTED` (the access log
 /// records the request before the token is taken out of it).
 pub fn redacted_uri(uri: &Uri) -> String {
     match uri.query() {
@@ -340,17 +480,24 @@ pub fn redacted_uri(uri: &Uri) -> String {
     }
 }
 
-fn is_token(p: &str) -> bool {
-    p == "token" || p.starts_with("token=")
+/// Whether a raw `name=value` query pair is the API key: its name, percent-decoded, is `token`
+/// in any case (`token`, `TOKEN`, `tok%65n` all are).
+fn is_token(pair: &str) -> bool {
+    let raw = pair.split_once('=').map_or(pair, |(n, _)| n);
+    if raw.len() > 3 * "token".len() {
+        return false;
+    }
+    let name: String = form_urlencoded::parse(raw.as_bytes())
+        .next()
+        .map(|(n, _)| n.into_owned())
+        .unwrap_or_default();
+    name.eq_ignore_ascii_case("token")
 }
 
-/// Removes `token=…` from the query string and returns its value.
+/// Removes token parameters from the query string and returns the (last) one's value.
 fn take_token(req: &mut Request) -> Option<String> {
     let q = req.uri().query()?;
-    if !q
-        .split('&')
-        .any(|p| p == "token" || p.starts_with("token="))
-    {
+    if !q.split('&').any(is_token) {
         return None;
     }
     let mut token = None;
@@ -358,7 +505,7 @@ fn take_token(req: &mut Request) -> Option<String> {
         .split('&')
         .filter(|p| {
             if is_token(p) {
-                let v = p.strip_prefix("token=").unwrap_or("");
+                let v = p.split_once('=').map_or("", |(_, v)| v);
                 token = form_urlencoded::parse(format!("t={v}").as_bytes())
                     .next()
                     .map(|(_, v)| v.into_owned());
@@ -412,5 +559,61 @@ mod tests {
         *req.uri_mut() = "/x?token".parse().unwrap();
         assert_eq!(take_token(&mut req).as_deref(), Some(""));
         assert_eq!(req.uri().to_string(), "/x");
+        for spelling in ["TOKEN", "Token", "tok%65n", "%74oken", "tok%45N"] {
+            *req.uri_mut() = format!("/v1/info?{spelling}=sekrit&b=2").parse().unwrap();
+            assert_eq!(
+                redacted_uri(req.uri()),
+                "/v1/info?token=REDACTED&b=2",
+                "{spelling}"
+            );
+            assert_eq!(
+                take_token(&mut req).as_deref(),
+                Some("sekrit"),
+                "{spelling}"
+            );
+            assert_eq!(req.uri().to_string(), "/v1/info?b=2");
+        }
+        *req.uri_mut() = "/x?tokens=1&atoken=2".parse().unwrap();
+        assert_eq!(take_token(&mut req), None);
+    }
+
+    #[test]
+    fn key_file_errors_never_quote_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "s3cr3t-key-0123456789";
+        let cases = [
+            ("a.toml", format!("[[consumer]]\nname = \"a\"\nkey = \"{secret}\"\nmax_streams = \"{secret}\"\n")),
+            ("b.toml", format!("[[consumer]]\nname = \"a\"\nkey = {secret}\n")),
+            ("c.toml", format!("[[consumer]]\nname = \"a\"\nkey = \"{secret}\n")),
+            ("d.toml", format!("[[consumer]]\nname = \"a\"\nkey = \"{secret}\"\n{secret} = 1\n")),
+            ("e.json", format!("{{\"consumer\": [{{\"name\": \"a\", \"key\": \"{secret}\", \"weight\": \"{secret}\"}}]}}")),
+            ("f.json", format!("{{\"consumer\": [{{\"name\": \"a\", \"{secret}\": 1}}]}}")),
+            ("g.json", format!("{{\"consumer\": [{{\"name\": \"a\", \"key\": {secret}}}]}}")),
+        ];
+        for (name, text) in cases {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            let e = read_key_file(&p).unwrap_err().to_string();
+            assert!(!e.contains("s3cr3t"), "{name}: {e}");
+            assert!(e.contains("line"), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn huge_key_limits_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.json");
+        for (field, v) in [
+            ("max_streams", "18446744073709551615"),
+            ("weight", "4294967295"),
+        ] {
+            std::fs::write(
+                &p,
+                format!("{{\"consumer\": [{{\"name\": \"a\", \"key\": \"0123456789abcdef\", \"{field}\": {v}}}]}}"),
+            )
+            .unwrap();
+            let e = read_key_file(&p).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains("1..="), "{e}");
+        }
     }
 }

@@ -88,6 +88,9 @@ impl ErrorType {
 pub struct ApiError {
     pub error_type: ErrorType,
     pub message: String,
+    /// Seconds a client should wait before retrying (`Retry-After`; 1 when not set for
+    /// overloaded and unavailable answers).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -95,7 +98,18 @@ impl ApiError {
         Self {
             error_type,
             message: message.into(),
+            retry_after: None,
         }
+    }
+    /// Sets `Retry-After` to `seconds`, rounded up (at least 1).
+    pub fn retry_after(mut self, seconds: f64) -> Self {
+        let s = if seconds.is_finite() {
+            seconds.ceil().max(1.0)
+        } else {
+            1.0
+        };
+        self.retry_after = Some(s.min(86_400.0) as u64);
+        self
     }
     /// 422: an invalid parameter value; the message names the parameter and the allowed range.
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -124,8 +138,10 @@ impl From<crate::params::ParamError> for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let t = match e {
-            EngineError::QueueFull(_) => ErrorType::Overloaded,
-            EngineError::ShuttingDown => ErrorType::Unavailable,
+            EngineError::QueueFull(_) | EngineError::ConsumerShareFull { .. } => {
+                ErrorType::Overloaded
+            }
+            EngineError::ShuttingDown | EngineError::WarmUp(_) => ErrorType::Unavailable,
             EngineError::Backend(_) => ErrorType::Backend,
         };
         Self::new(t, e.to_string())
@@ -134,16 +150,26 @@ impl From<EngineError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(
-            serde_json::json!({"error": self.message, "error_type": self.error_type.as_str()}),
-        );
-        let mut resp = (self.status(), body).into_response();
+        // What went wrong inside (candle, a task, the encoder) is for the operator: it is logged
+        // once with an id, and the client gets the id to quote.
+        let message = if self.error_type == ErrorType::Backend {
+            let id = error_id();
+            tracing::error!(error_id = %id, "internal error: {}", self.message);
+            format!("internal server error (id {id}; the server log has the details)")
+        } else {
+            self.message
+        };
+        let body =
+            Json(serde_json::json!({"error": message, "error_type": self.error_type.as_str()}));
+        let mut resp = (self.error_type.status(), body).into_response();
         if matches!(
             self.error_type,
             ErrorType::Overloaded | ErrorType::Unavailable
         ) {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(self.retry_after.unwrap_or(1)),
+            );
         }
         if self.error_type == ErrorType::Unauthorized {
             resp.headers_mut()
@@ -151,6 +177,16 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// A short id for an internal error: the process's count of them and a per-process random
+/// part, so ids from replicas do not collide in a shared log.
+fn error_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static SALT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let salt = SALT.get_or_init(rand::random::<u32>);
+    format!("{salt:08x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// `Path<T>` whose rejection is an [`ApiError`].

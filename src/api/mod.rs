@@ -82,16 +82,19 @@ impl AppState {
     }
 
     fn check_ready(&self) -> Result<(), ApiError> {
+        use crate::engine::Health;
         if self.shutdown.is_cancelled() {
-            Err(ApiError::unavailable("the server is shutting down"))
-        } else if self.engine.has_panicked() {
-            Err(ApiError::unavailable(
+            return Err(ApiError::unavailable("the server is shutting down"));
+        }
+        match self.engine.health() {
+            Health::Ready => Ok(()),
+            Health::WarmingUp => Err(ApiError::unavailable("the generator is still warming up")),
+            Health::WarmUpFailed(_) => Err(ApiError::unavailable(
+                "the generator failed its warm-up pass (see the server log)",
+            )),
+            Health::Panicked(_) => Err(ApiError::unavailable(
                 "the generator panicked (see the server log): this server must be restarted",
-            ))
-        } else if !self.engine.is_ready() {
-            Err(ApiError::unavailable("the generator is still warming up"))
-        } else {
-            Ok(())
+            )),
         }
     }
 }
@@ -452,10 +455,13 @@ async fn grid_png(
         return Ok(head_response(h));
     }
     let spec = st.engine.spec().clone();
-    // All rows are queued before waiting, so they can share a forward pass.
-    let pending = (start..start + rows)
-        .map(|i| submit_sample(&st, &who, &req, i))
-        .collect::<Result<Vec<_>, _>>()?;
+    // All rows are queued together (or none), before waiting, so they can share a forward pass.
+    let jobs = (start..start + rows)
+        .map(|i| crate::engine::job_inputs(&req.latents(&spec, i)))
+        .collect();
+    let pending = st
+        .engine
+        .try_submit_all(&who.consumer, jobs, req.settings.gen_truncation)?;
     let mut all = Vec::new();
     for rx in pending {
         all.push(images_of(rx).await?);
@@ -510,11 +516,25 @@ async fn read_generate_body(
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut data = body.into_data_stream();
     if declared.is_some_and(|n| n > limit as u64) {
+        linger(data);
         return Err(too_large());
     }
     let timeout = std::time::Duration::from_secs(st.limits.body_timeout_s);
-    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+    let read = async {
+        let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+        while let Some(chunk) = futures::StreamExt::next(&mut data).await {
+            let chunk = chunk
+                .map_err(|e| ApiError::invalid(format!("cannot read the request body: {e}")))?;
+            if buf.len() + chunk.len() > limit {
+                return Err(None);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
+    };
+    let bytes = match tokio::time::timeout(timeout, read).await {
         Err(_) => {
             return Err(ApiError::new(
                 ErrorType::Timeout,
@@ -524,16 +544,11 @@ async fn read_generate_body(
                 ),
             ))
         }
-        Ok(Err(e)) => {
-            let limited = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            return Err(if limited {
-                too_large()
-            } else {
-                ApiError::invalid(format!("cannot read the request body: {e}"))
-            });
+        Ok(Err(None)) => {
+            linger(data);
+            return Err(too_large());
         }
+        Ok(Err(Some(e))) => return Err(e),
         Ok(Ok(b)) => b,
     };
     tokio::task::spawn_blocking(move || serde_json::from_slice::<GenerateBody>(&bytes))
@@ -544,6 +559,27 @@ async fn read_generate_body(
         })
 }
 
+/// After an early 413 the rest of the body is read and thrown away for a while (nginx's
+/// lingering close): closing a socket with unread input makes the kernel reset the connection,
+/// and a client still sending would see a broken pipe instead of the answer. Bounded in time
+/// (5 s, or 1 s without data); the connection closes after it (the answer says
+/// `Connection: close`).
+fn linger(mut data: axum::body::BodyDataStream) {
+    tokio::spawn(async move {
+        let end = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let next = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                futures::StreamExt::next(&mut data),
+            );
+            match tokio::time::timeout_at(end, next).await {
+                Ok(Ok(Some(Ok(_)))) => continue,
+                _ => break,
+            }
+        }
+    });
+}
+
 /// `POST /v1/generate`: explicit latents (+ classes, truncation) → images.
 async fn generate(
     State(st): State<AppState>,
@@ -551,7 +587,16 @@ async fn generate(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let b = read_generate_body(&st, &headers, body).await?;
+    let b = match read_generate_body(&st, &headers, body).await {
+        Ok(b) => b,
+        Err(e) if e.error_type == ErrorType::PayloadTooLarge => {
+            let mut r = e.into_response();
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(r);
+        }
+        Err(e) => return Err(e),
+    };
     let spec = st.engine.spec().clone();
     let (n, d) = (b.z.len(), spec.latent_dim);
     if n == 0 || n > st.limits.max_generate_latents {

@@ -119,19 +119,14 @@ pub(crate) async fn ready_engine(
     cfg: EngineConfig,
 ) -> Result<Engine, GeneratorError> {
     let e = Engine::start(g, cfg, Arc::new(Metrics::default()));
-    let t = Instant::now();
-    while !e.is_ready() {
-        if e.has_panicked() {
-            return Err(GeneratorError::Input(
-                "the engine's warm-up pass failed (see the log)".into(),
-            ));
-        }
-        if t.elapsed() > Duration::from_secs(120) {
+    match tokio::time::timeout(Duration::from_secs(120), e.wait_ready()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return Err(GeneratorError::Input(err.to_string())),
+        Err(_) => {
             return Err(GeneratorError::Input(
                 "the engine's warm-up pass took over 120 s".into(),
-            ));
+            ))
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(e)
 }

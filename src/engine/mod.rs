@@ -2,10 +2,19 @@
 //! ([`queue`]), a batcher that fills batches up to `max_batch_size` images waiting at most
 //! `max_batch_wait`, and one thread per device that owns the generator.
 //!
-//! Admission: streams may fill the queue up to three quarters of `max_queue`, and one consumer's
-//! streams up to a quarter of it; the last quarter is kept for single requests (samples, grids,
-//! generate), which answer 429 only when the whole queue is full. So endless streams slow each
-//! other down but never lock inspection requests out.
+//! Admission: one consumer's jobs, streams and single requests together, may hold a quarter of
+//! `max_queue` (its fair share of the queue); streams of all consumers three quarters of it, so
+//! the last quarter is kept for single requests (samples, grids, generate). A single request
+//! beyond the consumer's share, or beyond the whole queue, answers 429 at once (a consumer with
+//! no single request queued may always queue one, however large); a stream beyond them waits.
+//! So no consumer, whatever it sends, can keep another's shards out of the queue, endless
+//! streams slow each other down but never lock inspection out, and once queued every job is
+//! served in the consumers' fair order ([`queue`]).
+//!
+//! Health: the engine warms up with one full batch (`max_batch_size` images) before it is
+//! ready; [`Engine::wait_ready`] is how a server or an export waits for that, and a failed
+//! warm-up is reported there (the server then refuses to start). Jobs queued meanwhile are
+//! answered with the warm-up error, never left waiting.
 //!
 //! The batcher reserves the (capacity 1) device channel before it forms a batch, so exactly one
 //! batch is prepared while the device runs the current one, and a batch is formed as late as
@@ -21,7 +30,6 @@ pub use stream::{job_inputs, produce, StreamEnd};
 
 use crate::generator::{ClassInput, Generator, GeneratorSpec};
 use crate::metrics::Metrics;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -31,10 +39,30 @@ use tokio::sync::{mpsc, oneshot, Notify};
 pub enum EngineError {
     #[error("the generation queue is full ({0} jobs); retry shortly")]
     QueueFull(usize),
+    #[error(
+        "this consumer has {queued} requests queued, its fair share of the queue ({share}); retry when they are answered"
+    )]
+    ConsumerShareFull { queued: usize, share: usize },
     #[error("the generator is shutting down")]
     ShuttingDown,
     #[error("generator failure: {0}")]
     Backend(String),
+    #[error("the generator failed its warm-up pass: {0}")]
+    WarmUp(String),
+}
+
+/// Where the engine stands: one state for readiness probes, the API and `export`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// The warm-up pass is running.
+    WarmingUp,
+    /// Serving.
+    Ready,
+    /// The warm-up pass failed (or panicked): nothing can be served.
+    WarmUpFailed(String),
+    /// The generator panicked on a batch: the server stays up for logs and liveness but is
+    /// never ready again (a panicked model is suspect).
+    Panicked(String),
 }
 
 /// Engine limits (from the CLI).
@@ -83,10 +111,7 @@ struct Inner {
     work: Notify,
     /// Wakes producers waiting for queue space.
     space: Notify,
-    ready: AtomicBool,
-    /// Set when the generator panicked or its warm-up pass failed: the server stays up (for logs
-    /// and liveness) but is never ready again.
-    panicked: AtomicBool,
+    health: tokio::sync::watch::Sender<Health>,
     metrics: Arc<Metrics>,
     encode_slots: Arc<tokio::sync::Semaphore>,
 }
@@ -120,8 +145,7 @@ impl Engine {
             spec,
             work: Notify::new(),
             space: Notify::new(),
-            ready: AtomicBool::new(false),
-            panicked: AtomicBool::new(false),
+            health: tokio::sync::watch::Sender::new(Health::WarmingUp),
             metrics,
         });
         let (dev_tx, dev_rx) = mpsc::channel::<Vec<Job>>(1);
@@ -144,11 +168,27 @@ impl Engine {
         &self.inner.metrics
     }
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire)
+        self.health() == Health::Ready
     }
-    /// Whether the generator panicked or failed its warm-up (then it is never ready again).
-    pub fn has_panicked(&self) -> bool {
-        self.inner.panicked.load(Ordering::Acquire)
+    pub fn health(&self) -> Health {
+        self.inner.health.borrow().clone()
+    }
+    /// Waits for the end of the warm-up pass: `Ok` once ready, the warm-up error otherwise.
+    pub async fn wait_ready(&self) -> Result<(), EngineError> {
+        let mut rx = self.inner.health.subscribe();
+        let h = rx
+            .wait_for(|h| *h != Health::WarmingUp)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?
+            .clone();
+        match h {
+            Health::Ready => Ok(()),
+            Health::WarmUpFailed(e) => Err(EngineError::WarmUp(e)),
+            Health::Panicked(e) => {
+                Err(EngineError::Backend(format!("the generator panicked: {e}")))
+            }
+            Health::WarmingUp => unreachable!("waited for another state"),
+        }
     }
     pub fn queue_depth(&self) -> usize {
         self.inner.queue().len()
@@ -157,8 +197,8 @@ impl Engine {
         &self.inner.encode_slots
     }
 
-    /// Jobs one consumer's streams may have queued.
-    fn stream_share(&self) -> usize {
+    /// Jobs one consumer may have queued, streams and single requests together.
+    fn consumer_share(&self) -> usize {
         (self.inner.cfg.max_queue / 4).max(1)
     }
 
@@ -167,20 +207,24 @@ impl Engine {
         (self.inner.cfg.max_queue * 3 / 4).max(1)
     }
 
+    /// Queues `jobs` (all or none) for `consumer`; gives them back when there is no room.
     fn push(
         &self,
         consumer: &Consumer,
-        rows: Vec<f32>,
-        classes: ClassInput,
+        jobs: Vec<(Vec<f32>, ClassInput)>,
         truncation: f64,
         interactive: bool,
-    ) -> Result<oneshot::Receiver<JobOutput>, (Vec<f32>, ClassInput)> {
+    ) -> Result<Vec<oneshot::Receiver<JobOutput>>, Vec<(Vec<f32>, ClassInput)>> {
         let mut q = self.inner.queue();
+        let k = jobs.len();
+        let share = self.consumer_share();
         let full = |q: &FairQueue| {
+            let (own_interactive, own_streams) = q.queued_by(&consumer.name);
             if interactive {
-                q.len() >= self.inner.cfg.max_queue
+                q.len() + k > self.inner.cfg.max_queue
+                    || (own_interactive > 0 && own_interactive + k > share)
             } else {
-                q.len() >= self.stream_cap() || q.queued_by(&consumer.name) >= self.stream_share()
+                q.len() >= self.stream_cap() || own_interactive + own_streams >= share
             }
         };
         if full(&q) {
@@ -188,24 +232,35 @@ impl Engine {
             let dead = q.purge_dead();
             self.inner.metrics.jobs_dropped.inc_by(dead as u64);
             if full(&q) {
-                return Err((rows, classes));
+                return Err(jobs);
             }
         }
-        let (tx, rx) = oneshot::channel();
-        let n = rows.len() / self.inner.spec.latent_dim;
-        let job = Job {
-            rows,
-            n,
-            classes,
-            truncation,
-            enqueued: Instant::now(),
-            tx,
-        };
-        q.push(consumer, job, interactive);
+        let mut out = Vec::with_capacity(k);
+        for (rows, classes) in jobs {
+            let (tx, rx) = oneshot::channel();
+            let n = rows.len() / self.inner.spec.latent_dim;
+            let job = Job {
+                rows,
+                n,
+                classes,
+                truncation,
+                enqueued: Instant::now(),
+                tx,
+            };
+            q.push(consumer, job, interactive);
+            out.push(rx);
+        }
         self.inner.metrics.queue_depth.set(q.len() as i64);
         drop(q);
         self.inner.work.notify_one();
-        Ok(rx)
+        Ok(out)
+    }
+
+    fn refuse_if_failed(&self) -> Result<(), EngineError> {
+        match self.health() {
+            Health::WarmUpFailed(e) => Err(EngineError::WarmUp(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Queues an interactive job (a sample, a grid, a generate) ahead of its consumer's stream
@@ -217,8 +272,30 @@ impl Engine {
         classes: ClassInput,
         truncation: f64,
     ) -> Result<oneshot::Receiver<JobOutput>, EngineError> {
-        self.push(consumer, rows, classes, truncation, true)
-            .map_err(|_| EngineError::QueueFull(self.inner.cfg.max_queue))
+        let mut rx = self.try_submit_all(consumer, vec![(rows, classes)], truncation)?;
+        Ok(rx.pop().expect("one job"))
+    }
+
+    /// Queues the jobs of one interactive request (a grid's rows) together, or none of them.
+    pub fn try_submit_all(
+        &self,
+        consumer: &Consumer,
+        jobs: Vec<(Vec<f32>, ClassInput)>,
+        truncation: f64,
+    ) -> Result<Vec<oneshot::Receiver<JobOutput>>, EngineError> {
+        self.refuse_if_failed()?;
+        let k = jobs.len();
+        self.push(consumer, jobs, truncation, true).map_err(|_| {
+            let (own, _) = self.inner.queue().queued_by(&consumer.name);
+            if own > 0 && own + k > self.consumer_share() {
+                EngineError::ConsumerShareFull {
+                    queued: own,
+                    share: self.consumer_share(),
+                }
+            } else {
+                EngineError::QueueFull(self.inner.cfg.max_queue)
+            }
+        })
     }
 
     /// Queues a stream's job, waiting for room within the streams' part of the queue and the
@@ -226,19 +303,20 @@ impl Engine {
     pub async fn submit(
         &self,
         consumer: &Consumer,
-        mut rows: Vec<f32>,
-        mut classes: ClassInput,
+        rows: Vec<f32>,
+        classes: ClassInput,
         truncation: f64,
     ) -> oneshot::Receiver<JobOutput> {
+        let (mut rows, mut classes) = (rows, classes);
         loop {
             let notified = self.inner.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.push(consumer, rows, classes, truncation, false) {
-                Ok(rx) => return rx,
-                Err((r, c)) => {
-                    rows = r;
-                    classes = c;
+            // After a failed warm-up the device loop answers every job with its error.
+            match self.push(consumer, vec![(rows, classes)], truncation, false) {
+                Ok(mut rx) => return rx.pop().expect("one job"),
+                Err(mut back) => {
+                    (rows, classes) = back.pop().expect("one job");
                 }
             }
             notified.await;
@@ -312,7 +390,13 @@ fn generate_capped(
     let d = generator.spec().latent_dim;
     let k = generator.spec().num_classes;
     let n = z.len() / d;
+    let spec = generator.spec();
     let mut out = Vec::new();
+    crate::generator::try_reserve(
+        &mut out,
+        n * spec.channels * spec.resolution * spec.resolution,
+        &format!("the images of a {n}-image job"),
+    )?;
     let mut start = 0;
     while start < n {
         let end = (start + max).min(n);
@@ -330,31 +414,57 @@ fn generate_capped(
     Ok(out)
 }
 
+/// The message of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 fn device_loop(generator: Box<dyn Generator>, mut rx: mpsc::Receiver<Vec<Job>>, inner: Arc<Inner>) {
     let spec = generator.spec().clone();
-    // Warm-up: one real forward pass before reporting ready.
-    let z = vec![0.0f32; spec.latent_dim];
+    // Warm-up: one full batch before reporting ready, so that a model whose largest forward
+    // pass does not fit on the device fails here, not on the first busy minute.
+    let n = inner.cfg.max_batch_size.max(1);
+    let z = vec![0.0f32; n * spec.latent_dim];
     let classes = if spec.num_classes > 0 {
-        ClassInput::Ids(vec![0])
+        ClassInput::Ids((0..n).map(|i| (i % spec.num_classes) as u32).collect())
     } else {
         ClassInput::None
     };
+    tracing::info!(
+        batch = n,
+        "warming up the generator (one max_batch_size forward pass)"
+    );
     let warm = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        generator.generate(&z, &classes, 1.0)
+        generate_capped(
+            generator.as_ref(),
+            &z,
+            &classes,
+            1.0,
+            n,
+            &Metrics::default(),
+        )
     }));
-    match warm {
-        Ok(Ok(_)) => inner.ready.store(true, Ordering::Release),
-        Ok(Err(e)) => {
-            tracing::error!("generator warm-up failed: {e}");
-            inner.panicked.store(true, Ordering::Release);
-            return;
+    let failure = match warm {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(p) => Some(format!("it panicked ({})", panic_text(p.as_ref()))),
+    };
+    if let Some(e) = failure {
+        tracing::error!("generator warm-up at batch {n} failed: {e}");
+        inner.health.send_replace(Health::WarmUpFailed(e.clone()));
+        // Nothing will ever run: answer whatever is queued or still arrives.
+        while let Some(batch) = rx.blocking_recv() {
+            for j in batch {
+                let _ = j.tx.send(Err(EngineError::WarmUp(e.clone())));
+            }
         }
-        Err(_) => {
-            tracing::error!("generator warm-up panicked");
-            inner.panicked.store(true, Ordering::Release);
-            return;
-        }
+        return;
     }
+    inner.health.send_replace(Health::Ready);
     tracing::info!(model = %spec.name, "generator ready");
     while let Some(batch) = rx.blocking_recv() {
         let start = Instant::now();
@@ -394,13 +504,8 @@ fn device_loop(generator: Box<dyn Generator>, mut rx: mpsc::Receiver<Vec<Job>>, 
             )
         }));
         let result = run.unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            inner.panicked.store(true, Ordering::Release);
-            inner.ready.store(false, Ordering::Release);
+            let what = panic_text(panic.as_ref());
+            inner.health.send_replace(Health::Panicked(what.clone()));
             tracing::error!("the generator panicked ({what}); /ready now answers 503");
             Err(crate::generator::GeneratorError::Panicked(what))
         });

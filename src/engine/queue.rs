@@ -104,9 +104,11 @@ impl FairQueue {
         self.len
     }
 
-    /// Stream jobs queued for one consumer.
-    pub fn queued_by(&self, name: &str) -> usize {
-        self.flows.get(name).map_or(0, |f| f.jobs.len())
+    /// Jobs queued for one consumer: (interactive, stream).
+    pub fn queued_by(&self, name: &str) -> (usize, usize) {
+        self.flows
+            .get(name)
+            .map_or((0, 0), |f| (f.interactive.len(), f.jobs.len()))
     }
 
     /// Queues a job in its consumer's flow: stream jobs at the back, interactive ones after the
@@ -354,7 +356,7 @@ mod tests {
             .map(|_| q.pop(|_| true, &mut dropped).unwrap().truncation)
             .collect();
         assert_eq!(order, [1.0, 3.0, 0.0, 2.0]);
-        assert_eq!(q.queued_by("c"), 0);
+        assert_eq!(q.queued_by("c"), (0, 0));
     }
 
     #[test]
@@ -364,7 +366,7 @@ mod tests {
         q.push(&Consumer::new("a", "a", 1), j, false);
         let mut dropped = 0;
         assert!(q.pop(|j| j.n <= 2, &mut dropped).is_none());
-        assert_eq!(q.queued_by("a"), 1);
+        assert_eq!(q.queued_by("a"), (0, 1));
         assert_eq!(q.pop(|_| true, &mut dropped).unwrap().n, 3);
     }
 }

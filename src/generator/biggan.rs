@@ -40,6 +40,43 @@ impl BigGanConfig {
         if self.layers.is_empty() {
             return Err("`layers` is empty".into());
         }
+        // Bounds far above any released model, checked before any product of them is formed
+        // (a hostile or corrupted config must get a message naming the field, not an overflow).
+        for (field, v, max) in [
+            ("z_dim", self.z_dim, 1 << 16),
+            (
+                "class_embed_dim",
+                self.class_embed_dim.unwrap_or(1),
+                1 << 16,
+            ),
+            ("channel_width", self.channel_width, 1 << 14),
+            ("num_classes", self.num_classes, 1 << 20),
+            ("n_stats", self.n_stats, 1 << 12),
+            ("output_dim", self.output_dim, 1 << 16),
+            ("layers (count)", self.layers.len(), 64),
+            (
+                "attention_layer_position",
+                self.attention_layer_position,
+                64,
+            ),
+        ] {
+            if v > max {
+                return Err(format!("{field} = {v} is larger than {max}"));
+            }
+        }
+        if let Some(i) = self
+            .layers
+            .iter()
+            .position(|&(_, a, b)| a == 0 || b == 0 || a > 64 || b > 64)
+        {
+            return Err(format!(
+                "layers[{i}] channel multipliers {:?} must be in 1..=64",
+                (self.layers[i].1, self.layers[i].2)
+            ));
+        }
+        if self.layers.iter().filter(|l| l.0).count() > 14 {
+            return Err("more than 14 upsampling layers (past 65536 pixels)".into());
+        }
         if self.n_stats < 2 {
             return Err(format!("n_stats = {} (must be at least 2)", self.n_stats));
         }
@@ -198,8 +235,15 @@ impl BnStats {
     fn at(&self, truncation: f64) -> (Vec<f32>, Vec<f32>) {
         let step = 1.0f64 / (self.n_stats as f64 - 1.0);
         let q = truncation / step;
-        let idx = q.trunc() as usize;
-        let coef = q - q.trunc();
+        let mut idx = q.trunc() as usize;
+        let mut coef = q - q.trunc();
+        // `1.0 / (1.0 / 49.0)` is 49.00000000000001: at the top of the range the quotient can
+        // land a rounding error past the last row, where the package would index out of range.
+        // That is the last row.
+        if idx >= self.n_stats - 1 {
+            idx = self.n_stats - 1;
+            coef = 0.0;
+        }
         let c = self.channels;
         let row = |v: &[f32], r: usize| v[r * c..(r + 1) * c].to_vec();
         let (m, v) = if coef != 0.0 {
@@ -505,6 +549,30 @@ mod tests {
         // 0.405 -> q = 20.25: swapped mix = 20*0.25 + 21*0.75 = 20.75 (a plain lerp gives 20.25).
         let m = s.at(0.405).0[0];
         assert!((m - 20.75).abs() < 1e-3, "{m}");
+    }
+
+    /// `1.0 / (1.0 / (n - 1))` lands a rounding error above `n - 1` for these counts; truncation
+    /// 1.0 is the last row, never a read past it.
+    #[test]
+    fn the_top_of_the_range_is_the_last_row_for_every_n_stats() {
+        for n in [2, 3, 50, 51, 99, 104, 108, 1000] {
+            let s = stats(n);
+            assert_eq!(s.at(1.0).0[0], (n - 1) as f32, "n_stats {n}");
+        }
+    }
+
+    #[test]
+    fn huge_config_values_are_refused_by_name() {
+        let mut c = BigGanConfig::deep(128).unwrap();
+        c.channel_width = 1 << 62;
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.contains("channel_width") && e.contains("larger than"),
+            "{e}"
+        );
+        let mut c = BigGanConfig::deep(128).unwrap();
+        c.layers[2].2 = usize::MAX;
+        assert!(c.validate().unwrap_err().contains("layers[2]"));
     }
 
     #[test]

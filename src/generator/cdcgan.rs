@@ -39,6 +39,18 @@ impl CdcGanConfig {
         if self.z_dim == 0 || self.num_classes == 0 || self.base_size == 0 {
             return Err("z_dim, num_classes and base_size must be positive".into());
         }
+        // Far above any real model; checked before products of them are formed.
+        for (field, v, max) in [
+            ("z_dim", self.z_dim, 1 << 16),
+            ("embed_dim", self.embed_dim, 1 << 16),
+            ("num_classes", self.num_classes, 1 << 20),
+            ("channels", *self.channels.iter().max().unwrap(), 1 << 14),
+            ("base_size", self.base_size, 1 << 14),
+        ] {
+            if v > max {
+                return Err(format!("{field} = {v} is larger than {max}"));
+            }
+        }
         if !(self.out_channels == 1 || self.out_channels == 3) {
             return Err(format!("out_channels = {} (1 or 3)", self.out_channels));
         }

@@ -40,6 +40,19 @@ pub enum GeneratorError {
     Candle(#[from] candle_core::Error),
     #[error("the generator panicked: {0}")]
     Panicked(String),
+    #[error("out of memory: cannot allocate {0}")]
+    OutOfMemory(String),
+}
+
+/// Reserves room for `n` more elements of `v`, or says how much memory was missing (instead of
+/// aborting the process, which is what a failed infallible allocation does).
+pub fn try_reserve<T>(v: &mut Vec<T>, n: usize, what: &str) -> Result<()> {
+    v.try_reserve_exact(n).map_err(|_| {
+        GeneratorError::OutOfMemory(format!(
+            "{:.1} MiB for {what}",
+            (n as f64) * std::mem::size_of::<T>() as f64 / (1 << 20) as f64
+        ))
+    })
 }
 
 pub type Result<T> = std::result::Result<T, GeneratorError>;

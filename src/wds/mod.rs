@@ -51,28 +51,63 @@ pub fn image_sample(key: &str, png: Vec<u8>, cls: Option<u32>) -> Bytes {
     sample_tar(key, &members)
 }
 
-/// Writes a tar made of `chunks` (whole samples, then [`TAR_END`]) to `path` through a buffered
-/// temporary file that is renamed when complete, so an interrupted write never leaves a short
-/// shard behind. Returns the number of bytes written.
+/// Writes a tar made of `chunks` (one whole sample each, then [`TAR_END`]) to `path` through a
+/// buffered temporary file that gets the final name only once the shard is complete: the last
+/// chunk is the end marker and, when `samples` is given, that many samples came before it. On
+/// any failure (a write error, an error from the source, a source that stops early) the
+/// temporary file is removed, so a file with a shard's name is always a whole shard. Returns the
+/// number of bytes written.
 pub fn write_shard<E>(
     path: &std::path::Path,
     chunks: impl IntoIterator<Item = Result<Bytes, E>>,
+    samples: Option<u64>,
+) -> Result<u64, WriteShardError<E>> {
+    let tmp = path.with_extension("tar.partial");
+    let res = write_checked(&tmp, chunks, samples).and_then(|n| {
+        std::fs::rename(&tmp, path).map_err(|e| WriteShardError::Io(path.to_path_buf(), e))?;
+        Ok(n)
+    });
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+fn write_checked<E>(
+    tmp: &std::path::Path,
+    chunks: impl IntoIterator<Item = Result<Bytes, E>>,
+    samples: Option<u64>,
 ) -> Result<u64, WriteShardError<E>> {
     use std::io::Write;
-    let tmp = path.with_extension("tar.partial");
-    let io = |e: std::io::Error| WriteShardError::Io(tmp.clone(), e);
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
-    let mut n = 0u64;
+    let io = |e: std::io::Error| WriteShardError::Io(tmp.to_path_buf(), e);
+    let mut w = std::io::BufWriter::new(std::fs::File::create(tmp).map_err(io)?);
+    let (mut n, mut count, mut ended) = (0u64, 0u64, false);
     for c in chunks {
         let c = c.map_err(WriteShardError::Source)?;
+        if ended {
+            return Err(WriteShardError::Incomplete(
+                "data after the end-of-archive marker".into(),
+            ));
+        }
+        ended = c[..] == TAR_END[..];
+        count += u64::from(!ended);
         w.write_all(&c).map_err(io)?;
         n += c.len() as u64;
+    }
+    if !ended {
+        return Err(WriteShardError::Incomplete(format!(
+            "the samples stopped after {count} without an end-of-archive marker"
+        )));
+    }
+    if let Some(want) = samples.filter(|&s| s != count) {
+        return Err(WriteShardError::Incomplete(format!(
+            "{count} samples instead of {want}"
+        )));
     }
     w.into_inner()
         .map_err(|e| io(e.into_error()))?
         .sync_all()
         .map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|e| WriteShardError::Io(path.to_path_buf(), e))?;
     Ok(n)
 }
 
@@ -83,11 +118,43 @@ pub enum WriteShardError<E> {
     Io(std::path::PathBuf, std::io::Error),
     #[error(transparent)]
     Source(E),
+    #[error("incomplete shard: {0}")]
+    Incomplete(String),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_complete_shard_gets_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s-000000.tar");
+        let sample = || {
+            Ok::<_, String>(sample_tar(
+                "000000000000",
+                &[("json".into(), Bytes::from_static(b"{}"))],
+            ))
+        };
+        let end = || Ok(Bytes::from_static(&TAR_END));
+        let cases: Vec<(Vec<Result<Bytes, String>>, &str)> = vec![
+            (vec![sample(), sample()], "without an end-of-archive marker"),
+            (vec![sample(), Err("boom".into())], "boom"),
+            (vec![sample(), end()], "1 samples instead of 2"),
+            (
+                vec![sample(), end(), sample()],
+                "after the end-of-archive marker",
+            ),
+        ];
+        for (chunks, why) in cases {
+            let e = write_shard(&path, chunks, Some(2)).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+            let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+            assert!(left.is_empty(), "{why}: {left:?}");
+        }
+        write_shard(&path, vec![sample(), sample(), end()], Some(2)).unwrap();
+        assert!(path.exists());
+    }
 
     #[test]
     fn readable_by_the_tar_crate() {
