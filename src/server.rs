@@ -75,7 +75,7 @@ impl Default for ConnectionLimits {
 }
 
 /// The HTTP application over a started engine, open (no API keys), for in-process use (tests
-/// drive it with `oneshot`): call inside a tokio runtime.
+/// drive it with `oneshot`; see [`in_process`]): call inside a tokio runtime.
 /// `shutdown` turns `/ready` to 503 and ends streams at the next sample boundary when cancelled.
 pub fn app(
     generator: Box<dyn Generator>,
@@ -86,8 +86,13 @@ pub fn app(
     let app = app_with(generator, cfg, limits, &Access::default(), shutdown)
         .expect("no CORS origins to parse")
         .0;
-    // In-process requests have no socket: they are all one peer (127.0.0.1) unless the caller
-    // sets `ConnectInfo` itself.
+    in_process(app)
+}
+
+/// `app` for in-process use: requests without a socket get the peer 127.0.0.1 (they are all one
+/// consumer) unless the caller sets `ConnectInfo` itself. Served through [`run`], every
+/// request carries its real peer, and a router without one refuses requests.
+pub fn in_process(app: axum::Router) -> axum::Router {
     app.layer(axum::middleware::map_request(
         |mut req: axum::extract::Request| async move {
             if req

@@ -2,6 +2,8 @@
 //! socket): the parameter-validation table, `POST /v1/generate` body checks, the OpenAPI
 //! document, and a pinned shard hash (a sampler or encoder change must be deliberate).
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
@@ -221,8 +223,7 @@ async fn openapi_document_validates_and_states_the_limits() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("openapi.json");
     std::fs::write(&path, &body).unwrap();
-    let python = std::env::var("GENREP_TEST_PYTHON")
-        .expect("GENREP_TEST_PYTHON is not set: run the test suite with `bash tests/run_all.sh`");
+    let python = common::python();
     let out = std::process::Command::new(python)
         .args([
             "-c",
@@ -405,7 +406,13 @@ async fn a_panicking_generator_answers_500_and_turns_not_ready() {
     assert_eq!(c, StatusCode::INTERNAL_SERVER_ERROR);
     let v: serde_json::Value = serde_json::from_slice(&resp).unwrap();
     assert_eq!(v["error_type"], "backend");
-    assert!(v["error"].as_str().unwrap().contains("panicked"), "{v}");
+    // What went wrong inside is logged with an id; the client gets the id, not the text.
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("internal server error (id "), "{v}");
+    assert!(
+        !msg.contains("sentinel") && !msg.contains("panicked"),
+        "{v}"
+    );
     assert!(t.elapsed() < Duration::from_secs(5));
     // A load balancer now drains this replica; liveness stays up for the logs.
     let (c, _) = call(&app, Method::GET, "/ready", Body::empty()).await;
@@ -414,14 +421,21 @@ async fn a_panicking_generator_answers_500_and_turns_not_ready() {
     assert_eq!(c, StatusCode::OK);
 }
 
-/// A generator whose warm-up pass fails or panics marks the engine failed at once (not ready,
-/// never): callers waiting for readiness (`genrep check`, probes) can stop waiting.
+/// A generator whose warm-up pass fails or panics marks the engine failed at once (one health
+/// state, never ready): waiting for readiness ends with the warm-up error, and work queued
+/// meanwhile is answered with it instead of waiting forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_warm_up_marks_the_engine_failed() {
+async fn a_failing_warm_up_marks_the_engine_failed_and_answers_queued_work() {
+    use genrep::engine::{Consumer, EngineError, Health};
     let load =
         || genrep::embedded::load(&candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
     let failing = |_: &Tensor| Err(candle_core::Error::Msg("broken kernel".into()));
     let panicking = |_: &Tensor| -> candle_core::Result<()> { panic!("broken kernel") };
+    // Slow to fail, so that work is queued while it warms up.
+    let slow = |_: &Tensor| -> candle_core::Result<()> {
+        std::thread::sleep(Duration::from_millis(300));
+        Err(candle_core::Error::Msg("broken kernel".into()))
+    };
     let engines = [
         genrep::engine::Engine::start(
             Box::new(Inspect(load(), failing)),
@@ -433,14 +447,121 @@ async fn a_failing_warm_up_marks_the_engine_failed() {
             engine_config(8),
             Default::default(),
         ),
+        genrep::engine::Engine::start(
+            Box::new(Inspect(load(), slow)),
+            engine_config(8),
+            Default::default(),
+        ),
     ];
     for e in engines {
+        let d = e.spec().latent_dim;
+        let c = Consumer::new("t", "t", 1);
+        let classes = || genrep::generator::ClassInput::Ids(vec![1]);
+        // Queued during the warm-up (or refused at once after it failed).
+        let queued = e.try_submit(&c, vec![0.0; d], classes(), 1.0);
+        let stream = e.submit(&c, vec![0.0; d], classes(), 1.0).await;
         let t = Instant::now();
-        while !e.has_panicked() {
-            assert!(t.elapsed() < Duration::from_secs(10), "never marked failed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let err = tokio::time::timeout(Duration::from_secs(10), e.wait_ready())
+            .await
+            .expect("never marked failed")
+            .unwrap_err();
+        assert!(
+            matches!(err, EngineError::WarmUp(ref m) if m.contains("broken kernel")),
+            "{err}"
+        );
+        assert!(matches!(e.health(), Health::WarmUpFailed(_)));
         assert!(!e.is_ready());
+        let answered = tokio::time::timeout(Duration::from_secs(5), stream)
+            .await
+            .expect("a queued stream job was never answered")
+            .unwrap();
+        assert!(matches!(answered, Err(EngineError::WarmUp(_))));
+        if let Ok(rx) = queued {
+            let r = tokio::time::timeout(Duration::from_secs(5), rx)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(matches!(r, Err(EngineError::WarmUp(_))));
+        }
+        // After the failure new single requests are refused at once.
+        assert!(matches!(
+            e.try_submit(&c, vec![0.0; d], classes(), 1.0),
+            Err(EngineError::WarmUp(_))
+        ));
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+}
+
+/// `genrep export` with a generator that fails its warm-up, or fails in the middle of the
+/// shards: a non-zero outcome, and no file carries a shard's name (before, a half-written shard
+/// was renamed to its final name while the export reported success).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_failures_leave_no_shard_with_a_final_name() {
+    let load =
+        || genrep::embedded::load(&candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let passes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // The warm-up and a few batches pass, then a batch fails (a producer panics in the
+    // second generator): shards in progress at that moment must not get their names.
+    let fail_later = {
+        let passes = passes.clone();
+        move |_: &Tensor| {
+            if passes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 6 {
+                return Err(candle_core::Error::Msg("device lost".into()));
+            }
+            Ok(())
+        }
+    };
+    let panics = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let panic_later = {
+        let panics = panics.clone();
+        move |_: &Tensor| -> candle_core::Result<()> {
+            if panics.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 6 {
+                panic!("kernel bug");
+            }
+            Ok(())
+        }
+    };
+    let failing_warm_up = |_: &Tensor| Err(candle_core::Error::Msg("no memory".into()));
+    let cases: Vec<(Box<dyn Generator>, &str)> = vec![
+        (Box::new(Inspect(load(), failing_warm_up)), "warm-up"),
+        (Box::new(Inspect(load(), fail_later)), "device lost"),
+        (Box::new(Inspect(load(), panic_later)), "panicked"),
+    ];
+    for (g, why) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().to_path_buf();
+        let r = tokio::task::spawn_blocking(move || {
+            genrep::export::run(
+                g,
+                engine_config(4),
+                genrep::export::ExportOptions {
+                    out,
+                    first: 0,
+                    last: 5,
+                    prefix: "train".into(),
+                    shard_size: 20,
+                    parallel: 3,
+                    sampling: [("views".to_string(), "1".to_string())].into(),
+                },
+            )
+        })
+        .await
+        .unwrap();
+        let e = format!("{:#}", r.expect_err("the export must fail"));
+        assert!(e.contains(why), "{why}: {e}");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        // Shards finished before the failure are whole; none of the others is left.
+        for n in &names {
+            assert!(!n.ends_with(".partial"), "{why}: {names:?}");
+            let bytes = std::fs::read(dir.path().join(n)).unwrap();
+            let samples = genrep_client::loader::parse_shard(n, &bytes, Some(20))
+                .unwrap_or_else(|e| panic!("{why}: {n} is not a whole shard: {e}"));
+            assert_eq!(samples.len(), 20);
+        }
+        assert!(names.len() < 6, "{why}: {names:?}");
     }
 }
 
@@ -565,7 +686,7 @@ async fn keyed_app() -> Router {
     let (app, _) =
         genrep::server::app_with(g, cfg, Limits::default(), &access, CancellationToken::new())
             .unwrap();
-    ready(app).await
+    ready(genrep::server::in_process(app)).await
 }
 
 /// `uri` with an optional bearer key: status, headers, body.

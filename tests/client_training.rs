@@ -37,6 +37,7 @@ fn config(source: String, steps: usize) -> TrainConfig {
         prefetch: 2,
         cache_shards: true,
         shuffle_buffer: 0,
+        fetch: Default::default(),
     }
 }
 

@@ -3,10 +3,11 @@
 //! tests/run_all.sh), and what genrep needs of the manifests, the compose file and the
 //! Dockerfiles (probes, grace periods longer than the drain, non-root, locked builds).
 
+mod common;
+
 #[test]
 fn deployment_files_validate() {
-    let python = std::env::var("GENREP_TEST_PYTHON")
-        .expect("GENREP_TEST_PYTHON is not set: run the test suite with `bash tests/run_all.sh`");
+    let python = common::python();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/check_deploy.py");
     let out = std::process::Command::new(python)
         .arg(script)

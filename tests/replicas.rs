@@ -160,6 +160,7 @@ fn two_replicas_behind_nginx_serve_one_dataset_and_survive_a_replica_kill() {
             backoff: Duration::from_millis(200),
             timeout: Duration::from_secs(30),
             api_key: None,
+            ..Default::default()
         },
         ..Default::default()
     };

@@ -146,12 +146,21 @@ pub fn pixel_features(images: &Tensor) -> Result<Tensor> {
 
 /// Images and labels of a labelled source, loaded whole (evaluation sets are small).
 pub fn load_labelled(source: &str, device: &Device) -> anyhow::Result<(Tensor, Vec<u32>)> {
+    load_labelled_with(source, device, &crate::loader::FetchPolicy::default())
+}
+
+/// [`load_labelled`] with a given network policy.
+pub fn load_labelled_with(
+    source: &str,
+    device: &Device,
+    policy: &crate::loader::FetchPolicy,
+) -> anyhow::Result<(Tensor, Vec<u32>)> {
     let shards = crate::loader::resolve(source)?;
     let mut imgs = Vec::new();
     let mut labels = Vec::new();
     let mut shape = None;
     for s in &shards {
-        for sample in crate::loader::fetch(s, &crate::loader::FetchPolicy::default())? {
+        for sample in crate::loader::fetch(s, policy)? {
             let (px, c, h, w) = crate::loader::sample_views(&sample, 1)
                 .map_err(|e| anyhow::anyhow!("{s}: {}: {e}", sample.key))?
                 .remove(0);

@@ -3,8 +3,9 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use genrep_client::eval::{
-    features, knn_eval, knn_top1, linear_probe, load_labelled, num_classes, pixel_features,
+    features, knn_eval, knn_top1, linear_probe, load_labelled_with, num_classes, pixel_features,
 };
+use genrep_client::loader::{FetchLimits, FetchPolicy};
 use genrep_client::model::EncoderConfig;
 use genrep_client::train::{
     check_channels, latest_checkpoint, load_encoder, log_jsonl, Objective, TrainConfig, Trainer,
@@ -123,6 +124,17 @@ struct TrainArgs {
     /// Shards downloaded ahead in parallel.
     #[arg(long, default_value_t = 2)]
     prefetch: usize,
+    /// Largest tar member (one field of a sample) accepted from a shard, in bytes; a sample
+    /// may hold 8 such. Protects the job against a tampered or broken server that claims
+    /// gigabytes. Default 64 MiB, five times a 1024×1024 RGB float32 view.
+    #[arg(long, env = "GENREP_MAX_MEMBER_BYTES", default_value_t = genrep_client::loader::DEFAULT_MAX_MEMBER_BYTES)]
+    max_member_bytes: u64,
+    /// Slowest shard transfer accepted, in bytes/s averaged over 30 s: a server below it is
+    /// treated as a failed download and retried (0: no minimum). Catches servers that trickle
+    /// bytes just often enough to defeat the read timeout.
+    #[arg(long, env = "GENREP_MIN_BYTES_PER_S", default_value_t = 1024)]
+    min_bytes_per_s: u64,
+
     /// Keep downloaded shards in memory for later epochs.
     #[arg(long)]
     cache_shards: bool,
@@ -182,6 +194,26 @@ struct EvalArgs {
     /// `--features cuda`); the same values as the server's `--device`.
     #[arg(long, env = "GENREP_TRAIN_DEVICE", default_value = "cpu")]
     device: String,
+    /// Largest tar member (one field of a sample) accepted from a shard, in bytes; a sample
+    /// may hold 8 such. Protects the job against a tampered or broken server that claims
+    /// gigabytes. Default 64 MiB, five times a 1024×1024 RGB float32 view.
+    #[arg(long, env = "GENREP_MAX_MEMBER_BYTES", default_value_t = genrep_client::loader::DEFAULT_MAX_MEMBER_BYTES)]
+    max_member_bytes: u64,
+    /// Slowest shard transfer accepted, in bytes/s averaged over 30 s: a server below it is
+    /// treated as a failed download and retried (0: no minimum). Catches servers that trickle
+    /// bytes just often enough to defeat the read timeout.
+    #[arg(long, env = "GENREP_MIN_BYTES_PER_S", default_value_t = 1024)]
+    min_bytes_per_s: u64,
+}
+
+fn fetch_limits(max_member_bytes: u64, min_bytes_per_s: u64) -> Result<FetchLimits> {
+    if max_member_bytes < 1024 {
+        bail!("--max-member-bytes must be at least 1024");
+    }
+    Ok(FetchLimits {
+        max_member_bytes,
+        min_bytes_per_s,
+    })
 }
 
 fn train(a: TrainArgs) -> Result<()> {
@@ -223,6 +255,7 @@ fn train(a: TrainArgs) -> Result<()> {
         prefetch: a.prefetch,
         cache_shards: a.cache_shards,
         shuffle_buffer: a.shuffle_buffer,
+        fetch: fetch_limits(a.max_member_bytes, a.min_bytes_per_s)?,
     };
     let resume_from = if a.resume {
         let dir = a
@@ -244,7 +277,14 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     let knn_sets = match (&a.knn_train, &a.knn_test) {
         (Some(tr), Some(te)) => {
-            let sets = (load_labelled(tr, &dev)?, load_labelled(te, &dev)?);
+            let policy = FetchPolicy {
+                limits: t.cfg.fetch,
+                ..Default::default()
+            };
+            let sets = (
+                load_labelled_with(tr, &dev, &policy)?,
+                load_labelled_with(te, &dev, &policy)?,
+            );
             for set in [&sets.0 .0, &sets.1 .0] {
                 check_channels(set.dim(1)?, t.encoder.cfg.in_channels)
                     .context("--knn-train/--knn-test")?;
@@ -330,8 +370,12 @@ fn eval(a: EvalArgs) -> Result<()> {
         bail!("--k must be at least 1 (neighbours in the kNN vote)");
     }
     let dev = parse_device(&a.device)?;
-    let tr = load_labelled(&a.train, &dev)?;
-    let te = load_labelled(&a.test, &dev)?;
+    let policy = FetchPolicy {
+        limits: fetch_limits(a.max_member_bytes, a.min_bytes_per_s)?,
+        ..Default::default()
+    };
+    let tr = load_labelled_with(&a.train, &dev, &policy)?;
+    let te = load_labelled_with(&a.test, &dev, &policy)?;
     let classes = num_classes(&tr.1, &te.1);
     let (ftr, fte, what) = match &a.checkpoint {
         Some(dir) => {

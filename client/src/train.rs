@@ -48,6 +48,9 @@ pub struct TrainConfig {
     /// Sample-level shuffle window (0 = shard order), see `LoaderConfig::shuffle_buffer`.
     #[serde(default)]
     pub shuffle_buffer: usize,
+    /// Bounds on what the data source can make the loader hold or wait for.
+    #[serde(default)]
+    pub fetch: crate::loader::FetchLimits,
 }
 
 /// Saved with the weights: where training stands.
@@ -156,6 +159,10 @@ impl Trainer {
             prefetch: cfg.prefetch,
             cache: cfg.cache_shards,
             shuffle_buffer: cfg.shuffle_buffer,
+            policy: crate::loader::FetchPolicy {
+                limits: cfg.fetch,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let loader = Loader::new(shards, lcfg, cursor)?;

@@ -98,6 +98,7 @@ fn loader(base: &str, shards: usize, attempts: usize, cursor: Cursor) -> Loader 
             backoff: Duration::from_millis(10),
             timeout: Duration::from_secs(10),
             api_key: None,
+            ..Default::default()
         },
         ..Default::default()
     };

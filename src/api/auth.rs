@@ -69,21 +69,30 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// A parse error's position and kind, with anything quoted in the parser's message (a value,
-/// possibly a key) left out.
+/// A parse error's position and kind, with anything quoted in the parser's message that could
+/// be a key (16 characters or more: keys are never shorter) left out; field names stay.
 fn parse_error_text(at: Option<(usize, usize)>, message: &str) -> String {
     let mut kind = String::new();
-    let mut quoted = None;
+    let mut quoted: Option<(char, String)> = None;
     for ch in message.chars() {
-        match quoted {
-            Some(q) if ch == q => quoted = None,
-            Some(_) => {}
-            None if ch == '"' || ch == '`' => {
-                quoted = Some(ch);
-                kind.push_str("…");
+        match &mut quoted {
+            Some((q, inner)) if ch == *q => {
+                if inner.chars().count() < 16 {
+                    kind.push(ch);
+                    kind.push_str(inner);
+                    kind.push(ch);
+                } else {
+                    kind.push('…');
+                }
+                quoted = None;
             }
+            Some((_, inner)) => inner.push(ch),
+            None if ch == '"' || ch == '`' => quoted = Some((ch, String::new())),
             None => kind.push(ch),
         }
+    }
+    if quoted.is_some() {
+        kind.push('…');
     }
     let kind = kind.trim().trim_end_matches(',');
     let kind = if kind.is_empty() {

@@ -120,9 +120,20 @@ pub mod raw {
 
 /// The Python interpreter with `webdataset` installed (set by tests/run_all.sh).
 pub fn python() -> String {
-    std::env::var("GENREP_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("GENREP_TEST_PYTHON is not set: run the test suite with `bash tests/run_all.sh`, which installs Python webdataset into .venv-test")
-    })
+    if let Ok(p) = std::env::var("GENREP_TEST_PYTHON") {
+        return p;
+    }
+    // After one `bash tests/run_all.sh`, plain `cargo test` finds the venv it made.
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-test/bin/python");
+    if std::path::Path::new(venv).exists() {
+        return venv.to_string();
+    }
+    panic!(
+        "this test needs the Python test tools (webdataset, openapi-spec-validator, schemathesis, \
+         kubernetes-validate): run `bash tests/run_all.sh` once, which installs them into \
+         .venv-test (plain `cargo test` then finds it), or set GENREP_TEST_PYTHON to a Python \
+         that has them"
+    )
 }
 
 /// Reads a metric value from `/metrics` text.

@@ -5,6 +5,23 @@ use super::shard::RawSample;
 /// A decoded CHW image in [0, 1]: (pixels, C, H, W).
 pub type Image = (Vec<f32>, usize, usize, usize);
 
+/// Most pixels (width × height) a decoded image may have: PIL's `MAX_IMAGE_PIXELS`. A small
+/// compressed file can declare a huge image (a 700-byte JPEG can claim 65000×65000); its size is
+/// checked from the header, before anything is allocated for the pixels.
+pub const MAX_IMAGE_PIXELS: u64 = 89_478_485;
+
+fn check_pixels(w: u64, h: u64) -> Result<(), String> {
+    if w == 0 || h == 0 {
+        return Err(format!("image of {w}x{h} pixels is empty"));
+    }
+    if w.saturating_mul(h) > MAX_IMAGE_PIXELS {
+        return Err(format!(
+            "image of {w}x{h} pixels is over the decoder's limit of {MAX_IMAGE_PIXELS} pixels"
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes one image field (png/jpg/jpeg/npy) to CHW f32 in [0, 1]; returns (pixels, C, H, W).
 pub fn decode_image(field: &str, data: &[u8]) -> Result<Image, String> {
     let ext = field.rsplit('.').next().unwrap_or(field);
@@ -13,6 +30,8 @@ pub fn decode_image(field: &str, data: &[u8]) -> Result<Image, String> {
             let mut dec = png::Decoder::new(std::io::Cursor::new(data));
             dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
             let mut r = dec.read_info().map_err(|e| e.to_string())?;
+            let (w, h) = (r.info().width as u64, r.info().height as u64);
+            check_pixels(w, h)?;
             let mut buf = vec![0; r.output_buffer_size().ok_or("png too large")?];
             let info = r.next_frame(&mut buf).map_err(|e| e.to_string())?;
             let (w, h) = (info.width as usize, info.height as usize);
@@ -28,6 +47,9 @@ pub fn decode_image(field: &str, data: &[u8]) -> Result<Image, String> {
         }
         "jpg" | "jpeg" => {
             let mut dec = jpeg_decoder::Decoder::new(data);
+            dec.read_info().map_err(|e| e.to_string())?;
+            let info = dec.info().ok_or("jpeg without header")?;
+            check_pixels(info.width as u64, info.height as u64)?;
             let px = dec.decode().map_err(|e| e.to_string())?;
             let info = dec.info().ok_or("jpeg without header")?;
             let (w, h) = (info.width as usize, info.height as usize);
@@ -49,6 +71,10 @@ pub fn decode_image(field: &str, data: &[u8]) -> Result<Image, String> {
                     a.shape
                 ));
             };
+            if c > 4 {
+                return Err(format!("npy image has {c} channels (at most 4)"));
+            }
+            check_pixels(w as u64, h as u64)?;
             let vals = a
                 .to_f32()
                 .filter(|_| a.dtype.is_float())

@@ -1,8 +1,9 @@
 //! Reading a shard over HTTP (with retries and backoff) or from a local file.
 
-use super::shard::{read_samples, RawSample};
+use super::shard::{read_samples, RawSample, ReadLimits, DEFAULT_MAX_MEMBER_BYTES};
 use super::LoaderError;
-use std::time::Duration;
+use std::io::Read;
+use std::time::{Duration, Instant};
 
 /// Network behaviour.
 #[derive(Debug, Clone)]
@@ -15,7 +16,36 @@ pub struct FetchPolicy {
     pub timeout: Duration,
     /// Sent as `Authorization: Bearer KEY` to servers started with `--api-keys`.
     pub api_key: Option<String>,
+    /// What a response may make the reader hold, and how slow it may be.
+    pub limits: FetchLimits,
 }
+
+/// Bounds on what a server can make the client do (saved with a training run's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct FetchLimits {
+    /// Largest tar member (one field of a sample) accepted; a sample may hold 8 such. A larger
+    /// one is an error, never an allocation of whatever a server claims.
+    pub max_member_bytes: u64,
+    /// Slowest transfer accepted: a response that delivers fewer than this many bytes per
+    /// second over [`RATE_WINDOW`] is abandoned and retried (0: no minimum). Catches servers
+    /// that trickle bytes just often enough to defeat `timeout`.
+    pub min_bytes_per_s: u64,
+}
+
+impl Default for FetchLimits {
+    fn default() -> Self {
+        Self {
+            max_member_bytes: DEFAULT_MAX_MEMBER_BYTES,
+            // A 28×28 sample is about 1 KiB, a 256×256 view 100 KiB: a server delivering less
+            // than 1 KiB/s for 30 s is stuck or hostile, not busy.
+            min_bytes_per_s: 1024,
+        }
+    }
+}
+
+/// Window over which [`FetchPolicy::min_bytes_per_s`] is measured.
+pub const RATE_WINDOW: Duration = Duration::from_secs(30);
 
 impl Default for FetchPolicy {
     fn default() -> Self {
@@ -28,7 +58,41 @@ impl Default for FetchPolicy {
             api_key: std::env::var("GENREP_API_KEY")
                 .ok()
                 .filter(|k| !k.is_empty()),
+            limits: FetchLimits::default(),
         }
+    }
+}
+
+/// A response body that fails once it falls below a minimum rate over a window.
+struct MinRate<R> {
+    inner: R,
+    min_bytes_per_s: u64,
+    window_start: Instant,
+    window_bytes: u64,
+}
+
+impl<R: Read> Read for MinRate<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.window_bytes += n as u64;
+        let elapsed = self.window_start.elapsed();
+        if self.min_bytes_per_s > 0 && elapsed >= RATE_WINDOW {
+            let want = self.min_bytes_per_s as f64 * elapsed.as_secs_f64();
+            if (self.window_bytes as f64) < want {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the server sent {} bytes in {:.0} s, below the minimum of {} bytes/s",
+                        self.window_bytes,
+                        elapsed.as_secs_f64(),
+                        self.min_bytes_per_s
+                    ),
+                ));
+            }
+            self.window_start = Instant::now();
+            self.window_bytes = 0;
+        }
+        Ok(n)
     }
 }
 
@@ -41,9 +105,10 @@ pub fn stream_shard(
     policy: &FetchPolicy,
     mut on_sample: impl FnMut(usize, RawSample) -> bool,
 ) -> Result<(), LoaderError> {
+    let limits = ReadLimits::with_member(policy.limits.max_member_bytes);
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         let f = std::fs::File::open(url).map_err(|e| LoaderError::Io(url.into(), e.to_string()))?;
-        read_samples(url, std::io::BufReader::new(f), None, on_sample)?;
+        read_samples(url, std::io::BufReader::new(f), None, limits, on_sample)?;
         return Ok(());
     }
     let agent = ureq::AgentBuilder::new()
@@ -61,17 +126,43 @@ pub fn stream_shard(
         }
         match req.call() {
             Ok(resp) => {
+                // Nothing is asked to be compressed (ureq is built without it, so it sends no
+                // Accept-Encoding); a compressed body anyway is refused rather than inflated.
+                if let Some(enc) = resp
+                    .header("content-encoding")
+                    .filter(|e| !e.eq_ignore_ascii_case("identity"))
+                {
+                    return Err(LoaderError::Network {
+                        url: url.into(),
+                        attempts: attempt + 1,
+                        last: format!(
+                            "the server sent a `{}`-encoded body, which was not asked for",
+                            enc.escape_debug()
+                        ),
+                    });
+                }
                 let expected = resp
                     .header(genrep_wire::SAMPLES_HEADER)
                     .and_then(|v| v.parse().ok());
-                // A cut connection shows up as a truncated body: retry it.
-                match read_samples(url, resp.into_reader(), expected, &mut on_sample) {
+                let body = MinRate {
+                    inner: resp.into_reader(),
+                    min_bytes_per_s: policy.limits.min_bytes_per_s,
+                    window_start: Instant::now(),
+                    window_bytes: 0,
+                };
+                // A cut connection shows up as a truncated body: retry it. A member over the
+                // limits would be sent again the same way: fail at once.
+                match read_samples(url, body, expected, limits, &mut on_sample) {
                     Ok(_) => return Ok(()),
+                    Err(e @ LoaderError::TooLarge(..)) => return Err(e),
                     Err(e) => last = e.to_string(),
                 }
             }
             Err(ureq::Error::Status(code, resp)) => {
-                let body = resp.into_string().unwrap_or_default();
+                // Error bodies are short JSON; a hostile one is cut and shown escaped.
+                let mut raw = Vec::new();
+                let _ = resp.into_reader().take(4096).read_to_end(&mut raw);
+                let body = String::from_utf8_lossy(&raw).escape_debug().to_string();
                 // 4xx other than 429 will not get better by retrying.
                 if (400..500).contains(&code) && code != 429 {
                     return Err(LoaderError::Network {

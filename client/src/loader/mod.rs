@@ -20,9 +20,9 @@ mod urls;
 
 pub use batch::{next_batch, Batch};
 pub use decode::{decode_image, sample_views, views_in, Image};
-pub use fetch::{fetch, stream_shard, FetchPolicy};
+pub use fetch::{fetch, stream_shard, FetchLimits, FetchPolicy, RATE_WINDOW};
 pub use prefetch::{Cursor, Loader, LoaderConfig};
-pub use shard::{parse_shard, read_samples, RawSample};
+pub use shard::{parse_shard, read_samples, RawSample, ReadLimits, DEFAULT_MAX_MEMBER_BYTES};
 pub use urls::{expand, local_path, resolve};
 
 /// Loader errors; each names the shard or pattern at fault.
@@ -44,6 +44,8 @@ pub enum LoaderError {
     Truncated(String, String),
     #[error("{0}: sample `{1}`: {2}")]
     Sample(String, String, String),
+    #[error("{0}: over the reader's limits: {1}")]
+    TooLarge(String, String),
     #[error(
         "{0} shards cannot be split over world_size {1} (rank {2}): every rank needs at least one"
     )]

@@ -364,6 +364,7 @@ impl Context<'_> {
             prefetch: 2,
             cache_shards: row.kind == RowKind::Real,
             shuffle_buffer: p.shuffle_buffer,
+            fetch: Default::default(),
         }
     }
 
