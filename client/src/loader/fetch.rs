@@ -18,6 +18,8 @@ pub struct FetchPolicy {
     pub api_key: Option<String>,
     /// What a response may make the reader hold, and how slow it may be.
     pub limits: FetchLimits,
+    /// Window over which `limits.min_bytes_per_s` is measured.
+    pub rate_window: Duration,
 }
 
 /// Bounds on what a server can make the client do (saved with a training run's config).
@@ -28,7 +30,7 @@ pub struct FetchLimits {
     /// one is an error, never an allocation of whatever a server claims.
     pub max_member_bytes: u64,
     /// Slowest transfer accepted: a response that delivers fewer than this many bytes per
-    /// second over [`RATE_WINDOW`] is abandoned and retried (0: no minimum). Catches servers
+    /// second over the policy's rate window is abandoned and retried (0: no minimum). Catches servers
     /// that trickle bytes just often enough to defeat `timeout`.
     pub min_bytes_per_s: u64,
 }
@@ -44,7 +46,7 @@ impl Default for FetchLimits {
     }
 }
 
-/// Window over which [`FetchPolicy::min_bytes_per_s`] is measured.
+/// Default window over which [`FetchLimits::min_bytes_per_s`] is measured.
 pub const RATE_WINDOW: Duration = Duration::from_secs(30);
 
 impl Default for FetchPolicy {
@@ -59,6 +61,7 @@ impl Default for FetchPolicy {
                 .ok()
                 .filter(|k| !k.is_empty()),
             limits: FetchLimits::default(),
+            rate_window: RATE_WINDOW,
         }
     }
 }
@@ -67,6 +70,7 @@ impl Default for FetchPolicy {
 struct MinRate<R> {
     inner: R,
     min_bytes_per_s: u64,
+    window: Duration,
     window_start: Instant,
     window_bytes: u64,
 }
@@ -76,7 +80,7 @@ impl<R: Read> Read for MinRate<R> {
         let n = self.inner.read(buf)?;
         self.window_bytes += n as u64;
         let elapsed = self.window_start.elapsed();
-        if self.min_bytes_per_s > 0 && elapsed >= RATE_WINDOW {
+        if self.min_bytes_per_s > 0 && elapsed >= self.window {
             let want = self.min_bytes_per_s as f64 * elapsed.as_secs_f64();
             if (self.window_bytes as f64) < want {
                 return Err(std::io::Error::new(
@@ -147,6 +151,7 @@ pub fn stream_shard(
                 let body = MinRate {
                     inner: resp.into_reader(),
                     min_bytes_per_s: policy.limits.min_bytes_per_s,
+                    window: policy.rate_window,
                     window_start: Instant::now(),
                     window_bytes: 0,
                 };
