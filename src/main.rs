@@ -377,7 +377,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             let keys = genrep::api::auth::read_key_file(path)?;
             if genrep::api::auth::readable_by_others(path) {
                 tracing::warn!(
-                    "{} is readable by other users, who can then act as any consumer in it: chmod 600 it",
+                    "{} is readable by every user of this machine, who can then act as any consumer in it: chmod 600 it",
                     path.display()
                 );
             }

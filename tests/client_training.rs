@@ -123,6 +123,49 @@ fn trains_from_the_server_beats_random_init_and_resumes() {
         loss_after
     );
 
+    // Momentum buffers are stored by parameter name and checked on load: a buffer of the wrong
+    // shape (or one for a parameter this encoder lacks) is an error naming it, never a silent
+    // mix-up; `latest` is replaced whole (no temporary file is left).
+    let opt_file = latest.join("optimizer.safetensors");
+    let mut saved = candle_core::safetensors::load(&opt_file, &dev).unwrap();
+    assert!(
+        saved.keys().all(|k| k.starts_with("velocity.")),
+        "{:?}",
+        saved.keys()
+    );
+    let names: Vec<String> = saved.keys().cloned().collect();
+    let victim = names
+        .iter()
+        .max_by_key(|k| saved[*k].elem_count())
+        .unwrap()
+        .clone();
+    let good = saved[&victim].clone();
+    saved.insert(
+        victim.clone(),
+        candle_core::Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap(),
+    );
+    candle_core::safetensors::save(&saved, &opt_file).unwrap();
+    let e = Trainer::new(cfg.clone(), Some(&latest), &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(victim.trim_start_matches("velocity.")) && e.contains("shape"),
+        "{e}"
+    );
+    saved.insert(victim.clone(), good);
+    saved.insert(
+        "velocity.nothing.weight".into(),
+        candle_core::Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap(),
+    );
+    candle_core::safetensors::save(&saved, &opt_file).unwrap();
+    let e = Trainer::new(cfg.clone(), Some(&latest), &dev)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("nothing.weight"), "{e}");
+    assert!(!ckpt.join("latest.partial").exists());
+
     // An incompatible checkpoint is a clear error.
     let mut other = cfg.clone();
     other.encoder.width = 16;

@@ -266,7 +266,12 @@ fn retry_after_is_the_real_wait_and_failed_keys_are_limited() {
         ),
     )
     .unwrap();
+    // Written with the default umask: readable by every user, which the server warns about.
     let s = Server::start(&["--api-keys", keys.to_str().unwrap()]);
+    assert!(
+        s.log.lock().unwrap().contains("readable by every user"),
+        "no warning about a world-readable key file"
+    );
     rt().block_on(async {
         let c = reqwest::Client::new();
         let get = |key: &str| {

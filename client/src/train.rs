@@ -77,6 +77,8 @@ pub struct Trainer {
     pub encoder: Encoder,
     pub varmap: VarMap,
     opt: Optimizer,
+    /// The varmap name of each of `opt`'s parameters (the key of its momentum buffer).
+    param_names: Vec<String>,
     loader: Loader,
     augment: Augment,
     pub step: usize,
@@ -133,22 +135,18 @@ impl Trainer {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         names.sort_by(|a, b| a.0.cmp(&b.0));
-        let params: Vec<Param> = names
+        let (param_names, params): (Vec<String>, Vec<Param>) = names
             .into_iter()
-            .filter_map(|(n, v)| trainable(&n).map(|decay| Param::new(v, decay)))
-            .collect();
+            .filter_map(|(n, v)| trainable(&n).map(|decay| (n, Param::new(v, decay))))
+            .unzip();
         let rule = if cfg.lars {
             Rule::Lars { eta: 0.001 }
         } else {
             Rule::Sgd
         };
         let mut opt = Optimizer::new(params, rule, cfg.momentum, cfg.weight_decay);
-        if let Some(v) = velocities {
-            opt.set_velocities(
-                (0..opt.params.len())
-                    .map(|i| v.get(&format!("v{i}")).cloned())
-                    .collect(),
-            );
+        if let (Some(v), Some(dir)) = (velocities, checkpoint) {
+            opt.set_velocities(restore_velocities(&v, &param_names, &opt, dir)?);
         }
         let shards = resolve(&cfg.source)?;
         let lcfg = LoaderConfig {
@@ -163,7 +161,6 @@ impl Trainer {
                 limits: cfg.fetch,
                 ..Default::default()
             },
-            ..Default::default()
         };
         let loader = Loader::new(shards, lcfg, cursor)?;
         Ok(Self {
@@ -171,6 +168,7 @@ impl Trainer {
             encoder,
             varmap,
             opt,
+            param_names,
             loader,
             augment,
             step,
@@ -239,12 +237,14 @@ impl Trainer {
         let d = dir.join(format!("step-{:08}", self.step));
         std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
         self.varmap.save(d.join("model.safetensors"))?;
+        // Momentum buffers by parameter name, so a checkpoint never gives one parameter
+        // another's buffer.
         let v: std::collections::HashMap<String, Tensor> = self
             .opt
             .velocities()
             .into_iter()
-            .enumerate()
-            .filter_map(|(i, v)| v.map(|t| (format!("v{i}"), t)))
+            .zip(&self.param_names)
+            .filter_map(|(v, name)| v.map(|t| (format!("{VELOCITY}{name}"), t)))
             .collect();
         candle_core::safetensors::save(&v, d.join("optimizer.safetensors"))?;
         let state = TrainState {
@@ -252,13 +252,75 @@ impl Trainer {
             cursor: self.loader.cursor(),
             config: self.cfg.clone(),
         };
-        std::fs::write(d.join("state.json"), serde_json::to_vec_pretty(&state)?)?;
-        std::fs::write(
-            dir.join("latest"),
+        write_atomic(&d.join("state.json"), &serde_json::to_vec_pretty(&state)?)?;
+        // Last, and whole: a run killed at any moment leaves `latest` naming a complete
+        // checkpoint (the previous one until this one is written).
+        write_atomic(
+            &dir.join("latest"),
             d.file_name().unwrap().to_string_lossy().as_bytes(),
         )?;
         Ok(d)
     }
+}
+
+/// Key prefix of a parameter's momentum buffer in `optimizer.safetensors`.
+const VELOCITY: &str = "velocity.";
+
+/// Writes `bytes` to a temporary file next to `path` and renames it over `path`.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The momentum buffers of a checkpoint for `opt`'s parameters (named `names`), each checked
+/// against its parameter's shape. Checkpoints written before buffers were named (`v0`, `v1`, …
+/// in the sorted order of the names) are read by position, with the same checks.
+fn restore_velocities(
+    saved: &std::collections::HashMap<String, Tensor>,
+    names: &[String],
+    opt: &Optimizer,
+    dir: &Path,
+) -> Result<Vec<Option<Tensor>>> {
+    let legacy = saved.keys().all(|k| !k.starts_with(VELOCITY));
+    let mut used = 0;
+    let mut out = Vec::with_capacity(names.len());
+    for (i, (name, p)) in names.iter().zip(&opt.params).enumerate() {
+        let key = if legacy {
+            format!("v{i}")
+        } else {
+            format!("{VELOCITY}{name}")
+        };
+        let v = saved.get(&key).cloned();
+        if let Some(t) = &v {
+            used += 1;
+            if t.dims() != p.var.dims() {
+                bail!(
+                    "{}/optimizer.safetensors: the momentum of `{name}` has shape {:?}, the parameter {:?}",
+                    dir.display(),
+                    t.dims(),
+                    p.var.dims()
+                );
+            }
+        }
+        out.push(v);
+    }
+    if used != saved.len() {
+        let mut unknown: Vec<&String> = saved
+            .keys()
+            .filter(|k| {
+                !(0..names.len())
+                    .any(|i| **k == format!("v{i}") || **k == format!("{VELOCITY}{}", names[i]))
+            })
+            .collect();
+        unknown.sort();
+        bail!(
+            "{}/optimizer.safetensors holds momentum for parameters this encoder does not have: {unknown:?}",
+            dir.display()
+        );
+    }
+    Ok(out)
 }
 
 /// Errors unless the data's image channels are what the encoder takes.

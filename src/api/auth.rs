@@ -106,13 +106,14 @@ fn parse_error_text(at: Option<(usize, usize)>, message: &str) -> String {
     }
 }
 
-/// Whether users other than the owner may read the file (a key file should be mode 0600 or
-/// 0400: anyone who reads it can act as every consumer in it).
+/// Whether every user may read the file (anyone who reads a key file can act as every consumer
+/// in it). A group-readable file is left alone: that is how a Kubernetes Secret reaches a
+/// non-root container (`defaultMode: 0440` with the pod's `fsGroup`).
 pub fn readable_by_others(path: &Path) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o044 != 0)
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
     }
     #[cfg(not(unix))]
     {

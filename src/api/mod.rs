@@ -441,6 +441,11 @@ async fn grid_png(
     )?;
     let req = q.sample_request(st.engine.spec(), &st.limits)?;
     let max_rows = st.limits.max_grid_rows as u64;
+    if max_rows == 0 {
+        return Err(ApiError::not_found(
+            "grids are disabled on this server (max_grid_rows = 0)",
+        ));
+    }
     let rows = q.u64_in("rows", 8.min(max_rows), 1, max_rows)?;
     let start = q.index("start", 0)?;
     if start + rows > MAX_INDEX {

@@ -78,6 +78,9 @@ pub struct EngineConfig {
     pub encode_threads: usize,
 }
 
+/// Generator rows and classes of the jobs of one request.
+pub type JobInputs = Vec<(Vec<f32>, ClassInput)>;
+
 /// Images for one job: `[n, C, H, W]` f32 flattened.
 pub type JobOutput = Result<Arc<Vec<f32>>, EngineError>;
 
@@ -211,10 +214,10 @@ impl Engine {
     fn push(
         &self,
         consumer: &Consumer,
-        jobs: Vec<(Vec<f32>, ClassInput)>,
+        jobs: JobInputs,
         truncation: f64,
         interactive: bool,
-    ) -> Result<Vec<oneshot::Receiver<JobOutput>>, Vec<(Vec<f32>, ClassInput)>> {
+    ) -> Result<Vec<oneshot::Receiver<JobOutput>>, JobInputs> {
         let mut q = self.inner.queue();
         let k = jobs.len();
         let share = self.consumer_share();
@@ -280,7 +283,7 @@ impl Engine {
     pub fn try_submit_all(
         &self,
         consumer: &Consumer,
-        jobs: Vec<(Vec<f32>, ClassInput)>,
+        jobs: JobInputs,
         truncation: f64,
     ) -> Result<Vec<oneshot::Receiver<JobOutput>>, EngineError> {
         self.refuse_if_failed()?;
