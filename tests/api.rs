@@ -689,6 +689,38 @@ async fn keyed_app() -> Router {
     ready(genrep::server::in_process(app)).await
 }
 
+/// A router served without peer addresses would make every client one consumer; it refuses
+/// requests instead (500, logged), while probes still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_without_peer_addresses_refuses_requests() {
+    let g = genrep::embedded::load(&candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let (app, _) = genrep::server::app_with(
+        g,
+        engine_config(8),
+        Limits::default(),
+        &genrep::server::Access::default(),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    let t = Instant::now();
+    while call(&app, Method::GET, "/ready", Body::empty()).await.0 != StatusCode::OK {
+        assert!(t.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (c, body) = call(&app, Method::GET, "/v1/info", Body::empty()).await;
+    assert_eq!(c, StatusCode::INTERNAL_SERVER_ERROR);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error_type"], "backend");
+    let (c, _) = call(
+        &genrep::server::in_process(app),
+        Method::GET,
+        "/v1/info",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(c, StatusCode::OK);
+}
+
 /// `uri` with an optional bearer key: status, headers, body.
 async fn call_as(
     app: &Router,
