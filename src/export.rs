@@ -98,7 +98,7 @@ pub fn run(
         );
         let sem = Arc::new(tokio::sync::Semaphore::new(o.parallel.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
-        let mut producers = Vec::new();
+        let mut producers: Vec<tokio::task::AbortHandle> = Vec::new();
         let mut failure: Option<anyhow::Error> = None;
         'shards: for n in o.first..=o.last {
             // Wait for a free slot; a shard that finished meanwhile may have failed.
@@ -108,6 +108,9 @@ pub fn run(
                     Some(r) = tasks.join_next() => {
                         if let Err(e) = settled(r) {
                             failure = Some(e);
+                            for p in &producers {
+                                p.abort();
+                            }
                             break 'shards;
                         }
                     }
@@ -159,11 +162,6 @@ pub fn run(
                         p.abort();
                     }
                     failure = Some(e);
-                }
-            }
-            if failure.is_some() {
-                for p in &producers {
-                    p.abort();
                 }
             }
         }

@@ -76,6 +76,11 @@ fn parse_error_text(at: Option<(usize, usize)>, message: &str) -> String {
     let mut quoted: Option<(char, String)> = None;
     for ch in message.chars() {
         match &mut quoted {
+            // An escaped quote inside a quoted value (`\"`) does not end it.
+            Some((_, inner)) if inner.ends_with('\\') => {
+                inner.pop();
+                inner.push(ch);
+            }
             Some((q, inner)) if ch == *q => {
                 if inner.chars().count() < 16 {
                     kind.push(ch);
@@ -599,6 +604,7 @@ mod tests {
             ("e.json", format!("{{\"consumer\": [{{\"name\": \"a\", \"key\": \"{secret}\", \"weight\": \"{secret}\"}}]}}")),
             ("f.json", format!("{{\"consumer\": [{{\"name\": \"a\", \"{secret}\": 1}}]}}")),
             ("g.json", format!("{{\"consumer\": [{{\"name\": \"a\", \"key\": {secret}}}]}}")),
+            ("h.json", format!("{{\"consumer\": [{{\"name\": \"a\", \"key\": \"k\", \"weight\": \"a\\\"{secret}\"}}]}}")),
         ];
         for (name, text) in cases {
             let p = dir.path().join(name);

@@ -440,7 +440,9 @@ async fn grid_png(
         &["rows", "start", "prefix"],
     )?;
     let req = q.sample_request(st.engine.spec(), &st.limits)?;
-    let max_rows = st.limits.max_grid_rows as u64;
+    // A grid's rows are queued together, in the part of the queue streams leave free: a larger
+    // grid could never be admitted.
+    let max_rows = (st.limits.max_grid_rows as u64).min(st.engine.max_interactive_jobs() as u64);
     if max_rows == 0 {
         return Err(ApiError::not_found(
             "grids are disabled on this server (max_grid_rows = 0)",
@@ -523,7 +525,14 @@ async fn read_generate_body(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let mut data = body.into_data_stream();
     if declared.is_some_and(|n| n > limit as u64) {
-        linger(data);
+        // A client that asked `Expect: 100-continue` sends nothing until invited: reading
+        // would invite the refused body. Anyone else is sending it already.
+        let waits = headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !waits {
+            linger(data);
+        }
         return Err(too_large());
     }
     let timeout = std::time::Duration::from_secs(st.limits.body_timeout_s);

@@ -210,6 +210,12 @@ impl Engine {
         (self.inner.cfg.max_queue * 3 / 4).max(1)
     }
 
+    /// The most jobs one single request may queue at once and always find room for: the part
+    /// of the queue streams cannot take.
+    pub fn max_interactive_jobs(&self) -> usize {
+        (self.inner.cfg.max_queue - self.stream_cap().min(self.inner.cfg.max_queue)).max(1)
+    }
+
     /// Queues `jobs` (all or none) for `consumer`; gives them back when there is no room.
     fn push(
         &self,
@@ -234,6 +240,10 @@ impl Engine {
             // Jobs of consumers that went away still count until the batcher meets them.
             let dead = q.purge_dead();
             self.inner.metrics.jobs_dropped.inc_by(dead as u64);
+            if dead > 0 {
+                // Room freed: streams waiting for it need not wait for the next batch.
+                self.inner.space.notify_waiters();
+            }
             if full(&q) {
                 return Err(jobs);
             }

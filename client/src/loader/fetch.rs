@@ -66,38 +66,61 @@ impl Default for FetchPolicy {
     }
 }
 
-/// A response body that fails once it falls below a minimum rate over a window.
+/// A response body that fails once it falls below a minimum rate over a window. Only the time
+/// spent waiting inside `read` counts: time the caller spends elsewhere (a prefetching reader
+/// blocked until the trainer catches up) is not the server's.
 struct MinRate<R> {
     inner: R,
     min_bytes_per_s: u64,
     window: Duration,
-    window_start: Instant,
+    /// Time spent in `read` and bytes received since the window began.
+    window_busy: Duration,
     window_bytes: u64,
 }
 
 impl<R: Read> Read for MinRate<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let t = Instant::now();
         let n = self.inner.read(buf)?;
+        self.window_busy += t.elapsed();
         self.window_bytes += n as u64;
-        let elapsed = self.window_start.elapsed();
-        if self.min_bytes_per_s > 0 && elapsed >= self.window {
-            let want = self.min_bytes_per_s as f64 * elapsed.as_secs_f64();
+        if self.min_bytes_per_s > 0 && self.window_busy >= self.window {
+            let want = self.min_bytes_per_s as f64 * self.window_busy.as_secs_f64();
             if (self.window_bytes as f64) < want {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!(
-                        "the server sent {} bytes in {:.0} s, below the minimum of {} bytes/s",
+                        "the server sent {} bytes in {:.0} s of waiting, below the minimum of {} bytes/s",
                         self.window_bytes,
-                        elapsed.as_secs_f64(),
+                        self.window_busy.as_secs_f64(),
                         self.min_bytes_per_s
                     ),
                 ));
             }
-            self.window_start = Instant::now();
+            self.window_busy = Duration::ZERO;
             self.window_bytes = 0;
         }
         Ok(n)
     }
+}
+
+/// [`read_samples`] of a response body under the policy's limits and minimum rate.
+pub(crate) fn read_rate_limited<R: Read>(
+    name: &str,
+    body: R,
+    expected: Option<usize>,
+    policy: &FetchPolicy,
+    on_sample: impl FnMut(usize, RawSample) -> bool,
+) -> Result<usize, LoaderError> {
+    let body = MinRate {
+        inner: body,
+        min_bytes_per_s: policy.limits.min_bytes_per_s,
+        window: policy.rate_window,
+        window_busy: Duration::ZERO,
+        window_bytes: 0,
+    };
+    let limits = ReadLimits::with_member(policy.limits.max_member_bytes);
+    read_samples(name, body, expected, limits, on_sample)
 }
 
 /// Streams shard `url` (HTTP, or a local file) into `on_sample(index, sample)`, retrying a
@@ -148,16 +171,9 @@ pub fn stream_shard(
                 let expected = resp
                     .header(genrep_wire::SAMPLES_HEADER)
                     .and_then(|v| v.parse().ok());
-                let body = MinRate {
-                    inner: resp.into_reader(),
-                    min_bytes_per_s: policy.limits.min_bytes_per_s,
-                    window: policy.rate_window,
-                    window_start: Instant::now(),
-                    window_bytes: 0,
-                };
                 // A cut connection shows up as a truncated body: retry it. A member over the
                 // limits would be sent again the same way: fail at once.
-                match read_samples(url, body, expected, limits, &mut on_sample) {
+                match read_rate_limited(url, resp.into_reader(), expected, policy, &mut on_sample) {
                     Ok(_) => return Ok(()),
                     Err(e @ LoaderError::TooLarge(..)) => return Err(e),
                     Err(e) => last = e.to_string(),

@@ -63,10 +63,62 @@ enum ShardMsg {
     Failed(LoaderError),
 }
 
-type Pending = std::sync::mpsc::Receiver<ShardMsg>;
+/// A shard being read ahead: its samples, and the bytes they hold (the reader's budget).
+struct Pending {
+    rx: std::sync::mpsc::Receiver<ShardMsg>,
+    budget: Arc<Budget>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // A reader waiting for room stops: nobody will take its samples.
+        self.budget.close();
+    }
+}
 
 /// Samples a prefetching shard reader may hold ahead of the consumer.
 const READ_AHEAD: usize = 1024;
+/// Bytes of samples a prefetching shard reader may hold ahead of the consumer (one sample
+/// larger than this still passes, alone).
+const READ_AHEAD_BYTES: u64 = 256 << 20;
+
+/// Bytes held by one reader's samples in flight, bounded by [`READ_AHEAD_BYTES`].
+#[derive(Default)]
+struct Budget {
+    /// Bytes in flight, and whether the consumer is gone.
+    state: Mutex<(u64, bool)>,
+    room: std::sync::Condvar,
+}
+
+impl Budget {
+    /// Waits for room for `n` bytes; false once the consumer is gone.
+    fn take(&self, n: u64) -> bool {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !g.1 && g.0 > 0 && g.0 + n > READ_AHEAD_BYTES {
+            g = self.room.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        if g.1 {
+            return false;
+        }
+        g.0 += n;
+        true
+    }
+
+    fn give(&self, n: u64) {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 = g.0.saturating_sub(n);
+        self.room.notify_all();
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.room.notify_all();
+    }
+}
+
+fn sample_bytes(s: &RawSample) -> u64 {
+    s.fields.values().map(|v| v.len() as u64).sum()
+}
 
 /// Iterates samples epoch after epoch, from a cursor.
 pub struct Loader {
@@ -185,13 +237,18 @@ impl Loader {
                 0
             };
             let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+            let budget = Arc::new(Budget::default());
             let (policy, cache, use_cache) =
                 (self.cfg.policy.clone(), self.cache.clone(), self.cfg.cache);
+            let room = budget.clone();
             std::thread::spawn(move || {
+                let send = |s: RawSample| {
+                    room.take(sample_bytes(&s)) && tx.send(ShardMsg::Sample(s)).is_ok()
+                };
                 let hit = cache.lock().unwrap().get(&url).cloned();
                 if let Some(hit) = hit {
                     for s in hit.iter().skip(skip) {
-                        if tx.send(ShardMsg::Sample(s.clone())).is_err() {
+                        if !send(s.clone()) {
                             return;
                         }
                     }
@@ -209,7 +266,7 @@ impl Loader {
                     }
                     if i == next {
                         next += 1;
-                        alive = tx.send(ShardMsg::Sample(s)).is_ok();
+                        alive = send(s);
                     }
                     alive
                 });
@@ -226,7 +283,7 @@ impl Loader {
                     }
                 }
             });
-            self.pending.push_back((pos, rx));
+            self.pending.push_back((pos, Pending { rx, budget }));
             pos += 1;
         }
     }
@@ -274,9 +331,11 @@ impl Loader {
                 self.current = Some(rx);
                 self.fill();
             }
-            let msg = self.current.as_ref().unwrap().recv();
+            let cur = self.current.as_ref().unwrap();
+            let msg = cur.rx.recv();
             match msg {
                 Ok(ShardMsg::Sample(s)) => {
+                    cur.budget.give(sample_bytes(&s));
                     self.cursor.sample += 1;
                     return Ok(s);
                 }

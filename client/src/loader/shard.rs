@@ -62,6 +62,20 @@ const BLOCK: usize = 512;
 struct Blocks<R> {
     inner: R,
     offset: u64,
+    /// Scratch for skipped data, allocated once.
+    scratch: Vec<u8>,
+}
+
+/// `size` rounded up to whole blocks; `None` past `u64` (a hostile base-256 size).
+fn padded(size: u64) -> Option<u64> {
+    size.checked_next_multiple_of(BLOCK as u64)
+}
+
+fn eof(offset: u64, inside: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!("the stream ended inside {inside} at byte {offset}"),
+    )
 }
 
 impl<R: Read> Blocks<R> {
@@ -71,12 +85,7 @@ impl<R: Read> Blocks<R> {
         while got < buf.len() {
             match self.inner.read(&mut buf[got..]) {
                 Ok(0) if got == 0 => return Ok(false),
-                Ok(0) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("the stream ended inside a block at byte {}", self.offset),
-                    ))
-                }
+                Ok(0) => return Err(eof(self.offset, "a block")),
                 Ok(n) => {
                     got += n;
                     self.offset += n as u64;
@@ -88,43 +97,50 @@ impl<R: Read> Blocks<R> {
         Ok(true)
     }
 
-    /// Reads a member's `size` bytes and its padding into memory (`size` already bounded).
+    /// Reads a member's `size` bytes and its padding into memory (`size` already bounded by the
+    /// caller). The buffer grows as data arrives, in steps of at most 1 MiB: a header's size is
+    /// only a claim until the bytes are here.
     fn data(&mut self, size: u64) -> std::io::Result<Vec<u8>> {
-        let padded = size.div_ceil(BLOCK as u64) * BLOCK as u64;
-        // Grows as data arrives: a header's size is only a claim until the bytes are here.
-        let mut buf = Vec::with_capacity(padded.min(1 << 20) as usize);
-        let mut chunk = vec![0u8; BLOCK * 128];
-        let mut left = padded;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            if !self.fill(&mut chunk[..n])? {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("the stream ended inside a member at byte {}", self.offset),
-                ));
+        let total = padded(size).expect("bounded sizes round up") as usize;
+        let mut buf = Vec::new();
+        while buf.len() < total {
+            let start = buf.len();
+            buf.resize(total.min(start + (1 << 20)), 0);
+            if !self.fill(&mut buf[start..])? {
+                return Err(eof(self.offset, "a member"));
             }
-            buf.extend_from_slice(&chunk[..n]);
-            left -= n as u64;
         }
         buf.truncate(size as usize);
         Ok(buf)
     }
 
-    /// Skips a member's data (entries that are not files).
+    /// Skips a member's data (entries that are not sample fields).
     fn skip(&mut self, size: u64) -> std::io::Result<()> {
-        let mut left = size.div_ceil(BLOCK as u64) * BLOCK as u64;
-        let mut chunk = vec![0u8; BLOCK * 128];
+        let Some(mut left) = padded(size) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a member size of {size} bytes at byte {}", self.offset),
+            ));
+        };
+        let mut chunk = std::mem::take(&mut self.scratch);
+        chunk.resize(64 << 10, 0);
+        let mut res = Ok(());
         while left > 0 {
             let n = left.min(chunk.len() as u64) as usize;
-            if !self.fill(&mut chunk[..n])? {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("the stream ended inside a member at byte {}", self.offset),
-                ));
+            match self.fill(&mut chunk[..n]) {
+                Ok(true) => left -= n as u64,
+                Ok(false) => {
+                    res = Err(eof(self.offset, "a member"));
+                    break;
+                }
+                Err(e) => {
+                    res = Err(e);
+                    break;
+                }
             }
-            left -= n as u64;
         }
-        Ok(())
+        self.scratch = chunk;
+        res
     }
 }
 
@@ -218,6 +234,7 @@ pub fn read_samples<R: Read>(
     let mut src = Blocks {
         inner: reader,
         offset: 0,
+        scratch: Vec::new(),
     };
     let mut count = 0;
     let mut cur: Option<(RawSample, u64)> = None;
@@ -292,15 +309,16 @@ pub fn read_samples<R: Read>(
                 }
             }
         };
+        let base = path.rsplit('/').next().unwrap_or(&path);
+        let Some(dot) = base.find('.').filter(|&d| d > 0) else {
+            // Not a `{key}.{field}` member: WebDataset ignores it, and so does this reader.
+            src.skip(size).map_err(io)?;
+            continue;
+        };
         cap(
             limits.max_member_bytes,
             &format!("member `{}`", path.escape_debug()),
         )?;
-        let base = path.rsplit('/').next().unwrap_or(&path);
-        let Some(dot) = base.find('.').filter(|&d| d > 0) else {
-            src.skip(size).map_err(io)?;
-            continue;
-        };
         let key = format!("{}{}", &path[..path.len() - base.len()], &base[..dot]);
         let field = base[dot + 1..].to_lowercase();
         let same = cur.as_ref().is_some_and(|(s, _)| s.key == key);
@@ -326,6 +344,13 @@ pub fn read_samples<R: Read>(
                 ));
             }
         } else {
+            // A server that announced its count cannot send more samples than that.
+            if let Some(n) = expected.filter(|&n| count + usize::from(cur.is_some()) >= n) {
+                return Err(trunc(format!(
+                    "more samples than the {n} the server announced (sample `{}` at byte {at})",
+                    key.escape_debug()
+                )));
+            }
             let buf = src.data(size).map_err(io)?;
             if let Some((done, _)) = cur.take() {
                 if !emit(count, done) {

@@ -238,3 +238,60 @@ fn shuffle_buffer_permutes_each_window_and_resumes_exactly() {
     let mut b = Loader::new(shards, cfg, c).unwrap();
     assert_eq!(keys(&mut b, 16), first[8..24]);
 }
+
+/// A ustar header block claiming `size` bytes (GNU base-256 for any size), of type `kind`.
+fn raw_header(name: &str, size: u64, kind: u8) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[124] = 0x80;
+    h[128..136].copy_from_slice(&size.to_be_bytes());
+    h[156] = kind;
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| b as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+#[test]
+fn hostile_headers_are_errors_not_panics() {
+    // A skipped entry type (a directory) whose base-256 size rounds past u64.
+    let mut t = raw_header("d/", u64::MAX - 3, b'5').to_vec();
+    t.extend_from_slice(&[0u8; 1024]);
+    let e = parse_shard("s", &t, None).unwrap_err().to_string();
+    assert!(e.contains("member size"), "{e}");
+    // A shard with more samples than announced fails at the first extra one.
+    let good = shard(3, true);
+    let e = parse_shard("s", &good, Some(2)).unwrap_err().to_string();
+    assert!(e.contains("more samples than the 2"), "{e}");
+    // A member without a `.field` is skipped whatever its size claims (nothing is read into
+    // memory); the stream then ends inside it.
+    let mut t = raw_header("README", 1 << 40, b'0').to_vec();
+    t.extend_from_slice(&[7u8; 4096]);
+    let e = parse_shard("s", &t, None).unwrap_err().to_string();
+    assert!(e.contains("ended inside a member"), "{e}");
+}
+
+/// The minimum rate counts only time spent waiting for the server: a reader that pauses
+/// between reads (a prefetching shard waiting for the trainer) is not the server being slow.
+#[test]
+fn pauses_of_the_reader_are_not_the_servers_slowness() {
+    let data = shard(40, true);
+    let reader = std::io::Cursor::new(data);
+    let policy = FetchPolicy {
+        rate_window: std::time::Duration::from_millis(50),
+        limits: FetchLimits {
+            min_bytes_per_s: 1 << 30,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut n = 0;
+    super::fetch::read_rate_limited("s", reader, Some(40), &policy, |_, _| {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        n += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(n, 40);
+}
