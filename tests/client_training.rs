@@ -140,29 +140,23 @@ fn trains_from_the_server_beats_random_init_and_resumes() {
         .unwrap()
         .clone();
     let good = saved[&victim].clone();
-    saved.insert(
-        victim.clone(),
-        candle_core::Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap(),
-    );
-    candle_core::safetensors::save(&saved, &opt_file).unwrap();
-    let e = Trainer::new(cfg.clone(), Some(&latest), &dev)
-        .err()
-        .unwrap()
-        .to_string();
+    // Saves `saved` with a 3-element buffer under `key`; the resume error.
+    let mut resume_with_bad = |key: &str| {
+        let bad = candle_core::Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap();
+        saved.insert(key.to_string(), bad);
+        candle_core::safetensors::save(&saved, &opt_file).unwrap();
+        let e = Trainer::new(cfg.clone(), Some(&latest), &dev)
+            .err()
+            .unwrap();
+        saved.insert(victim.clone(), good.clone());
+        e.to_string()
+    };
+    let e = resume_with_bad(&victim);
     assert!(
         e.contains(victim.trim_start_matches("velocity.")) && e.contains("shape"),
         "{e}"
     );
-    saved.insert(victim.clone(), good);
-    saved.insert(
-        "velocity.nothing.weight".into(),
-        candle_core::Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap(),
-    );
-    candle_core::safetensors::save(&saved, &opt_file).unwrap();
-    let e = Trainer::new(cfg.clone(), Some(&latest), &dev)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = resume_with_bad("velocity.nothing.weight");
     assert!(e.contains("nothing.weight"), "{e}");
     assert!(!ckpt.join("latest.partial").exists());
 

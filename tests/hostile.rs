@@ -5,40 +5,18 @@
 
 mod common;
 
-use common::{metric, Server};
+use common::{closed_within, host, metric, Server};
 use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+fn client_from(ip: [u8; 4]) -> reqwest::Client {
+    common::client_from(ip, None)
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn host(s: &Server) -> String {
-    s.base.strip_prefix("http://").unwrap().to_string()
-}
-
-/// Reads until the server closes the socket (true) or `within` passes (false).
-fn closed_within(sock: &mut std::net::TcpStream, within: Duration) -> bool {
-    sock.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 4096];
-    let t = Instant::now();
-    loop {
-        match sock.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return t.elapsed() < within,
-        }
-    }
-}
-
-fn client_from(ip: [u8; 4]) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(std::net::IpAddr::from(ip))
         .build()
         .unwrap()
 }

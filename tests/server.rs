@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{metric, python, Server};
+use common::{client_from, closed_within, host, metric, python, Server};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -329,25 +329,6 @@ fn info_openapi_health_and_inspection() {
 }
 
 /// Host and port of a server, for raw sockets.
-fn host(s: &Server) -> String {
-    s.base.strip_prefix("http://").unwrap().to_string()
-}
-
-/// Reads until the server closes the socket or `within` passes; true when it closed.
-fn closed_within(sock: &mut std::net::TcpStream, within: Duration) -> bool {
-    use std::io::Read;
-    sock.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 4096];
-    let t = Instant::now();
-    loop {
-        match sock.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return t.elapsed() < within,
-        }
-    }
-}
 
 #[test]
 fn half_sent_headers_time_out_and_excess_connections_are_refused() {
@@ -470,20 +451,6 @@ async fn fairness_run(s: &Server, hog: reqwest::Client, other: reqwest::Client) 
 }
 
 /// A client whose connections come from `ip` (a loopback address: 127.0.0.0/8 is local).
-fn client_from(ip: [u8; 4], token: Option<&str>) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(t) = token {
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {t}").parse().unwrap(),
-        );
-    }
-    reqwest::Client::builder()
-        .local_address(std::net::IpAddr::from(ip))
-        .default_headers(headers)
-        .build()
-        .unwrap()
-}
 
 /// The fairness run: a hog with 8 endless streams against a second consumer's single shard, as
 /// two peers of an open server and as two API keys. The second consumer must get at least 40 %

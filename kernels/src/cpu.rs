@@ -530,27 +530,21 @@ pub fn conv2d_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Geometry
             let tmp_len = if grp.direct { 0 } else { cout * l };
             with_scratch(geo.col_len(&grp), tmp_len, |col, tmp| {
                 let lhs = geo.col(x, &grp, col);
-                if grp.direct {
+                // A direct group's GEMM writes its output in place; the others go through `tmp`
+                // and are scattered into it.
+                let dst = if grp.direct {
                     assert_eq!(og.len(), l * cout, "a direct group is its whole output");
-                    // SAFETY: `og` is exclusively ours, `og.len()` elements; the GEMM writes
-                    // every one of them (`l · cout` = the group's whole output) without reading.
-                    unsafe {
-                        gemm_f32_raw(
-                            (l, cout, k),
-                            (og.as_mut_ptr().cast::<f32>(), og.len()),
-                            (l, 1),
-                            false,
-                            lhs,
-                            (l, 1),
-                            w,
-                            (k, 1),
-                            plan.inner,
-                        )
-                    };
+                    (og.as_mut_ptr().cast::<f32>(), og.len())
                 } else {
-                    gemm_f32(
+                    (tmp.as_mut_ptr(), tmp.len())
+                };
+                // SAFETY: `dst` is exclusively ours (this group's output or its scratch), with
+                // `dst.1` elements; without `accumulate` the GEMM writes all `l · cout` of them
+                // and reads none.
+                unsafe {
+                    gemm_f32_raw(
                         (l, cout, k),
-                        tmp,
+                        dst,
                         (l, 1),
                         false,
                         lhs,
@@ -558,7 +552,9 @@ pub fn conv2d_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Geometry
                         w,
                         (k, 1),
                         plan.inner,
-                    );
+                    )
+                };
+                if !grp.direct {
                     scatter(tmp, og, cout, hw);
                 }
                 // SAFETY: written in full just above.

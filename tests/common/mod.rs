@@ -136,6 +136,44 @@ pub fn python() -> String {
     )
 }
 
+/// `host:port` of a server.
+pub fn host(s: &Server) -> String {
+    s.base.strip_prefix("http://").unwrap().to_string()
+}
+
+/// Reads until the server closes the socket (true) or `within` passes (false).
+pub fn closed_within(sock: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    sock.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    let t = Instant::now();
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return t.elapsed() < within,
+        }
+    }
+}
+
+/// A client whose connections come from a given loopback address (a consumer of an open
+/// server), sending `token` as its bearer key when given.
+pub fn client_from(ip: [u8; 4], token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {t}").parse().unwrap(),
+        );
+    }
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(ip))
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 /// Reads a metric value from `/metrics` text.
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
