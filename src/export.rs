@@ -51,6 +51,21 @@ fn settled(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Res
     r.unwrap_or_else(|e| Err(anyhow::anyhow!("a shard writer failed: {e}")))
 }
 
+/// Records the export's first failure and stops every shard: their writers see their
+/// producers end early and remove their temporary files (later errors are those consequences).
+fn fail(
+    failure: &mut Option<anyhow::Error>,
+    producers: &[tokio::task::AbortHandle],
+    e: anyhow::Error,
+) {
+    if failure.is_none() {
+        for p in producers {
+            p.abort();
+        }
+        *failure = Some(e);
+    }
+}
+
 /// Writes the shards; progress is counted per sample. The first failure (a write error, a
 /// generator error, a producer that panicked) stops the export: shards in progress are
 /// abandoned and their temporary files removed, and the error is returned (non-zero exit).
@@ -107,10 +122,7 @@ pub fn run(
                     p = sem.clone().acquire_owned() => break p.expect("never closed"),
                     Some(r) = tasks.join_next() => {
                         if let Err(e) = settled(r) {
-                            failure = Some(e);
-                            for p in &producers {
-                                p.abort();
-                            }
+                            fail(&mut failure, &producers, e);
                             break 'shards;
                         }
                     }
@@ -155,14 +167,7 @@ pub fn run(
         }
         while let Some(r) = tasks.join_next().await {
             if let Err(e) = settled(r) {
-                if failure.is_none() {
-                    // Stop the other shards: their writers see their producers end early and
-                    // remove their temporary files.
-                    for p in &producers {
-                        p.abort();
-                    }
-                    failure = Some(e);
-                }
+                fail(&mut failure, &producers, e);
             }
         }
         if let Some(e) = failure {

@@ -250,28 +250,31 @@ impl Bucket {
         }
     }
 
+    /// Tokens now (refilled since the last take, up to the cap).
+    fn level(&self, now: Instant) -> f64 {
+        (self.tokens + (now - self.at).as_secs_f64() * self.rate).min(self.cap)
+    }
+
     /// Whether it is full (then it need not be remembered).
     fn is_full(&self) -> bool {
-        self.tokens + (Instant::now() - self.at).as_secs_f64() * self.rate >= self.cap
+        self.level(Instant::now()) >= self.cap
     }
 
     /// Seconds until a token is there (0 when one is).
     fn wait(&self) -> f64 {
-        let t = self.tokens + (Instant::now() - self.at).as_secs_f64() * self.rate;
-        ((1.0 - t) / self.rate).max(0.0)
+        ((1.0 - self.level(Instant::now())) / self.rate).max(0.0)
     }
 
     /// Takes a token, or says how many seconds until one is there.
     fn take(&mut self) -> Result<(), f64> {
         let now = Instant::now();
-        let cap = self.cap;
-        self.tokens = (self.tokens + (now - self.at).as_secs_f64() * self.rate).min(cap);
+        self.tokens = self.level(now);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err((1.0 - self.tokens) / self.rate)
+            Err(self.wait())
         }
     }
 }

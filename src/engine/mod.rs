@@ -216,27 +216,37 @@ impl Engine {
         (self.inner.cfg.max_queue - self.stream_cap().min(self.inner.cfg.max_queue)).max(1)
     }
 
-    /// Queues `jobs` (all or none) for `consumer`; gives them back when there is no room.
+    /// Queues `jobs` (all or none) for `consumer`; gives them back, with the reason, when there
+    /// is no room.
     fn push(
         &self,
         consumer: &Consumer,
         jobs: JobInputs,
         truncation: f64,
         interactive: bool,
-    ) -> Result<Vec<oneshot::Receiver<JobOutput>>, JobInputs> {
+    ) -> Result<Vec<oneshot::Receiver<JobOutput>>, (JobInputs, EngineError)> {
         let mut q = self.inner.queue();
         let k = jobs.len();
         let share = self.consumer_share();
+        // Why there is no room, if there is none.
         let full = |q: &FairQueue| {
             let (own_interactive, own_streams) = q.queued_by(&consumer.name);
+            let queue_full = EngineError::QueueFull(self.inner.cfg.max_queue);
             if interactive {
-                q.len() + k > self.inner.cfg.max_queue
-                    || (own_interactive > 0 && own_interactive + k > share)
+                if own_interactive > 0 && own_interactive + k > share {
+                    Some(EngineError::ConsumerShareFull {
+                        queued: own_interactive,
+                        share,
+                    })
+                } else {
+                    (q.len() + k > self.inner.cfg.max_queue).then_some(queue_full)
+                }
             } else {
-                q.len() >= self.stream_cap() || own_interactive + own_streams >= share
+                (q.len() >= self.stream_cap() || own_interactive + own_streams >= share)
+                    .then_some(queue_full)
             }
         };
-        if full(&q) {
+        if full(&q).is_some() {
             // Jobs of consumers that went away still count until the batcher meets them.
             let dead = q.purge_dead();
             self.inner.metrics.jobs_dropped.inc_by(dead as u64);
@@ -244,8 +254,8 @@ impl Engine {
                 // Room freed: streams waiting for it need not wait for the next batch.
                 self.inner.space.notify_waiters();
             }
-            if full(&q) {
-                return Err(jobs);
+            if let Some(why) = full(&q) {
+                return Err((jobs, why));
             }
         }
         let mut out = Vec::with_capacity(k);
@@ -297,18 +307,8 @@ impl Engine {
         truncation: f64,
     ) -> Result<Vec<oneshot::Receiver<JobOutput>>, EngineError> {
         self.refuse_if_failed()?;
-        let k = jobs.len();
-        self.push(consumer, jobs, truncation, true).map_err(|_| {
-            let (own, _) = self.inner.queue().queued_by(&consumer.name);
-            if own > 0 && own + k > self.consumer_share() {
-                EngineError::ConsumerShareFull {
-                    queued: own,
-                    share: self.consumer_share(),
-                }
-            } else {
-                EngineError::QueueFull(self.inner.cfg.max_queue)
-            }
-        })
+        self.push(consumer, jobs, truncation, true)
+            .map_err(|(_, why)| why)
     }
 
     /// Queues a stream's job, waiting for room within the streams' part of the queue and the
@@ -320,17 +320,15 @@ impl Engine {
         classes: ClassInput,
         truncation: f64,
     ) -> oneshot::Receiver<JobOutput> {
-        let (mut rows, mut classes) = (rows, classes);
+        let mut jobs = vec![(rows, classes)];
         loop {
             let notified = self.inner.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             // After a failed warm-up the device loop answers every job with its error.
-            match self.push(consumer, vec![(rows, classes)], truncation, false) {
+            match self.push(consumer, jobs, truncation, false) {
                 Ok(mut rx) => return rx.pop().expect("one job"),
-                Err(mut back) => {
-                    (rows, classes) = back.pop().expect("one job");
-                }
+                Err((back, _)) => jobs = back,
             }
             notified.await;
         }
@@ -400,10 +398,9 @@ fn generate_capped(
     max: usize,
     metrics: &Metrics,
 ) -> crate::generator::Result<Vec<f32>> {
-    let d = generator.spec().latent_dim;
-    let k = generator.spec().num_classes;
-    let n = z.len() / d;
     let spec = generator.spec();
+    let (d, k) = (spec.latent_dim, spec.num_classes);
+    let n = z.len() / d;
     let mut out = Vec::new();
     crate::generator::try_reserve(
         &mut out,
