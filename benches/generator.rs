@@ -7,11 +7,14 @@
 //! runs `tools/bench_reference.py` (same config, thread count and batch sizes) and prints the
 //! ratio.
 
+#[path = "../kernels/benches/support/mod.rs"]
+mod support;
+
 use candle_core::{DType, Device};
 use genrep::check::throughput::images_per_s;
 use genrep::generator::{random_biggan, BigGanConfig, Generator};
-use genrep_kernels::bench_support::{torch_reference, value_before};
 use std::time::Duration;
+use support::{torch_reference, value_before};
 
 /// Images/s at batch `b` (one warm-up pass, then passes for at least `min_time`).
 fn time_batch(g: &dyn Generator, b: usize, min_time: Duration) -> f64 {

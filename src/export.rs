@@ -2,7 +2,8 @@
 //! same parameters (same parameter table, same engine, same encoder). Each shard streams sample
 //! by sample into a buffered temporary file on a blocking thread and is renamed when complete.
 
-use crate::engine::{produce, Consumer, Engine, EngineConfig, StreamEnd};
+use crate::engine::{Consumer, EngineConfig};
+use crate::pipeline::{Pipeline, StreamEnd};
 use crate::generator::Generator;
 use crate::metrics::Metrics;
 use crate::params::{Limits, SampleRequest};
@@ -98,8 +99,9 @@ pub fn run(
         .with_context(|| format!("cannot create {}", o.out.display()))?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let engine = Engine::start(generator, cfg, Arc::new(Metrics::default()));
-        engine
+        let pipeline = Pipeline::start(generator, cfg, Arc::new(Metrics::default()));
+        pipeline
+            .engine()
             .wait_ready()
             .await
             .context("the generator cannot run; nothing exported")?;
@@ -128,19 +130,22 @@ pub fn run(
                     }
                 }
             };
-            let (engine, req, bar) = (engine.clone(), req.clone(), bar.clone());
+            let (pipeline, req, bar) = (pipeline.clone(), req.clone(), bar.clone());
             let path = o.out.join(format!("{}-{n:06}.tar", o.prefix));
             let (tx, mut rx) = tokio::sync::mpsc::channel(8);
             let start = n * size;
-            let producer = tokio::spawn(produce(
-                engine,
-                Consumer::new("export", "export", 1),
-                req,
-                start,
-                StreamEnd::Shard(start + size),
-                tx,
-                CancellationToken::new(),
-            ));
+            let producer = tokio::spawn(async move {
+                pipeline
+                    .stream(
+                        Consumer::new("export", "export", 1),
+                        req,
+                        start,
+                        StreamEnd::Shard(start + size),
+                        tx,
+                        CancellationToken::new(),
+                    )
+                    .await
+            });
             producers.push(producer.abort_handle());
             tasks.spawn_blocking(move || {
                 let _permit = permit;

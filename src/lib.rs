@@ -1,7 +1,8 @@
 //! genrep: a pretrained image generator served as a streaming GenRep multiview dataset.
 //!
-//! Data flow: [`sampler`] (latents from seed and index) → engine (batching) → [`generator`]
-//! (candle models) → [`format`] (PNG/npy, tar) → api (HTTP).
+//! Data flow: api (HTTP routes) → [`pipeline`] (requests to jobs, encoding) → [`sampler`] and
+//! [`views`] (latents from seed and index) → [`engine`] (queue, batcher, device thread) →
+//! [`generator`] (candle models in stages) → [`wds`]/[`format`] (tar, PNG/npy).
 
 pub mod api;
 pub mod check;
@@ -15,6 +16,8 @@ pub mod generator;
 pub mod metrics;
 pub mod offline;
 pub mod params;
+pub mod pipeline;
 pub mod sampler;
 pub mod server;
+pub mod views;
 pub mod wds;

@@ -130,9 +130,10 @@ struct GenerateArgs {
     /// Required for class-conditional generators.
     #[arg(long = "class")]
     class: Option<PathBuf>,
-    /// The generator's own truncation input (BigGAN: selects the BN statistics row), in (0, 1].
-    #[arg(long, default_value_t = 1.0)]
-    truncation: f64,
+    /// BigGAN's truncation input (selects the BN statistics row), in (0, 1]; default 1.
+    /// Generators without it refuse the flag. `--truncation` is its old name.
+    #[arg(long = "gen-truncation", visible_alias = "gen_truncation", alias = "truncation")]
+    gen_truncation: Option<f64>,
     /// Output .npy: float32 [B, C, H, W] in [-1, 1].
     #[arg(long)]
     out: PathBuf,
@@ -441,7 +442,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
         model: a.model,
         z: a.z,
         class: a.class,
-        truncation: a.truncation,
+        knobs: a
+            .gen_truncation
+            .map(|t| ("gen_truncation".to_string(), t))
+            .into_iter()
+            .collect(),
         out: a.out,
         grid: a.grid,
     };

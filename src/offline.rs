@@ -4,8 +4,9 @@
 use crate::data::{self, Split};
 use crate::format::image::{grid_of, Image8};
 use crate::format::npy::{self, NpyArray};
-use crate::generator::inputs::{check_latents, check_truncation, class_input, ClassArg};
-use crate::generator::load_model_dir;
+use crate::generator::inputs::{check_latents, class_input, ClassArg};
+use crate::generator::{load_model_dir, Knobs};
+use crate::params::Value;
 use crate::wds::{image_sample, write_shard, TAR_END};
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -24,7 +25,8 @@ pub struct GenerateOptions {
     pub model: PathBuf,
     pub z: PathBuf,
     pub class: Option<PathBuf>,
-    pub truncation: f64,
+    /// The generator's inputs by name (`gen_truncation`), as given.
+    pub knobs: Vec<(String, f64)>,
     pub out: PathBuf,
     pub grid: Option<PathBuf>,
 }
@@ -74,8 +76,19 @@ pub fn generate(o: &GenerateOptions, device: &Device, dtype: DType) -> Result<()
     };
     let classes =
         class_input(&spec, b, arg, "--class", "float --class").map_err(anyhow::Error::msg)?;
-    check_truncation(o.truncation, "--truncation").map_err(anyhow::Error::msg)?;
-    let out = g.generate(&zf, &classes, o.truncation)?;
+    let mut knobs = Knobs::default();
+    for (name, v) in &o.knobs {
+        let p = spec.knob(name).with_context(|| {
+            format!(
+                "--{}: {} has no input `{name}` (its inputs: {})",
+                name.replace('_', "-"),
+                spec.name,
+                crate::generator::knob_names(&spec)
+            )
+        })?;
+        knobs = knobs.with(p.name, Value::Float(*v));
+    }
+    let out = g.generate(&zf, &classes, &knobs)?;
     let dims = out.dims().to_vec();
     let data = out.flatten_all()?.to_vec1::<f32>()?;
     std::fs::write(&o.out, npy::write_f32(&dims, &data))
@@ -117,7 +130,7 @@ pub fn real_data(out: &Path, shard_size: usize, csv: Option<&Path>, seed: u64) -
                     pixels: d.image(i).to_vec(),
                 };
                 Ok::<_, std::convert::Infallible>(image_sample(
-                    &format!("{i:06}"),
+                    &genrep_wire::image_key(i as u64),
                     img.to_png(),
                     Some(d.labels[i] as u32),
                 ))

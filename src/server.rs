@@ -9,7 +9,8 @@
 
 use crate::api::auth::KeyEntry;
 use crate::api::{router, AppState};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::EngineConfig;
+use crate::pipeline::Pipeline;
 use crate::generator::Generator;
 use crate::metrics::Metrics;
 use crate::params::Limits;
@@ -117,8 +118,8 @@ pub fn app_with(
     access: &Access,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(axum::Router, AppState)> {
-    let engine = Engine::start(generator, cfg, Arc::new(Metrics::default()));
-    let state = AppState::with_keys(engine, limits, access.api_keys.clone(), shutdown);
+    let pipeline = Pipeline::start(generator, cfg, Arc::new(Metrics::default()));
+    let state = AppState::with_keys(pipeline, limits, access.api_keys.clone(), shutdown);
     let mut app = router(state.clone());
     if !access.cors_origins.is_empty() {
         app = app.layer(cors(&access.cors_origins)?);
@@ -148,7 +149,7 @@ fn cors(origins: &[String]) -> anyhow::Result<tower_http::cors::CorsLayer> {
         .allow_methods([Method::GET, Method::HEAD, Method::POST])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
         .expose_headers([
-            HeaderName::from_static("x-genrep-first-index"),
+            HeaderName::from_static(genrep_wire::FIRST_INDEX_HEADER),
             HeaderName::from_static(genrep_wire::SAMPLES_HEADER),
         ]))
 }
@@ -217,9 +218,9 @@ pub fn run(
         // Nothing is accepted before the generator has run a full batch and the largest
         // answers are known to fit: a model that cannot serve fails here, with a message,
         // instead of after clients were told it is up. Connections wait in the backlog.
-        check_memory(state.engine.spec(), &opts.limits)?;
+        check_memory(state.pipeline.spec(), &opts.limits)?;
         state
-            .engine
+            .engine()
             .wait_ready()
             .await
             .context("the generator cannot serve; not starting")?;

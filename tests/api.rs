@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use candle_core::Tensor;
-use genrep::generator::{ClassInput, Generator, ModelInfo};
+use genrep::generator::{Batch, ClassInput, Generator, Knobs, ModelInfo, NoiseKey, Space};
 use std::time::Instant;
 
 async fn app() -> Router {
@@ -118,6 +118,12 @@ async fn bad_parameters_get_json_errors_naming_the_parameter() {
             "gen_truncation",
         ),
         ("/v1/shards/train-000000.tar?sigma=1&sigma=2", 422, "sigma"),
+        ("/v1/shards/train-000000.tar?anchor_bound=0", 422, "anchor_bound"),
+        (
+            "/v1/shards/train-000000.tar?truncation=1&anchor_bound=1",
+            422,
+            "`anchor_bound` (old name `truncation`) given more than once",
+        ),
         ("/v1/shards/train-000000.tar?bogus=1", 422, "bogus"),
         ("/v1/shards/train-0.tar", 404, "shard names"),
         ("/v1/shards/train-000000.zip", 404, "shard names"),
@@ -169,6 +175,8 @@ async fn bad_generate_bodies_are_422_naming_the_field() {
             "max_generate_latents",
         ),
         (r#"{"z": [[0.0]], "extra": 1}"#, "unknown field"),
+        // The embedded generator has no truncation input of its own.
+        (r#"{"z": [[0.0]], "gen_truncation": 0.5}"#, "own inputs: none"),
     ];
     for (body, needle) in bodies {
         let (c, resp) = call(
@@ -219,7 +227,21 @@ async fn openapi_document_validates_and_states_the_limits() {
     };
     assert_eq!(find("views")["maximum"], 8);
     assert_eq!(find("shard_size")["maximum"], 500);
-    assert_eq!(find("gen_truncation")["exclusiveMinimum"], 0.0);
+    assert_eq!(find("anchor_bound")["minimum"], 0.05);
+    // The old name is documented, as deprecated; a family's input appears only where the
+    // served generator has it (the embedded one has none).
+    let old = shard
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "truncation")
+        .unwrap();
+    assert_eq!(old["deprecated"], true);
+    assert!(!shard
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "gen_truncation"));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("openapi.json");
     std::fs::write(&path, &body).unwrap();
@@ -377,14 +399,16 @@ impl<F: Fn(&Tensor) -> candle_core::Result<()> + Send + Sync> Generator for Insp
     fn info(&self) -> &ModelInfo {
         self.0.info()
     }
-    fn forward(
+    fn synthesize(
         &self,
         z: &Tensor,
+        space: Space,
         classes: &ClassInput,
-        truncation: f64,
+        knobs: &Knobs,
+        noise: &[NoiseKey],
     ) -> genrep::generator::Result<Tensor> {
         (self.1)(z)?;
-        self.0.forward(z, classes, truncation)
+        self.0.synthesize(z, space, classes, knobs, noise)
     }
 }
 
@@ -456,10 +480,10 @@ async fn a_failing_warm_up_marks_the_engine_failed_and_answers_queued_work() {
     for e in engines {
         let d = e.spec().latent_dim;
         let c = Consumer::new("t", "t", 1);
-        let classes = || genrep::generator::ClassInput::Ids(vec![1]);
+        let job = || Batch::from_z(vec![0.0; d], d, ClassInput::Ids(vec![1]), Knobs::default(), 0);
         // Queued during the warm-up (or refused at once after it failed).
-        let queued = e.try_submit(&c, vec![0.0; d], classes(), 1.0);
-        let stream = e.submit(&c, vec![0.0; d], classes(), 1.0).await;
+        let queued = e.try_submit(&c, job());
+        let stream = e.submit(&c, job()).await;
         let t = Instant::now();
         let err = tokio::time::timeout(Duration::from_secs(10), e.wait_ready())
             .await
@@ -485,7 +509,7 @@ async fn a_failing_warm_up_marks_the_engine_failed_and_answers_queued_work() {
         }
         // After the failure new single requests are refused at once.
         assert!(matches!(
-            e.try_submit(&c, vec![0.0; d], classes(), 1.0),
+            e.try_submit(&c, job()),
             Err(EngineError::WarmUp(_))
         ));
         assert!(t.elapsed() < Duration::from_secs(10));

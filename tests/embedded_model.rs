@@ -4,8 +4,14 @@
 
 use candle_core::{DType, Device, Tensor};
 use genrep::data::{self, Split};
-use genrep::generator::{ClassInput, Generator};
-use genrep::sampler::{sample, Method, SamplerSettings};
+use genrep::generator::{Assets, ClassInput, Generator, Knobs};
+use genrep::sampler::{Method, SamplerSettings};
+use genrep::views::{SampleLatents, ViewContext};
+
+/// Sample `index` of the embedded model's 64-dimensional z.
+fn sample(s: &SamplerSettings, dim: usize, seed: u64, index: u64) -> SampleLatents {
+    genrep::views::sample(s, &ViewContext::new(dim, Assets::none()), seed, index)
+}
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -65,7 +71,7 @@ fn generate(g: &dyn Generator, z: &[Vec<f32>], classes: &[u32]) -> Tensor {
     for (zc, cc) in z.chunks(500).zip(classes.chunks(500)) {
         let flat: Vec<f32> = zc.iter().flatten().copied().collect();
         outs.push(
-            g.generate(&flat, &ClassInput::Ids(cc.to_vec()), 1.0)
+            g.generate(&flat, &ClassInput::Ids(cc.to_vec()), &Knobs::default())
                 .unwrap(),
         );
     }
@@ -78,8 +84,7 @@ fn settings(sigma: f32, classes: Vec<u32>) -> SamplerSettings {
         method: Method::Gaussian,
         sigma,
         views: 1,
-        truncation: 2.0,
-        gen_truncation: 1.0,
+        anchor_bound: 2.0,
         classes,
     }
 }
@@ -133,7 +138,7 @@ fn candle_matches_pytorch_on_the_reference_batch() {
         .iter()
         .map(|&v| v as u32)
         .collect();
-    let out = g.generate(&z, &ClassInput::Ids(y), 1.0).unwrap();
+    let out = g.generate(&z, &ClassInput::Ids(y), &Knobs::default()).unwrap();
     let err = rel_err(&out, &r["images"]);
     eprintln!("generator parity: max rel error {err:e}");
     assert!(err <= 1e-4, "generator relative error {err}");

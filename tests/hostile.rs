@@ -480,9 +480,13 @@ fn a_biggan_with_50_stats_rows_serves_truncation_one() {
         let rx = e
             .try_submit(
                 &genrep::engine::Consumer::new("t", "t", 1),
-                vec![0.1; 2 * d],
-                genrep::generator::ClassInput::Ids(vec![0, 4]),
-                1.0,
+                genrep::generator::Batch::from_z(
+                    vec![0.1; 2 * d],
+                    d,
+                    genrep::generator::ClassInput::Ids(vec![0, 4]),
+                    genrep::generator::BigGanDeep::truncation(1.0),
+                    0,
+                ),
             )
             .unwrap();
         let images = rx.await.unwrap().unwrap();

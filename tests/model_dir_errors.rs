@@ -1,7 +1,7 @@
 //! A broken model directory gives an error that names the problem, never a panic.
 
 use candle_core::{DType, Device};
-use genrep::generator::{load_model_dir, ClassInput, GeneratorError};
+use genrep::generator::{load_model_dir, BigGanDeep, ClassInput, GeneratorError, Knobs};
 use std::path::Path;
 
 fn copy_fixture() -> tempfile::TempDir {
@@ -100,18 +100,18 @@ fn bad_inputs_are_errors() {
         (ClassInput::Ids(vec![0]), 0.0, "truncation"),
         (ClassInput::Ids(vec![0]), 1.5, "truncation"),
     ] {
-        let e = g.generate(&z, &classes, t).unwrap_err().to_string();
+        let e = g.generate(&z, &classes, &BigGanDeep::truncation(t)).unwrap_err().to_string();
         assert!(e.contains(needle), "{needle}: {e}");
     }
     let e = g
-        .generate(&z[..15], &ClassInput::Ids(vec![0]), 1.0)
+        .generate(&z[..15], &ClassInput::Ids(vec![0]), &Knobs::default())
         .unwrap_err()
         .to_string();
     assert!(e.contains("latent_dim"), "{e}");
     let mut zn = z.clone();
     zn[3] = f32::NAN;
     let e = g
-        .generate(&zn, &ClassInput::Ids(vec![0]), 1.0)
+        .generate(&zn, &ClassInput::Ids(vec![0]), &Knobs::default())
         .unwrap_err()
         .to_string();
     assert!(e.contains("z[3]"), "{e}");

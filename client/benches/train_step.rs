@@ -6,12 +6,15 @@
 //!
 //!     cargo bench -p genrep-client --bench train_step [-- --quick]
 
+#[path = "../../kernels/benches/support/mod.rs"]
+mod support;
+
 use candle_core::{DType, Device, Tensor};
 use genrep_client::loss::{l2_normalize, nt_xent};
 use genrep_client::model::{build, trainable, EncoderConfig};
 use genrep_client::optim::{Optimizer, Param, Rule};
-use genrep_kernels::bench_support::{torch_reference, value_before};
 use std::time::Instant;
+use support::{torch_reference, value_before};
 
 fn main() {
     // As the binaries do: freed activations stay in the heap (genrep_kernels::alloc).

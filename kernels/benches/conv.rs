@@ -10,9 +10,11 @@
 //! bookkeeping) and through `y.backward(r)` in PyTorch, measured for the encoder shapes only (candle's own backward on the generator
 //! shapes would take minutes and the generator never trains here).
 
+mod support;
+
 use candle_core::{Device, Tensor, Var};
-use genrep_kernels::bench_support::torch_reference;
 use std::time::Instant;
+use support::torch_reference;
 
 /// (label, [batch, cin, h, w, cout, k, stride, padding], train)
 const SHAPES: &[(&str, [usize; 8], bool)] = &[

@@ -10,10 +10,8 @@
 //! Statistics are summed in f64. Off the CPU (and for dtypes other than f32) the same maths runs
 //! as candle ops.
 
-use crate::f32_slice;
-use candle_core::{
-    CpuStorage, CustomOp3, DType, Device, Layout, ModuleT, Result, Shape, Tensor, Var,
-};
+use crate::op::{Arg, CpuOp, Custom};
+use candle_core::{DType, Device, ModuleT, Result, Shape, Tensor, Var};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -110,11 +108,11 @@ impl BatchNorm2d {
         }
         let (y, mean, var) = if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
             let saved = Arc::new(Mutex::new(None));
-            let op = BnTrain {
+            let op = Custom(BnTrain {
                 eps: self.eps,
                 relu,
                 saved: saved.clone(),
-            };
+            });
             let y = x.contiguous()?.apply_op3(
                 &self.weight.contiguous()?,
                 &self.bias.contiguous()?,
@@ -294,26 +292,17 @@ struct BnTrain {
     saved: Arc<Mutex<Option<Stats>>>,
 }
 
-impl CustomOp3 for BnTrain {
-    fn name(&self) -> &'static str {
-        "genrep-batch-norm-train"
-    }
+impl CpuOp<3> for BnTrain {
+    const NAME: &'static str = "genrep-batch-norm-train";
+    const ARGS: [&'static str; 3] = [
+        "batch norm: input",
+        "batch norm: weight",
+        "batch norm: bias",
+    ];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "batch norm: input")?;
-        let (gamma, beta) = (
-            f32_slice(s2, l2, "batch norm: weight")?,
-            f32_slice(s3, l3, "batch norm: bias")?,
-        );
-        let (b, c, inner) = bci(l1.shape());
+    fn forward(&self, [xa, gamma, beta]: [Arg; 3]) -> Result<(Vec<f32>, Shape)> {
+        let (x, gamma, beta) = (xa.data, gamma.data, beta.data);
+        let (b, c, inner) = bci(xa.shape);
         let n = (b * inner) as f64;
         // Sums of (x − shift) with shift = the channel's first value: the variance then does not
         // cancel catastrophically when the mean is large against the spread.
@@ -360,17 +349,15 @@ impl CustomOp3 for BnTrain {
             unsafe { crate::cpu::init_all(y) }
         });
         *self.saved.lock().unwrap() = Some(stats);
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((y, xa.shape.clone()))
     }
 
-    fn bwd(
+    fn backward(
         &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        _beta: &Tensor,
+        [x, gamma, _beta]: [&Tensor; 3],
         res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<[Option<Tensor>; 3]> {
         // The statistics were stashed by this op's forward pass; recompute them only if the op
         // is replayed without one (cannot happen through `BatchNorm2d`).
         let stats = self.saved.lock().unwrap().clone();
@@ -382,21 +369,21 @@ impl CustomOp3 for BnTrain {
         let dx = x.apply_op3_no_bwd(
             &grad.contiguous()?,
             res,
-            &BnBackward {
+            &Custom(BnBackward {
                 relu: self.relu,
                 stats,
                 gamma: gamma.to_vec1::<f32>()?,
                 param_grads: param_grads.clone(),
-            },
+            }),
         )?;
         let (dg, db): (Vec<f32>, Vec<f32>) = param_grads.lock().unwrap().take().expect("set");
         let dev = x.device();
         let c = dg.len();
-        Ok((
+        Ok([
             Some(dx),
             Some(Tensor::from_vec(dg, c, dev)?),
             Some(Tensor::from_vec(db, c, dev)?),
-        ))
+        ])
     }
 }
 
@@ -408,24 +395,17 @@ struct BnBackward {
     param_grads: Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>,
 }
 
-impl CustomOp3 for BnBackward {
-    fn name(&self) -> &'static str {
-        "genrep-batch-norm-backward"
-    }
+impl CpuOp<3> for BnBackward {
+    const NAME: &'static str = "genrep-batch-norm-backward";
+    const ARGS: [&'static str; 3] = [
+        "batch norm: input",
+        "batch norm: gradient",
+        "batch norm: output",
+    ];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "batch norm: input")?;
-        let dy = f32_slice(s2, l2, "batch norm: gradient")?;
-        let y = f32_slice(s3, l3, "batch norm: output")?;
-        let (b, c, inner) = bci(l1.shape());
+    fn forward(&self, [xa, dy, y]: [Arg; 3]) -> Result<(Vec<f32>, Shape)> {
+        let (x, dy, y) = (xa.data, dy.data, y.data);
+        let (b, c, inner) = bci(xa.shape);
         let n = (b * inner) as f64;
         let relu = self.relu;
         let st = &self.stats;
@@ -471,6 +451,6 @@ impl CustomOp3 for BnBackward {
             unsafe { crate::cpu::init_all(dx) }
         });
         *self.param_grads.lock().unwrap() = Some((dg, db));
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        Ok((dx, xa.shape.clone()))
     }
 }

@@ -9,10 +9,8 @@
 //! of any training loop here), and falls back to the composed candle ops off the CPU or for
 //! dtypes other than f32.
 
-use crate::f32_slice;
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
-};
+use crate::op::{Arg, CpuOp, Custom};
+use candle_core::{DType, Device, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -38,19 +36,18 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
     if !on_cpu_f32(&[x]) {
         return x.upsample_nearest2d(2 * h, 2 * w);
     }
-    x.contiguous()?.apply_op1(Upsample2x)
+    x.contiguous()?.apply_op1(Custom(Upsample2x))
 }
 
 struct Upsample2x;
 
-impl CustomOp1 for Upsample2x {
-    fn name(&self) -> &'static str {
-        "genrep-upsample-nearest2x"
-    }
+impl CpuOp<1> for Upsample2x {
+    const NAME: &'static str = "genrep-upsample-nearest2x";
+    const ARGS: [&'static str; 1] = ["upsample"];
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "upsample")?;
-        let (b, c, h, w) = l.shape().dims4()?;
+    fn forward(&self, [x]: [Arg; 1]) -> Result<(Vec<f32>, Shape)> {
+        let (b, c, h, w) = x.shape.dims4()?;
+        let x = x.data;
         let y = crate::cpu::output_buffer(x.len() * 4, |y| {
             if w > 0 && h > 0 {
                 y.par_chunks_mut(4 * h * w)
@@ -71,11 +68,16 @@ impl CustomOp1 for Upsample2x {
             // row (or the buffer is empty).
             unsafe { crate::cpu::init_all(y) }
         });
-        Ok((CpuStorage::F32(y), Shape::from((b, c, 2 * h, 2 * w))))
+        Ok((y, Shape::from((b, c, 2 * h, 2 * w))))
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(pool_sum2x(grad, x.dims())?))
+    fn backward(
+        &self,
+        [x]: [&Tensor; 1],
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<[Option<Tensor>; 1]> {
+        Ok([Some(pool_sum2x(grad, x.dims())?)])
     }
 }
 
@@ -104,32 +106,24 @@ pub fn scale_shift(x: &Tensor, a: &Tensor, b: &Tensor, relu: bool) -> Result<Ten
         let y = x.broadcast_mul(&ch(&a)?)?.broadcast_add(&ch(&b)?)?;
         return if relu { y.relu() } else { Ok(y) };
     }
-    x.contiguous()?
-        .apply_op3(&a.contiguous()?, &b.contiguous()?, ScaleShift { relu })
+    x.contiguous()?.apply_op3(
+        &a.contiguous()?,
+        &b.contiguous()?,
+        Custom(ScaleShift { relu }),
+    )
 }
 
 struct ScaleShift {
     relu: bool,
 }
 
-impl CustomOp3 for ScaleShift {
-    fn name(&self) -> &'static str {
-        "genrep-scale-shift"
-    }
+impl CpuOp<3> for ScaleShift {
+    const NAME: &'static str = "genrep-scale-shift";
+    const ARGS: [&'static str; 3] = ["scale_shift"; 3];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "scale_shift")?;
-        let a = f32_slice(s2, l2, "scale_shift")?;
-        let b = f32_slice(s3, l3, "scale_shift")?;
-        let (_, _, h, w) = l1.shape().dims4()?;
+    fn forward(&self, [xa, a, b]: [Arg; 3]) -> Result<(Vec<f32>, Shape)> {
+        let (x, a, b) = (xa.data, a.data, b.data);
+        let (_, _, h, w) = xa.shape.dims4()?;
         let hw = (h * w).max(1);
         let relu = self.relu;
         let y = crate::cpu::output_buffer(x.len(), |y| {
@@ -152,17 +146,15 @@ impl CustomOp3 for ScaleShift {
             // SAFETY: every chunk was written element by element above (equal lengths).
             unsafe { crate::cpu::init_all(y) }
         });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((y, xa.shape.clone()))
     }
 
-    fn bwd(
+    fn backward(
         &self,
-        x: &Tensor,
-        a: &Tensor,
-        _b: &Tensor,
+        [x, a, _b]: [&Tensor; 3],
         res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<[Option<Tensor>; 3]> {
         let g = if self.relu {
             (grad * res.gt(0f32)?.to_dtype(grad.dtype())?)?
         } else {
@@ -172,7 +164,7 @@ impl CustomOp3 for ScaleShift {
         let dx = g.broadcast_mul(&a.reshape((bs, c, 1, 1))?)?;
         let da = (&g * x)?.sum((2, 3))?;
         let db = g.sum((2, 3))?;
-        Ok((Some(dx), Some(da), Some(db)))
+        Ok([Some(dx), Some(da), Some(db)])
     }
 }
 
@@ -199,29 +191,21 @@ pub fn add_skip(h: &Tensor, x: &Tensor, upsample: bool) -> Result<Tensor> {
         return h + s;
     }
     h.contiguous()?
-        .apply_op2(&x.contiguous()?, AddSkip { upsample })
+        .apply_op2(&x.contiguous()?, Custom(AddSkip { upsample }))
 }
 
 struct AddSkip {
     upsample: bool,
 }
 
-impl CustomOp2 for AddSkip {
-    fn name(&self) -> &'static str {
-        "genrep-add-skip"
-    }
+impl CpuOp<2> for AddSkip {
+    const NAME: &'static str = "genrep-add-skip";
+    const ARGS: [&'static str; 2] = ["add_skip"; 2];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let h = f32_slice(s1, l1, "add_skip")?;
-        let x = f32_slice(s2, l2, "add_skip")?;
-        let (_, ch, hh, wh) = l1.shape().dims4()?;
-        let (_, cx, hx, wx) = l2.shape().dims4()?;
+    fn forward(&self, [ha, xa]: [Arg; 2]) -> Result<(Vec<f32>, Shape)> {
+        let (h, x) = (ha.data, xa.data);
+        let (_, ch, hh, wh) = ha.shape.dims4()?;
+        let (_, cx, hx, wx) = xa.shape.dims4()?;
         let (ph, px) = ((hh * wh).max(1), (hx * wx).max(1));
         let up = self.upsample;
         let y = crate::cpu::output_buffer(h.len(), |y| {
@@ -257,16 +241,15 @@ impl CustomOp2 for AddSkip {
             // SAFETY: every plane was written in full above (its lengths asserted).
             unsafe { crate::cpu::init_all(y) }
         });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((y, ha.shape.clone()))
     }
 
-    fn bwd(
+    fn backward(
         &self,
-        h: &Tensor,
-        x: &Tensor,
+        [h, x]: [&Tensor; 2],
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<[Option<Tensor>; 2]> {
         let (_, ch, _, _) = h.dims4()?;
         let (bx, cx, hx, wx) = x.dims4()?;
         let gs = if self.upsample {
@@ -280,6 +263,6 @@ impl CustomOp2 for AddSkip {
         } else {
             gs
         };
-        Ok((Some(grad.clone()), Some(dx)))
+        Ok([Some(grad.clone()), Some(dx)])
     }
 }

@@ -16,15 +16,14 @@ pub mod batch_norm;
 pub mod cpu;
 pub mod device;
 pub mod fused;
+mod op;
 
 pub use alloc::tune_allocator;
 pub use batch_norm::BatchNorm2d;
 
-use candle_core::backend::BackendStorage;
-use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module, Result, Shape, Tensor,
-};
+use candle_core::{DType, Device, Module, Result, Shape, Tensor};
 use cpu::Geometry;
+use op::{Arg, CpuOp, Custom};
 
 /// `x` `[B, C_in, H, W]` ⊛ `w` `[C_out, C_in, kh, kw]` with the given stride and zero padding
 /// (the same on both spatial dims) → `[B, C_out, H_out, W_out]`.
@@ -74,7 +73,7 @@ pub fn conv2d_bias(
                 )?;
                 return add_bias_composed(y, bias);
             }
-            let op = Conv2dOp { stride, padding };
+            let op = Custom(Conv2dOp { stride, padding });
             let (x, w) = (x.contiguous()?, w.contiguous()?);
             match bias {
                 Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
@@ -124,110 +123,60 @@ fn geometry(x: &Shape, w: &Shape, stride: usize, padding: usize) -> Result<Geome
     })
 }
 
-/// The f32 slice a contiguous layout covers; `what` names the operand in errors.
-pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        other => candle_core::bail!("{what} must be f32, got {:?}", other.dtype()),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what} must be contiguous"),
-    }
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    f32_slice(s, l, &format!("conv2d: {what}"))
-}
-
-/// Forward convolution (arguments: input, kernel).
+/// Forward convolution (arguments: input, kernel, and bias for the three-operand form).
 struct Conv2dOp {
     stride: usize,
     padding: usize,
 }
 
-impl CustomOp2 for Conv2dOp {
-    fn name(&self) -> &'static str {
-        "genrep-conv2d"
+impl CpuOp<2> for Conv2dOp {
+    const NAME: &'static str = "genrep-conv2d";
+    const ARGS: [&'static str; 2] = ["conv2d: input", "conv2d: kernel"];
+
+    fn forward(&self, [x, w]: [Arg; 2]) -> Result<(Vec<f32>, Shape)> {
+        self.forward_cpu(x, w, None)
     }
 
-    fn cpu_fwd(
+    fn backward(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.forward_cpu((s1, l1), (s2, l2), None)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
+        [x, w]: [&Tensor; 2],
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        self.grads(x, w, grad)
+    ) -> Result<[Option<Tensor>; 2]> {
+        let (dx, dw) = self.grads(x, w, grad)?;
+        Ok([dx, dw])
     }
 }
 
-impl CustomOp3 for Conv2dOp {
-    fn name(&self) -> &'static str {
-        "genrep-conv2d-bias"
+impl CpuOp<3> for Conv2dOp {
+    const NAME: &'static str = "genrep-conv2d-bias";
+    const ARGS: [&'static str; 3] = ["conv2d: input", "conv2d: kernel", "conv2d: bias"];
+
+    fn forward(&self, [x, w, b]: [Arg; 3]) -> Result<(Vec<f32>, Shape)> {
+        self.forward_cpu(x, w, Some(b))
     }
 
-    fn cpu_fwd(
+    fn backward(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.forward_cpu((s1, l1), (s2, l2), Some((s3, l3)))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
+        [x, w, b]: [&Tensor; 3],
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<[Option<Tensor>; 3]> {
         let (dx, dw) = self.grads(x, w, grad)?;
         let db = if b.track_op() {
             Some(grad.sum((0, 2, 3))?)
         } else {
             None
         };
-        Ok((dx, dw, db))
+        Ok([dx, dw, db])
     }
 }
 
-type Operand<'a> = (&'a CpuStorage, &'a Layout);
-
 impl Conv2dOp {
-    fn forward_cpu(
-        &self,
-        (s1, l1): Operand,
-        (s2, l2): Operand,
-        bias: Option<Operand>,
-    ) -> Result<(CpuStorage, Shape)> {
-        let geo = geometry(l1.shape(), l2.shape(), self.stride, self.padding)?;
-        let bias = bias.map(|(s, l)| slice(s, l, "bias")).transpose()?;
-        let out = cpu::conv2d_forward(
-            slice(s1, l1, "input")?,
-            slice(s2, l2, "kernel")?,
-            bias,
-            &geo,
-        );
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((geo.batch, geo.cout, geo.ho, geo.wo)),
-        ))
+    fn forward_cpu(&self, x: Arg, w: Arg, bias: Option<Arg>) -> Result<(Vec<f32>, Shape)> {
+        let geo = geometry(x.shape, w.shape, self.stride, self.padding)?;
+        let out = cpu::conv2d_forward(x.data, w.data, bias.map(|b| b.data), &geo);
+        Ok((out, Shape::from((geo.batch, geo.cout, geo.ho, geo.wo))))
     }
 
     /// Input and kernel gradients, each only if its tensor takes part in the graph (the input
@@ -246,11 +195,11 @@ impl Conv2dOp {
                 let x_shape = x.shape().clone();
                 grad.apply_op2_no_bwd(
                     w,
-                    &Conv2dInputGrad {
+                    &Custom(Conv2dInputGrad {
                         stride,
                         padding,
                         x_shape,
-                    },
+                    }),
                 )
             })
             .transpose()?;
@@ -260,11 +209,11 @@ impl Conv2dOp {
                 let w_shape = w.shape().clone();
                 x.apply_op2_no_bwd(
                     &grad,
-                    &Conv2dKernelGrad {
+                    &Custom(Conv2dKernelGrad {
                         stride,
                         padding,
                         w_shape,
-                    },
+                    }),
                 )
             })
             .transpose()?;
@@ -279,23 +228,15 @@ struct Conv2dInputGrad {
     x_shape: Shape,
 }
 
-impl CustomOp2 for Conv2dInputGrad {
-    fn name(&self) -> &'static str {
-        "genrep-conv2d-input-grad"
-    }
+impl CpuOp<2> for Conv2dInputGrad {
+    const NAME: &'static str = "genrep-conv2d-input-grad";
+    const ARGS: [&'static str; 2] = ["conv2d: gradient", "conv2d: kernel"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let geo = geometry(&self.x_shape, l2.shape(), self.stride, self.padding)?;
-        check_grad_shape(&geo, l1.shape())?;
-        let dx =
-            cpu::conv2d_backward_input(slice(s1, l1, "gradient")?, slice(s2, l2, "kernel")?, &geo);
-        Ok((CpuStorage::F32(dx), self.x_shape.clone()))
+    fn forward(&self, [dy, w]: [Arg; 2]) -> Result<(Vec<f32>, Shape)> {
+        let geo = geometry(&self.x_shape, w.shape, self.stride, self.padding)?;
+        check_grad_shape(&geo, dy.shape)?;
+        let dx = cpu::conv2d_backward_input(dy.data, w.data, &geo);
+        Ok((dx, self.x_shape.clone()))
     }
 }
 
@@ -306,23 +247,15 @@ struct Conv2dKernelGrad {
     w_shape: Shape,
 }
 
-impl CustomOp2 for Conv2dKernelGrad {
-    fn name(&self) -> &'static str {
-        "genrep-conv2d-kernel-grad"
-    }
+impl CpuOp<2> for Conv2dKernelGrad {
+    const NAME: &'static str = "genrep-conv2d-kernel-grad";
+    const ARGS: [&'static str; 2] = ["conv2d: input", "conv2d: gradient"];
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let geo = geometry(l1.shape(), &self.w_shape, self.stride, self.padding)?;
-        check_grad_shape(&geo, l2.shape())?;
-        let dw =
-            cpu::conv2d_backward_kernel(slice(s1, l1, "input")?, slice(s2, l2, "gradient")?, &geo);
-        Ok((CpuStorage::F32(dw), self.w_shape.clone()))
+    fn forward(&self, [x, dy]: [Arg; 2]) -> Result<(Vec<f32>, Shape)> {
+        let geo = geometry(x.shape, &self.w_shape, self.stride, self.padding)?;
+        check_grad_shape(&geo, dy.shape)?;
+        let dw = cpu::conv2d_backward_kernel(x.data, dy.data, &geo);
+        Ok((dw, self.w_shape.clone()))
     }
 }
 
@@ -392,45 +325,5 @@ impl Module for Conv2d {
             self.stride,
             self.padding,
         )
-    }
-}
-
-/// Support for the workspace's benchmark runners: the PyTorch side of a side-by-side figure.
-#[doc(hidden)]
-pub mod bench_support {
-    use std::process::Command;
-
-    /// Runs `tools/<script>` with `args` under the Python named by `GENREP_BENCH_PYTHON` (one
-    /// with torch) and returns its stdout lines; `None` when the variable is unset. Panics if
-    /// the script fails, so a benchmark never prints a half-empty comparison.
-    pub fn torch_reference(script: &str, args: &[&str]) -> Option<Vec<String>> {
-        let python = std::env::var("GENREP_BENCH_PYTHON").ok()?;
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/").to_string() + script;
-        let out = Command::new(&python)
-            .arg(&path)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot start {python}: {e}"));
-        assert!(
-            out.status.success(),
-            "{python} {path} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect(),
-        )
-    }
-
-    /// The number just before `unit` in `line` (e.g. `"6.0 images/s"` → 6.0).
-    pub fn value_before(line: &str, unit: &str) -> Option<f64> {
-        let head = &line[..line.find(unit)?];
-        head.split_whitespace()
-            .last()?
-            .trim_end_matches(',')
-            .parse()
-            .ok()
     }
 }

@@ -9,7 +9,7 @@
 use super::error::{ApiError, ErrorType};
 use crate::engine::Consumer;
 use axum::extract::{ConnectInfo, Request};
-use axum::http::{header, HeaderValue, Uri};
+use axum::http::{header, Uri};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -545,11 +545,6 @@ fn take_token(req: &mut Request) -> Option<String> {
         *req.uri_mut() = uri;
     }
     token
-}
-
-/// `WWW-Authenticate` for 401 answers (RFC 6750).
-pub fn www_authenticate() -> HeaderValue {
-    HeaderValue::from_static("Bearer realm=\"genrep\"")
 }
 
 #[cfg(test)]

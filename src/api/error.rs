@@ -173,10 +173,15 @@ impl IntoResponse for ApiError {
         }
         if self.error_type == ErrorType::Unauthorized {
             resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, super::auth::www_authenticate());
+                .insert(header::WWW_AUTHENTICATE, www_authenticate());
         }
         resp
     }
+}
+
+/// The `WWW-Authenticate` challenge of a 401: a bearer token for this server.
+pub fn www_authenticate() -> HeaderValue {
+    HeaderValue::from_static("Bearer realm=\"genrep\"")
 }
 
 /// A short id for an internal error: the process's count of them and a per-process random

@@ -3,6 +3,7 @@
 //! checked against is in the document.
 
 use super::AppState;
+use crate::generator::GeneratorSpec;
 use crate::params::{self, Group, Kind, Limits, Param, DEFAULT_SHARD_SIZE};
 use axum::extract::State;
 use axum::Json;
@@ -87,12 +88,22 @@ fn path_param(name: &str, pattern: &str, example: &str) -> Parameter {
         .build()
 }
 
-fn table(groups: &[Group], limits: &Limits) -> Vec<Parameter> {
-    groups
-        .iter()
-        .flat_map(|&g| params::group(g))
-        .map(|p| query(p.name, table_schema(p, limits), p.doc))
-        .collect()
+/// The parameters of `groups`, each under its name and then (deprecated) its old names.
+fn table(spec: &GeneratorSpec, groups: &[Group], limits: &Limits) -> Vec<Parameter> {
+    let mut out = Vec::new();
+    for p in groups.iter().flat_map(|&g| params::group(spec, g)) {
+        out.push(query(p.name, table_schema(p, limits), p.doc));
+        for alias in p.aliases {
+            let mut old = query(
+                alias,
+                table_schema(p, limits),
+                &format!("Old name of `{}`.", p.name),
+            );
+            old.deprecated = Some(utoipa::openapi::Deprecated::True);
+            out.push(old);
+        }
+    }
+    out
 }
 
 /// `prefix`: the namespace of the samples, as a shard's file name gives it.
@@ -157,7 +168,7 @@ fn probe(summary: &str, ok: &str) -> Operation {
 
 /// The document for this server's limits; `keyed`: the server requires API keys (`--api-keys`),
 /// stated as a bearer security scheme on every operation but the probes.
-pub fn document(limits: &Limits, keyed: bool) -> OpenApi {
+pub fn document(spec: &GeneratorSpec, limits: &Limits, keyed: bool) -> OpenApi {
     let sampling = [Group::Sampling];
     let tar = [Group::Sampling, Group::Encoding];
     let tar_ok = "WebDataset tar, streamed; an error after the headers aborts the connection";
@@ -166,7 +177,7 @@ pub fn document(limits: &Limits, keyed: bool) -> OpenApi {
         r"^[A-Za-z0-9_-]{1,64}-[0-9]{6,12}\.tar$",
         "train-000000.tar",
     )];
-    shard_params.extend(table(&tar, limits));
+    shard_params.extend(table(spec, &tar, limits));
     shard_params.push(query(
         "shard_size",
         int_schema(
@@ -187,7 +198,7 @@ pub fn document(limits: &Limits, keyed: bool) -> OpenApi {
     );
     shards.head = Some(op("Shard headers only", shard_params, "headers", &[]).build());
 
-    let mut stream_params = table(&tar, limits);
+    let mut stream_params = table(spec, &tar, limits);
     stream_params.push(start_param());
     stream_params.push(prefix_param());
     stream_params.push(query(
@@ -196,9 +207,9 @@ pub fn document(limits: &Limits, keyed: bool) -> OpenApi {
         "Number of samples; endless when absent.",
     ));
     let mut sample_params = vec![path_param("file", r"^[0-9]{1,13}\.(png|json)$", "42.png")];
-    sample_params.extend(table(&sampling, limits));
+    sample_params.extend(table(spec, &sampling, limits));
     sample_params.push(prefix_param());
-    let mut grid_params = table(&sampling, limits);
+    let mut grid_params = table(spec, &sampling, limits);
     grid_params.push(query(
         "rows",
         int_schema(
@@ -299,7 +310,7 @@ pub fn document(limits: &Limits, keyed: bool) -> OpenApi {
         ArrayBuilder::new()
             .items(ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::Number)))
     };
-    let generate_request = ObjectBuilder::new()
+    let mut generate_request = ObjectBuilder::new()
         .property(
             "z",
             number_rows()
@@ -323,23 +334,33 @@ pub fn document(limits: &Limits, keyed: bool) -> OpenApi {
             number_rows().description(Some("Soft class vectors per latent, instead of classes.")),
         )
         .property(
-            "truncation",
-            ObjectBuilder::new()
-                .schema_type(Type::Number)
-                .exclusive_minimum(Some(Number::Float(0.0)))
-                .maximum(Some(Number::Float(1.0)))
-                .default(Some(json!(crate::params::DEFAULT_GEN_TRUNCATION))),
-        )
-        .property(
             "format",
             ObjectBuilder::new()
                 .schema_type(Type::String)
                 .enum_values(Some(["png", "npy", "tar"]))
                 .default(Some(json!("png"))),
         )
+        .property(
+            "noise_seed",
+            int_schema(Some(0), 0, u64::MAX)
+                .description(Some("Seed of the generator's internal noise (generators that draw noise).")),
+        )
         .additional_properties(Some(
             utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
         ));
+    // The generator's own inputs, and the old name of BigGAN's truncation here.
+    for k in spec.knobs {
+        generate_request =
+            generate_request.property(k.name, table_schema(k, limits).description(Some(k.doc)));
+        if k.name == "gen_truncation" {
+            generate_request = generate_request.property(
+                "truncation",
+                table_schema(k, limits)
+                    .description(Some("Old name of `gen_truncation`."))
+                    .deprecated(Some(utoipa::openapi::Deprecated::True)),
+            );
+        }
+    }
     let error = ObjectBuilder::new()
         .property("error", ObjectBuilder::new().schema_type(Type::String))
         .property(
@@ -391,5 +412,9 @@ pub fn document(limits: &Limits, keyed: bool) -> OpenApi {
 }
 
 pub async fn spec(State(st): State<AppState>) -> Json<OpenApi> {
-    Json(document(&st.limits, st.consumers.requires_keys()))
+    Json(document(
+        st.pipeline.spec(),
+        &st.limits,
+        st.consumers.requires_keys(),
+    ))
 }

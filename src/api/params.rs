@@ -7,35 +7,33 @@ use crate::params::{self, Group, Limits, SampleRequest};
 use genrep_wire::MAX_INDEX;
 use std::collections::BTreeMap;
 
-/// A parsed query string: each parameter at most once, all of them allowed here.
+/// A parsed query string: each parameter at most once (under any of its names), all of them
+/// allowed here, keyed by canonical name.
 pub struct Query {
     map: BTreeMap<String, String>,
 }
 
 impl Query {
-    /// Accepts the parameters of `groups` (from the table) and the endpoint's own `extra` ones.
-    pub fn parse(raw: Option<&str>, groups: &[Group], extra: &[&str]) -> Result<Self, ApiError> {
-        let allowed: Vec<&str> = groups
+    /// Accepts the parameters of `groups` (from the table and `spec`'s own inputs) and the
+    /// endpoint's own `extra` ones.
+    pub fn parse(
+        raw: Option<&str>,
+        spec: &GeneratorSpec,
+        groups: &[Group],
+        extra: &[&str],
+    ) -> Result<Self, ApiError> {
+        let allowed: Vec<_> = groups
             .iter()
-            .flat_map(|&g| params::group(g).map(|p| p.name))
-            .chain(extra.iter().copied())
+            .flat_map(|&g| params::group(spec, g))
             .collect();
-        let mut map = BTreeMap::new();
-        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-            if !allowed.contains(&k.as_ref()) {
-                let mut all = allowed.clone();
-                all.sort_unstable();
-                return Err(ApiError::invalid(format!(
-                    "unknown parameter `{k}` (allowed here: {})",
-                    all.join(", ")
-                )));
-            }
-            if map.insert(k.to_string(), v.to_string()).is_some() {
-                return Err(ApiError::invalid(format!(
-                    "parameter `{k}` given more than once"
-                )));
-            }
-        }
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let map = params::canonical(
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &allowed,
+            extra,
+        )?;
         Ok(Self { map })
     }
 
@@ -57,7 +55,7 @@ impl Query {
         spec: &GeneratorSpec,
         limits: &Limits,
     ) -> Result<SampleRequest, ApiError> {
-        let req = SampleRequest::from_pairs(&self.map, spec, limits)?;
+        let req = SampleRequest::parse(|k| self.map.get(k).map(String::as_str), spec, limits)?;
         Ok(match self.map.get("prefix") {
             Some(p) => req
                 .with_prefix(p)

@@ -9,7 +9,7 @@
 //! assuming it: `pass` requires only that fixed-shape runs repeat exactly.
 
 use super::{engine_config, guarded, ready_engine, runtime, shard_bytes, CheckOptions};
-use crate::generator::{ClassInput, GeneratorSpec};
+use crate::generator::{ClassInput, GeneratorSpec, Knobs};
 use crate::params::{Limits, SampleRequest};
 use candle_core::DType;
 use serde_json::{json, Value};
@@ -67,7 +67,7 @@ fn raw(o: &CheckOptions) -> Result<Value, String> {
         let mut out = Vec::new();
         for (zc, ic) in z.chunks(chunk * spec.latent_dim).zip(ids.chunks(chunk)) {
             let t = g
-                .generate(zc, &ClassInput::Ids(ic.to_vec()), 1.0)
+                .generate(zc, &ClassInput::Ids(ic.to_vec()), &Knobs::default())
                 .map_err(|e| e.to_string())?;
             out.extend(
                 t.flatten_all()

@@ -12,7 +12,8 @@ pub mod parity;
 pub mod serving;
 pub mod throughput;
 
-use crate::engine::{produce, Consumer, Engine, EngineConfig, StreamEnd};
+use crate::engine::{Consumer, EngineConfig};
+use crate::pipeline::{Pipeline, StreamEnd};
 use crate::generator::{Generator, GeneratorError};
 use crate::metrics::Metrics;
 use crate::params::SampleRequest;
@@ -113,13 +114,14 @@ pub(crate) fn engine_config(max_batch: usize, encode_threads: usize) -> EngineCo
     }
 }
 
-/// Starts an engine and waits for its warm-up pass (on the current tokio runtime).
+/// Starts an engine (through its pipeline) and waits for its warm-up pass (on the current
+/// tokio runtime).
 pub(crate) async fn ready_engine(
     g: Box<dyn Generator>,
     cfg: EngineConfig,
-) -> Result<Engine, GeneratorError> {
-    let e = Engine::start(g, cfg, Arc::new(Metrics::default()));
-    match tokio::time::timeout(Duration::from_secs(120), e.wait_ready()).await {
+) -> Result<Pipeline, GeneratorError> {
+    let e = Pipeline::start(g, cfg, Arc::new(Metrics::default()));
+    match tokio::time::timeout(Duration::from_secs(120), e.engine().wait_ready()).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => return Err(GeneratorError::Input(err.to_string())),
         Err(_) => {
@@ -134,21 +136,24 @@ pub(crate) async fn ready_engine(
 /// The bytes of shard `[start, end)`, as the server sends them (tar of every sample, then the
 /// end-of-archive blocks).
 pub(crate) async fn shard_bytes(
-    engine: &Engine,
+    pipeline: &Pipeline,
     req: Arc<SampleRequest>,
     start: u64,
     end: u64,
 ) -> std::io::Result<Vec<u8>> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(produce(
-        engine.clone(),
-        Consumer::new("check", "check", 1),
-        req,
-        start,
-        StreamEnd::Shard(end),
-        tx,
-        CancellationToken::new(),
-    ));
+    let p = pipeline.clone();
+    tokio::spawn(async move {
+        p.stream(
+            Consumer::new("check", "check", 1),
+            req,
+            start,
+            StreamEnd::Shard(end),
+            tx,
+            CancellationToken::new(),
+        )
+        .await
+    });
     let mut out = Vec::new();
     while let Some(chunk) = rx.recv().await {
         out.extend_from_slice(&chunk?);

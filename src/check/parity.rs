@@ -18,7 +18,7 @@
 
 use super::{dtype_name, guarded, CheckOptions};
 use crate::format::npy::NpyArray;
-use crate::generator::{load_model_dir, ClassInput};
+use crate::generator::{load_model_dir, BigGanDeep, ClassInput, Knobs};
 use candle_core::{DType, Device};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -182,7 +182,11 @@ fn biggan(fixtures: &Path, cases: &BigGanCases, device: &Device, d: DType) -> Re
     let mut worst: Option<Diff> = None;
     for (classes, t, want) in &cases.cases {
         let out = g
-            .generate(&rows(&cases.z, classes, dim, nc), classes, *t)
+            .generate(
+                &rows(&cases.z, classes, dim, nc),
+                classes,
+                &BigGanDeep::truncation(*t),
+            )
             .and_then(|x| Ok(x.flatten_all()?.to_vec1::<f32>()?))
             .map_err(|e| e.to_string())?;
         if out.len() != want.len() {
@@ -205,7 +209,7 @@ fn embedded(device: &Device, d: DType) -> Result<Diff, String> {
         let g = crate::embedded::load(device, d)?;
         let z = r["z"].flatten_all()?.to_vec1::<f32>()?;
         let y: Vec<u32> = r["y"].to_vec1::<i64>()?.iter().map(|&v| v as u32).collect();
-        let out = g.generate(&z, &ClassInput::Ids(y), 1.0)?;
+        let out = g.generate(&z, &ClassInput::Ids(y), &Knobs::default())?;
         let want = r["images"].flatten_all()?.to_vec1::<f32>()?;
         Ok(Diff::of(&out.flatten_all()?.to_vec1::<f32>()?, &want))
     };

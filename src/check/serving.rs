@@ -9,7 +9,8 @@
 use super::throughput::{parse_deep, random_deep};
 use super::{dtype_name, engine_config, guarded, ready_engine, runtime, CheckOptions};
 use crate::api::{router, AppState};
-use crate::engine::{produce, Consumer, Engine, StreamEnd};
+use crate::engine::Consumer;
+use crate::pipeline::{Pipeline, StreamEnd};
 use crate::generator::{Generator, GeneratorError};
 use crate::params::{Limits, SampleRequest};
 use crate::wds::TAR_END;
@@ -69,7 +70,7 @@ impl ServingModel {
 }
 
 /// `views=1` PNG samples, as the HTTP measurements request them.
-pub fn request(engine: &Engine) -> Arc<SampleRequest> {
+pub fn request(engine: &Pipeline) -> Arc<SampleRequest> {
     Arc::new(
         SampleRequest::parse(
             |k| (k == "views").then_some("1"),
@@ -100,7 +101,7 @@ where
 
 /// Samples/s of `consumers` in-process readers of `shard_size`-sample shards for `dur`.
 pub async fn in_process_shards(
-    engine: &Engine,
+    engine: &Pipeline,
     consumers: u64,
     shard_size: u64,
     dur: Duration,
@@ -109,7 +110,7 @@ pub async fn in_process_shards(
     // One consumer for all readers, with the read-ahead budget the API gives one peer (two
     // batches), as the HTTP side's loopback clients are one consumer of the server.
     let reader = Consumer::new("check", "check", 1)
-        .with_readahead((2 * engine.config().max_batch_size).max(2));
+        .with_readahead((2 * engine.engine().config().max_batch_size).max(2));
     concurrently(consumers, dur, |c, until| {
         let (engine, req, reader) = (engine.clone(), req.clone(), reader.clone());
         async move {
@@ -118,15 +119,18 @@ pub async fn in_process_shards(
             while Instant::now() < until {
                 let (tx, mut rx) = tokio::sync::mpsc::channel(8);
                 let start = shard * shard_size;
-                tokio::spawn(produce(
-                    engine.clone(),
-                    reader.clone(),
-                    req.clone(),
-                    start,
-                    StreamEnd::Shard(start + shard_size),
-                    tx,
-                    CancellationToken::new(),
-                ));
+                let (p, reader, req) = (engine.clone(), reader.clone(), req.clone());
+                tokio::spawn(async move {
+                    p.stream(
+                        reader,
+                        req,
+                        start,
+                        StreamEnd::Shard(start + shard_size),
+                        tx,
+                        CancellationToken::new(),
+                    )
+                    .await
+                });
                 while let Some(chunk) = rx.recv().await {
                     let chunk = chunk.map_err(|e| e.to_string())?;
                     if chunk[..] != TAR_END[..] {
@@ -143,7 +147,7 @@ pub async fn in_process_shards(
 
 /// Serves the API of `engine` on a loopback port through the connection handling of
 /// `genrep serve` (open server: all loopback clients are one consumer).
-pub async fn serve_http(engine: Engine) -> Result<SocketAddr, String> {
+pub async fn serve_http(engine: Pipeline) -> Result<SocketAddr, String> {
     let app = router(AppState::new(
         engine,
         Limits::default(),
@@ -252,7 +256,7 @@ fn measure<F, Fut>(
     f: F,
 ) -> Result<f64, String>
 where
-    F: FnOnce(Engine) -> Fut,
+    F: FnOnce(Pipeline) -> Fut,
     Fut: std::future::Future<Output = Result<f64, String>>,
 {
     if o.past_deadline() {

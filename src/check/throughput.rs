@@ -4,6 +4,7 @@
 
 use super::{dtype_name, guarded, CheckOptions};
 use crate::generator::{
+    Knobs,
     load_model_dir, random_biggan, BigGanConfig, ClassInput, Generator, GeneratorError,
 };
 use candle_core::{DType, Device};
@@ -113,11 +114,11 @@ pub fn images_per_s(
     } else {
         ClassInput::Ids((0..b as u32).map(|i| i % spec.num_classes as u32).collect())
     };
-    g.generate(&z, &classes, 1.0)?;
+    g.generate(&z, &classes, &Knobs::default())?;
     let t = Instant::now();
     let mut passes = 0;
     while passes == 0 || t.elapsed() < min_time {
-        std::hint::black_box(g.generate(&z, &classes, 1.0)?);
+        std::hint::black_box(g.generate(&z, &classes, &Knobs::default())?);
         passes += 1;
     }
     Ok(Rate {

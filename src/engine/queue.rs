@@ -200,9 +200,9 @@ impl FairQueue {
             let head = flow.front().expect("non-empty");
             if accept(head) {
                 idle = 0;
-                if flow.deficit >= (head.n as i64).min(credit) {
+                if flow.deficit >= (head.n() as i64).min(credit) {
                     let job = flow.pop_front().expect("non-empty");
-                    flow.deficit -= job.n as i64;
+                    flow.deficit -= job.n() as i64;
                     self.len -= 1;
                     if flow.is_empty() {
                         self.order.pop_front();
@@ -227,20 +227,31 @@ impl FairQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generator::ClassInput;
+    use crate::generator::{Batch, ClassInput, Knobs, Latents, NoiseKey, Space};
     use std::time::Instant;
 
+    /// A job of `n` images whose noise seed carries `tag` (who queued it, for the counts).
     fn job(n: usize, tag: f64) -> (Job, tokio::sync::oneshot::Receiver<super::super::JobOutput>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let j = Job {
-            rows: vec![],
-            n,
-            classes: ClassInput::None,
-            truncation: tag,
+            input: Batch {
+                latents: Latents {
+                    space: Space::Z,
+                    z: vec![],
+                    offset: None,
+                },
+                classes: ClassInput::None,
+                knobs: Knobs::default(),
+                noise: NoiseKey::explicit(tag as u64, n),
+            },
             enqueued: Instant::now(),
             tx,
         };
         (j, rx)
+    }
+
+    fn tag(j: &Job) -> f64 {
+        j.input.noise[0].seed as f64
     }
 
     /// Queues `count` stream jobs of `n` images tagged `tag` for `c`, keeping their receivers
@@ -276,10 +287,10 @@ mod tests {
             // Whole rounds: (4 + 4·wb) jobs each.
             for _ in 0..160 {
                 let j = q.pop(|_| true, &mut dropped).unwrap();
-                if j.truncation == 0.0 {
-                    h += j.n
+                if tag(&j) == 0.0 {
+                    h += j.n()
                 } else {
-                    bb += j.n
+                    bb += j.n()
                 }
             }
             assert_eq!(bb, wb as usize * h, "weight {wb}: hog {h} b {bb}");
@@ -301,14 +312,14 @@ mod tests {
         drop(rx);
         q.push(&b, dead, true);
         let mut dropped = 0;
-        assert_eq!(q.pop(|_| true, &mut dropped).unwrap().n, 12);
+        assert_eq!(q.pop(|_| true, &mut dropped).unwrap().n(), 12);
         // `a` is 8 images in debt: `b` gets the next turns.
         let next: Vec<f64> = (0..8)
-            .map(|_| q.pop(|_| true, &mut dropped).unwrap().truncation)
+            .map(|_| tag(&q.pop(|_| true, &mut dropped).unwrap()))
             .collect();
         assert!(next.iter().all(|&t| t == 1.0), "{next:?}");
         assert_eq!(dropped, 1);
-        assert_eq!(q.pop(|_| true, &mut dropped).unwrap().n, 1);
+        assert_eq!(q.pop(|_| true, &mut dropped).unwrap().n(), 1);
         assert!(q.pop(|_| true, &mut dropped).is_none());
         assert_eq!(q.len(), 0);
         assert!(q.flows.is_empty() && q.order.is_empty());
@@ -331,11 +342,11 @@ mod tests {
             // Serve until the big job has run.
             loop {
                 let j = q.pop(|_| true, &mut dropped).unwrap();
-                if j.truncation == 0.0 {
-                    b += j.n;
+                if tag(&j) == 0.0 {
+                    b += j.n();
                     break;
                 }
-                s += j.n;
+                s += j.n();
             }
         }
         assert!(s >= b - 16, "small {s} vs big {b}");
@@ -353,7 +364,7 @@ mod tests {
         }
         let mut dropped = 0;
         let order: Vec<f64> = (0..4)
-            .map(|_| q.pop(|_| true, &mut dropped).unwrap().truncation)
+            .map(|_| tag(&q.pop(|_| true, &mut dropped).unwrap()))
             .collect();
         assert_eq!(order, [1.0, 3.0, 0.0, 2.0]);
         assert_eq!(q.queued_by("c"), (0, 0));
@@ -365,8 +376,8 @@ mod tests {
         let (j, _r) = job(3, 0.0);
         q.push(&Consumer::new("a", "a", 1), j, false);
         let mut dropped = 0;
-        assert!(q.pop(|j| j.n <= 2, &mut dropped).is_none());
+        assert!(q.pop(|j| j.n() <= 2, &mut dropped).is_none());
         assert_eq!(q.queued_by("a"), (0, 1));
-        assert_eq!(q.pop(|_| true, &mut dropped).unwrap().n, 3);
+        assert_eq!(q.pop(|_| true, &mut dropped).unwrap().n(), 3);
     }
 }

@@ -7,11 +7,29 @@
 //! RGB conv computes only the 3 channels that the package keeps.
 
 use super::weights::{conv, Conv, Linear, Weights};
-use super::{ClassInput, Generator, GeneratorError, GeneratorSpec, ModelInfo, Result};
+use super::{
+    ClassInput, Generator, GeneratorError, GeneratorSpec, Knobs, LatentSpace, ModelInfo, NoiseKey,
+    Result, Space,
+};
+use crate::params::decl::{Kind, Param};
 use candle_core::Module;
 use candle_core::{DType, Device, Tensor};
 use genrep_kernels::fused;
 use serde::{Deserialize, Serialize};
+
+/// BigGAN's own input: the truncation that picks (and mixes) its BN statistics rows. It is not
+/// the sampler's anchor bound, which truncates z itself.
+pub const KNOBS: &[Param] = &[Param {
+    name: "gen_truncation",
+    aliases: &[],
+    kind: Kind::Float {
+        default: 1.0,
+        min: 0.0,
+        max: 1.0,
+        min_open: true,
+    },
+    doc: "BigGAN's truncation input: selects (and interpolates) the BN statistics row.",
+}];
 
 /// `config.json` of a BigGAN-deep model directory (the package's fields, plus optional extras).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -423,10 +441,15 @@ impl BigGanDeep {
             name,
             architecture: "biggan-deep".into(),
             latent_dim: cfg.z_dim,
+            spaces: vec![LatentSpace {
+                space: Space::Z,
+                dim: cfg.z_dim,
+            }],
             num_classes: cfg.num_classes,
             channels: 3,
             resolution: cfg.resolution(),
-            has_truncation: true,
+            knobs: KNOBS,
+            steps: None,
             weights_sha256: w.sha256.clone(),
         };
         Ok(Self {
@@ -434,6 +457,7 @@ impl BigGanDeep {
                 spec,
                 device: w.device().clone(),
                 dtype: w.dtype(),
+                assets: Default::default(),
             },
             cfg,
             embed_t,
@@ -444,6 +468,11 @@ impl BigGanDeep {
             bn_bias,
             to_rgb,
         })
+    }
+
+    /// The knobs of a pass at BigGAN truncation `t`.
+    pub fn truncation(t: f64) -> Knobs {
+        Knobs::default().with("gen_truncation", crate::params::decl::Value::Float(t))
     }
 
     pub fn config(&self) -> &BigGanConfig {
@@ -472,7 +501,15 @@ impl Generator for BigGanDeep {
         &self.info
     }
 
-    fn forward(&self, z: &Tensor, classes: &ClassInput, truncation: f64) -> Result<Tensor> {
+    fn synthesize(
+        &self,
+        z: &Tensor,
+        _space: Space,
+        classes: &ClassInput,
+        knobs: &Knobs,
+        _noise: &[NoiseKey],
+    ) -> Result<Tensor> {
+        let truncation = knobs.float("gen_truncation").unwrap_or(1.0);
         if !(truncation > 0.0 && truncation <= 1.0) {
             return Err(GeneratorError::Input(format!(
                 "BigGAN truncation {truncation} outside (0, 1]"

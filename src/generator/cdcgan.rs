@@ -6,7 +6,10 @@
 //! `b[y]`. Soft class vectors mix the class tables linearly (identical to ids for one-hot rows).
 
 use super::weights::{conv, Conv, Linear, Weights};
-use super::{ClassInput, Generator, GeneratorError, GeneratorSpec, ModelInfo, Result};
+use super::{
+    ClassInput, Generator, GeneratorError, GeneratorSpec, Knobs, LatentSpace, ModelInfo, NoiseKey,
+    Result, Space,
+};
 use candle_core::Module;
 use candle_core::{DType, Device, Tensor};
 use genrep_kernels::fused;
@@ -138,10 +141,15 @@ impl CdcGan {
             name,
             architecture: "cdcgan".into(),
             latent_dim: cfg.z_dim,
+            spaces: vec![LatentSpace {
+                space: Space::Z,
+                dim: cfg.z_dim,
+            }],
             num_classes: cfg.num_classes,
             channels: cfg.out_channels,
             resolution: 4 * s,
-            has_truncation: false,
+            knobs: &[],
+            steps: None,
             weights_sha256: w.sha256.clone(),
         };
         Ok(Self {
@@ -159,6 +167,7 @@ impl CdcGan {
                 spec,
                 device: w.device().clone(),
                 dtype: w.dtype(),
+                assets: Default::default(),
             },
             cfg,
         })
@@ -170,7 +179,14 @@ impl Generator for CdcGan {
         &self.info
     }
 
-    fn forward(&self, z: &Tensor, classes: &ClassInput, _truncation: f64) -> Result<Tensor> {
+    fn synthesize(
+        &self,
+        z: &Tensor,
+        _space: Space,
+        classes: &ClassInput,
+        _knobs: &Knobs,
+        _noise: &[NoiseKey],
+    ) -> Result<Tensor> {
         let (b, _) = z.dims2()?;
         let sel = match classes {
             ClassInput::Ids(ids) => {

@@ -92,30 +92,12 @@ pub fn class_input(
     }
 }
 
-/// The generator truncation input: in (0, 1].
-pub fn check_truncation(t: f64, what: &str) -> Result<(), String> {
-    if t > 0.0 && t <= 1.0 {
-        Ok(())
-    } else {
-        Err(format!("{what} must be in (0, 1], got {t}"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn spec(nc: usize) -> GeneratorSpec {
-        GeneratorSpec {
-            name: "g".into(),
-            architecture: "cdcgan".into(),
-            latent_dim: 2,
-            num_classes: nc,
-            channels: 1,
-            resolution: 4,
-            has_truncation: false,
-            weights_sha256: String::new(),
-        }
+        GeneratorSpec::new("g", "cdcgan", 2, nc, 1, 4)
     }
 
     #[test]
@@ -149,6 +131,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("unconditional"), "{e}");
-        assert!(check_truncation(0.0, "truncation").is_err());
     }
 }

@@ -1,4 +1,10 @@
 //! Reading `model.safetensors` with shape checks and errors that name the tensor.
+//!
+//! Why not candle-nn's `VarBuilder`: layers here fold statistics on the host in f32 before the
+//! weights reach the device (BN running stats, spectral norm already folded), and a broken
+//! file must give a [`GeneratorError`] naming the tensor and both shapes. Layers scope names
+//! by prefix (`{prefix}.weight`), as `VarBuilder::pp` would; files are memory-mapped like
+//! `VarBuilder::from_mmaped_safetensors`; [`Weights::random`] is the seeded-random backend.
 
 use super::{GeneratorError, Result};
 use candle_core::{DType, Device, Tensor};
@@ -6,7 +12,8 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// All tensors of a model file, kept as loaded (f32 on the CPU) until a layer takes them.
+/// The tensors of a model file (memory-mapped, or parsed from bytes), handed to layers one at a
+/// time.
 /// `Random` hands out seeded random tensors of whatever shape a layer asks for: benchmarks run the
 /// full-size architectures without shipping their weights.
 pub(crate) struct Weights {
@@ -37,6 +44,34 @@ impl Weights {
         })
     }
 
+    /// From a file, memory-mapped: tensors are read when a layer asks for them, so a model's
+    /// file is never held in memory next to its layers. The sha256 is streamed from the file.
+    pub fn from_file(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let io = |err| GeneratorError::Io {
+            path: path.to_path_buf(),
+            err,
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut file, &mut h).map_err(io)?;
+        // SAFETY: the mapping is only read while the model loads (tensors are copied out); a
+        // file changed underneath during those seconds is the documented risk of mmap, the
+        // same one candle's `from_mmaped_safetensors` takes.
+        let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(
+            |e| GeneratorError::Weights {
+                path: path.to_path_buf(),
+                msg: format!("not a readable safetensors file ({e})"),
+            },
+        )?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            source: Source::Mapped(mapped),
+            device: device.clone(),
+            dtype,
+            sha256: hex::encode(h.finalize()),
+        })
+    }
+
     /// Seeded random weights: N(0, 1/fan_in) for matrices, U(0.5, 1.5) for variances, small
     /// normal values for everything else.
     pub fn random(seed: u64, device: &Device, dtype: DType) -> Self {
@@ -51,13 +86,30 @@ impl Weights {
 
     /// The tensor `name` as f32 on the CPU, checked against `shape`.
     pub fn host(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let tensors = match &self.source {
-            Source::File(t) => t,
+        let t = match &self.source {
             Source::Random(seed) => return Ok(random_tensor(*seed, name, shape)?),
+            Source::File(tensors) => tensors
+                .get(name)
+                .ok_or_else(|| GeneratorError::MissingTensor(name.to_string()))?
+                .clone(),
+            Source::Mapped(m) => {
+                let view = m
+                    .get(name)
+                    .map_err(|_| GeneratorError::MissingTensor(name.to_string()))?;
+                if view.shape() != shape {
+                    return Err(GeneratorError::Shape {
+                        name: name.to_string(),
+                        expected: shape.to_vec(),
+                        got: view.shape().to_vec(),
+                    });
+                }
+                m.load(name, &Device::Cpu)
+                    .map_err(|e| GeneratorError::Weights {
+                        path: self.path.clone(),
+                        msg: format!("tensor `{name}`: {e}"),
+                    })?
+            }
         };
-        let t = tensors
-            .get(name)
-            .ok_or_else(|| GeneratorError::MissingTensor(name.to_string()))?;
         if t.dims() != shape {
             return Err(GeneratorError::Shape {
                 name: name.to_string(),
@@ -101,6 +153,7 @@ impl Weights {
 
 enum Source {
     File(HashMap<String, Tensor>),
+    Mapped(candle_core::safetensors::MmapedSafetensors),
     Random(u64),
 }
 

@@ -40,10 +40,29 @@ impl Namespace {
 /// A deterministic random stream for one part of one sample.
 ///
 /// Key = `seed` (u64 LE) ‖ `part` (u64 LE) ‖ the namespace's 16-byte tag; ChaCha20 stream id =
-/// `index`; starting at word 0. Parts: 0 = class, 1 = anchor latent, 2 + k = positive k.
+/// `index`; starting at word 0. Parts: [`CLASS_PART`], [`ANCHOR_PART`], [`positive_part`]
+/// and, for noise the generator itself draws, [`noise_part`].
 pub struct SampleRng {
     inner: ChaCha20Rng,
     spare: Option<f64>,
+}
+
+/// The part of a sample's class draw.
+pub const CLASS_PART: u64 = 0;
+/// The part of its anchor latent.
+pub const ANCHOR_PART: u64 = 1;
+
+/// The part of positive `k`'s draws (`2 + k`; `k < 2^32`, far above any `views`).
+pub fn positive_part(k: u64) -> u64 {
+    2 + k
+}
+
+/// The part of generator-internal noise (StyleGAN noise inputs, a diffusion model's ε) for view
+/// `view` (0 = anchor, `1 + k` = positive k) and the generator's stream `stream` (a layer, a
+/// step): `2^63 + view · 2^32 + stream`. Disjoint from the parts above, so adding noise to a
+/// generator never moves any sample's latents.
+pub fn noise_part(view: u32, stream: u32) -> u64 {
+    (1 << 63) | ((view as u64) << 32) | stream as u64
 }
 
 impl SampleRng {

@@ -5,7 +5,7 @@ use crate::format::image::Image8;
 use crate::format::npy;
 use crate::generator::GeneratorSpec;
 use crate::params::SampleRequest;
-use crate::sampler::SampleLatents;
+use crate::views::SampleLatents;
 use bytes::Bytes;
 use genrep_wire::{anchor_field, pos_field, sample_key, ImageFormat};
 
@@ -41,7 +41,7 @@ pub fn sample_tar(key: &str, members: &[(String, Bytes)]) -> Bytes {
 /// A labelled image sample: `{key}.png` and, when given, `{key}.cls` (the layout of
 /// `genrep real-data` shards and of `POST /v1/generate` with `format=tar`).
 pub fn image_sample(key: &str, png: Vec<u8>, cls: Option<u32>) -> Bytes {
-    let mut members = vec![("png".to_string(), Bytes::from(png))];
+    let mut members = vec![(genrep_wire::IMAGE_FIELD.to_string(), Bytes::from(png))];
     if let Some(c) = cls {
         members.push((
             genrep_wire::CLS_FIELD.to_string(),

@@ -17,6 +17,13 @@ pub const MAX_INDEX: u64 = 1_000_000_000_000;
 /// Response header of a finite shard: how many samples it holds (a client checks the count).
 pub const SAMPLES_HEADER: &str = "x-genrep-samples";
 
+/// Response header of shards and streams: the index of their first sample.
+pub const FIRST_INDEX_HEADER: &str = "x-genrep-first-index";
+
+/// Field holding the image of a plain image sample (`genrep real-data` shards, the `tar`
+/// answer of `POST /v1/generate`).
+pub const IMAGE_FIELD: &str = "png";
+
 /// Tar member (field) holding a sample's class id as ASCII digits.
 pub const CLS_FIELD: &str = "cls";
 
@@ -105,9 +112,11 @@ pub struct SampleMeta {
     pub sigma: f32,
     /// Number of positives K.
     pub views: u32,
-    /// Anchor truncation bound t: every anchor dimension lies in [-t, t].
+    /// The anchor bound t (query parameter `anchor_bound`; the member keeps the v1 name): every
+    /// anchor dimension lies in [-t, t].
     pub truncation: f32,
-    /// The generator's own truncation input (BigGAN BN statistics row).
+    /// The generator's truncation input (BigGAN's `gen_truncation`; 1.0 for generators
+    /// without one).
     pub gen_truncation: f64,
     pub generator: String,
     pub weights_sha256: String,
@@ -119,6 +128,12 @@ pub struct SampleMeta {
 /// Tar key of a sample: its index, zero-padded, no dots.
 pub fn sample_key(index: u64) -> String {
     format!("{index:0width$}", width = KEY_DIGITS)
+}
+
+/// Tar key of a plain image sample: its position, zero-padded to 6 digits (the digits'
+/// index in `genrep real-data` shards, the row in a `POST /v1/generate` tar).
+pub fn image_key(i: u64) -> String {
+    format!("{i:06}")
 }
 
 /// Field stem of the anchor image (the field is `anchor.{ext}`).

@@ -1,11 +1,17 @@
 //! The sampling parameters, defined once: name, type, default, allowed range and documentation.
 //!
-//! The table drives the HTTP query parser (every sampling endpoint), `genrep export`'s flags (the
-//! same names and values, validated by the same code, so files equal served shards), the OpenAPI
+//! The table ([`PARAMS`], plus the served generator's own inputs from its spec, see [`table`])
+//! drives the HTTP query parser (every sampling endpoint), `genrep export`'s flags (the same
+//! names and values, validated by the same code, so files equal served shards), the OpenAPI
 //! parameters and the defaults and limits `/v1/info` reports.
 
-use crate::generator::GeneratorSpec;
-use crate::sampler::{parse_classes, sample, Method, Namespace, SampleLatents, SamplerSettings};
+pub mod decl;
+
+pub use decl::{int_in, Kind, Param, ParamError, Value};
+
+use crate::generator::{knob_names, GeneratorSpec, Knobs};
+use crate::sampler::{parse_classes, Method, Namespace, SamplerSettings};
+use crate::views::{SampleLatents, ViewContext};
 use genrep_wire::{ImageFormat, SampleMeta, MAX_INDEX};
 use std::collections::BTreeMap;
 
@@ -39,53 +45,19 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The limits of an offline export: only the table's own ranges apply.
+    /// The limits of an offline export: the server's defaults, with only the table's own
+    /// ranges on `views` and the shard size (nothing is shared, so no server cap applies).
     pub fn offline() -> Self {
         Self {
-            max_views: 1024,
+            max_views: MAX_VIEWS,
             max_shard_size: MAX_INDEX,
-            max_concurrent_streams: 1,
-            max_generate_latents: 0,
-            max_grid_rows: 0,
-            body_timeout_s: 0,
-            max_streams_per_consumer: 1,
+            ..Self::default()
         }
     }
 }
 
-/// A parameter's type, default and allowed values.
-#[derive(Debug, Clone, Copy)]
-pub enum Kind {
-    /// An integer in `[min, max]`; `limit` lowers `max` to a server limit.
-    Int {
-        default: u64,
-        min: u64,
-        max: u64,
-        limit: Option<fn(&Limits) -> u64>,
-    },
-    /// A finite number in `[min, max]` (`(min, max]` when `min_open`).
-    Float {
-        default: f64,
-        min: f64,
-        max: f64,
-        min_open: bool,
-    },
-    /// One of a list of words.
-    Choice {
-        default: &'static str,
-        values: &'static [&'static str],
-    },
-    /// Class ids and ranges (`0,3,7-9`); default: all classes.
-    Classes,
-}
-
-/// One parameter of the table.
-#[derive(Debug, Clone, Copy)]
-pub struct Param {
-    pub name: &'static str,
-    pub kind: Kind,
-    pub doc: &'static str,
-}
+/// The most positives any request or export may ask for (the table's own bound on `views`).
+pub const MAX_VIEWS: usize = 1024;
 
 /// Which group a parameter belongs to: every sampling endpoint takes [`Group::Sampling`]; the
 /// tar endpoints also take [`Group::Encoding`].
@@ -99,66 +71,84 @@ pub enum Group {
 pub const PARAMS: &[(Group, Param)] = &[
     (Group::Sampling, Param {
         name: "seed",
+        aliases: &[],
         kind: Kind::Int { default: 0, min: 0, max: u64::MAX, limit: None },
         doc: "Stream seed (u64): samples are pure functions of (seed, index).",
     }),
     (Group::Sampling, Param {
         name: "method",
+        aliases: &[],
         kind: Kind::Choice { default: "gaussian", values: &Method::ALL },
         doc: "How positives are made: gaussian (anchor + sigma-scaled noise), independent (fresh latent, same class), none (the anchor itself).",
     }),
     (Group::Sampling, Param {
         name: "sigma",
+        aliases: &[],
         kind: Kind::Float { default: 0.2, min: 0.0, max: 10.0, min_open: false },
         doc: "Positive scale: w ~ N(0, sigma^2), truncated at +-2 sigma.",
     }),
     (Group::Sampling, Param {
         name: "views",
-        kind: Kind::Int { default: 1, min: 1, max: 1024, limit: Some(|l| l.max_views as u64) },
+        aliases: &[],
+        kind: Kind::Int { default: 1, min: 1, max: MAX_VIEWS as u64, limit: Some(|l| l.max_views as u64) },
         doc: "Positives K per anchor (the server's --max-views caps it).",
     }),
     (Group::Sampling, Param {
-        name: "truncation",
+        name: "anchor_bound",
+        aliases: &["truncation"],
         kind: Kind::Float { default: 2.0, min: 0.05, max: 100.0, min_open: false },
-        doc: "Anchor bound t: z ~ N(0, I) truncated to [-t, t].",
-    }),
-    (Group::Sampling, Param {
-        name: "gen_truncation",
-        kind: Kind::Float { default: DEFAULT_GEN_TRUNCATION, min: 0.0, max: 1.0, min_open: true },
-        doc: "The generator's own truncation input (BigGAN's BN statistics row; ignored by cdcgan).",
+        doc: "Anchor bound t: z ~ N(0, I) truncated to [-t, t] (`truncation` is its old name; the json member keeps it).",
     }),
     (Group::Sampling, Param {
         name: "classes",
+        aliases: &[],
         kind: Kind::Classes,
         doc: "Allowed classes, ids and ranges such as 0,3,7-9; default all.",
     }),
     (Group::Encoding, Param {
         name: "format",
+        aliases: &[],
         kind: Kind::Choice { default: "png", values: &ImageFormat::ALL },
         doc: "Image encoding of the views: png, jpg, or npy (float32 [C,H,W] in [-1,1]).",
     }),
     (Group::Encoding, Param {
         name: "quality",
+        aliases: &[],
         kind: Kind::Int { default: 90, min: 1, max: 100, limit: None },
         doc: "JPEG quality (format=jpg).",
     }),
 ];
 
-/// The generator truncation when none is given (sampling endpoints and `POST /v1/generate`).
+/// The `gen_truncation` member of a sample's json for generators without that input (the v1
+/// schema has the member for every generator; 1.0 is "no truncation").
 pub const DEFAULT_GEN_TRUNCATION: f64 = 1.0;
 
 /// Samples per shard when a request gives no `shard_size`.
 pub const DEFAULT_SHARD_SIZE: u64 = 1000;
 
-/// The parameters of a group.
-pub fn group(g: Group) -> impl Iterator<Item = &'static Param> {
-    PARAMS
+/// The parameters of a group for a generator: the table's, then (for sampling) the generator's
+/// own inputs.
+pub fn group(spec: &GeneratorSpec, g: Group) -> Vec<&'static Param> {
+    let mut out: Vec<&'static Param> = PARAMS
         .iter()
-        .filter(move |(pg, _)| *pg == g)
+        .filter(|(pg, _)| *pg == g)
         .map(|(_, p)| p)
+        .collect();
+    if g == Group::Sampling {
+        out.extend(spec.knobs.iter());
+    }
+    out
 }
 
-/// A parameter of the table by name.
+/// Every parameter for a generator, with its group.
+pub fn table(spec: &GeneratorSpec) -> Vec<(Group, &'static Param)> {
+    [Group::Sampling, Group::Encoding]
+        .into_iter()
+        .flat_map(|g| group(spec, g).into_iter().map(move |p| (g, p)))
+        .collect()
+}
+
+/// A parameter of the table (not a generator's) by name.
 pub fn param(name: &str) -> &'static Param {
     &PARAMS
         .iter()
@@ -167,99 +157,47 @@ pub fn param(name: &str) -> &'static Param {
         .1
 }
 
-/// A rejected parameter value; the message names the parameter and what is allowed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct ParamError(pub String);
-
-/// Checks an integer against `[min, max]`.
-pub fn int_in(
-    name: &str,
-    raw: Option<&str>,
-    default: u64,
-    min: u64,
-    max: u64,
-) -> Result<u64, ParamError> {
-    let Some(s) = raw else { return Ok(default) };
-    match s.parse::<u64>() {
-        Ok(v) if (min..=max).contains(&v) => Ok(v),
-        _ => Err(ParamError(format!(
-            "parameter `{name}` must be an integer in [{min}, {max}], got `{s}`"
-        ))),
-    }
-}
-
-impl Param {
-    /// The upper bound of an integer parameter under `limits`.
-    pub fn int_max(&self, limits: &Limits) -> u64 {
-        match self.kind {
-            Kind::Int { max, limit, .. } => limit.map_or(max, |f| f(limits).min(max)),
-            _ => unreachable!("`{}` is not an integer parameter", self.name),
-        }
-    }
-
-    fn int(&self, raw: Option<&str>, limits: &Limits) -> Result<u64, ParamError> {
-        match self.kind {
-            Kind::Int { default, min, .. } => {
-                int_in(self.name, raw, default, min, self.int_max(limits))
+/// Given `name → value` pairs with canonical names and aliases, the pairs under canonical
+/// names; `params` are the parameters allowed, `extra` names taken as they are. Unknown names
+/// and a parameter given twice (under two spellings too) are errors.
+pub fn canonical<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    params: &[&'static Param],
+    extra: &[&str],
+) -> Result<BTreeMap<String, String>, ParamError> {
+    let mut map = BTreeMap::new();
+    for (k, v) in pairs {
+        let (name, label) = match params.iter().find(|p| p.answers_to(k)) {
+            Some(p) => (p.name, p.label()),
+            None if extra.contains(&k) => (k, format!("`{k}`")),
+            None => {
+                let mut all: Vec<&str> = params
+                    .iter()
+                    .map(|p| p.name)
+                    .chain(extra.iter().copied())
+                    .collect();
+                all.sort_unstable();
+                return Err(ParamError(format!(
+                    "unknown parameter `{k}` (allowed here: {})",
+                    all.join(", ")
+                )));
             }
-            _ => unreachable!("`{}` is not an integer parameter", self.name),
-        }
-    }
-
-    fn float(&self, raw: Option<&str>) -> Result<f64, ParamError> {
-        let Kind::Float {
-            default,
-            min,
-            max,
-            min_open,
-        } = self.kind
-        else {
-            unreachable!("`{}` is not a number parameter", self.name)
         };
-        let Some(s) = raw else { return Ok(default) };
-        let v = s.parse::<f64>().ok().filter(|v| v.is_finite());
-        match v {
-            Some(v) if (if min_open { v > min } else { v >= min }) && v <= max => Ok(v),
-            _ => Err(ParamError(format!(
-                "parameter `{}` must be a finite number in {}{min}, {max}], got `{s}`",
-                self.name,
-                if min_open { "(" } else { "[" }
-            ))),
+        if map.insert(name.to_string(), v.to_string()).is_some() {
+            return Err(ParamError(format!(
+                "parameter {label} given more than once"
+            )));
         }
     }
-
-    fn choice<'a>(&self, raw: Option<&'a str>) -> Result<&'a str, ParamError> {
-        let Kind::Choice { default, values } = self.kind else {
-            unreachable!("`{}` is not a choice parameter", self.name)
-        };
-        let s = raw.unwrap_or(default);
-        if values.contains(&s) {
-            Ok(s)
-        } else {
-            Err(ParamError(format!(
-                "parameter `{}` must be one of {}, got `{s}`",
-                self.name,
-                values.join(", ")
-            )))
-        }
-    }
-
-    /// The default as JSON (`null` for "all classes").
-    pub fn default_json(&self) -> serde_json::Value {
-        match self.kind {
-            Kind::Int { default, .. } => default.into(),
-            Kind::Float { default, .. } => default.into(),
-            Kind::Choice { default, .. } => default.into(),
-            Kind::Classes => serde_json::Value::Null,
-        }
-    }
+    Ok(map)
 }
 
 /// What to sample and how to encode it: a request's validated sampling parameters.
 #[derive(Debug, Clone)]
 pub struct SampleRequest {
     pub settings: SamplerSettings,
+    /// The generator's own inputs.
+    pub knobs: Knobs,
     pub seed: u64,
     pub format: ImageFormat,
     /// JPEG quality (1-100).
@@ -267,8 +205,8 @@ pub struct SampleRequest {
 }
 
 impl SampleRequest {
-    /// Validates the parameters `get` returns (absent = default) against the table, the
-    /// generator and the limits.
+    /// Validates the parameters `get` returns by canonical name (absent = default) against the
+    /// table, the generator and the limits.
     pub fn parse<'a>(
         get: impl Fn(&str) -> Option<&'a str>,
         spec: &GeneratorSpec,
@@ -290,28 +228,52 @@ impl SampleRequest {
                 parse_classes(s, n).map_err(|e| ParamError(format!("parameter `classes`: {e}")))?
             }
         };
+        let mut knobs = Knobs::default();
+        for k in spec.knobs {
+            knobs = knobs.with(k.name, k.value(get(k.name), limits)?);
+        }
         Ok(Self {
             settings: SamplerSettings {
                 namespace: Namespace::new(DEFAULT_PREFIX),
                 method,
                 sigma: p("sigma").float(get("sigma"))? as f32,
                 views: p("views").int(get("views"), limits)? as u32,
-                truncation: p("truncation").float(get("truncation"))? as f32,
-                gen_truncation: p("gen_truncation").float(get("gen_truncation"))?,
+                anchor_bound: p("anchor_bound").float(get("anchor_bound"))? as f32,
                 classes,
             },
+            knobs,
             seed: p("seed").int(get("seed"), limits)?,
             format,
             quality: p("quality").int(get("quality"), limits)? as u8,
         })
     }
 
-    /// [`Self::parse`] over `name → value` pairs.
+    /// [`Self::parse`] over `name → value` pairs (aliases allowed). A generator input the
+    /// generator does not have is named as such.
     pub fn from_pairs(
         pairs: &BTreeMap<String, String>,
         spec: &GeneratorSpec,
         limits: &Limits,
     ) -> Result<Self, ParamError> {
+        let known: Vec<&'static Param> = table(spec).into_iter().map(|(_, p)| p).collect();
+        if let Some(k) = pairs.keys().find(|k| {
+            !known.iter().any(|p| p.answers_to(k))
+                && crate::generator::registry::Architecture::all_knobs()
+                    .iter()
+                    .any(|p| p.answers_to(k))
+        }) {
+            return Err(ParamError(format!(
+                "parameter `{k}`: {} ({}) has no such input (its inputs: {})",
+                spec.name,
+                spec.architecture,
+                knob_names(spec)
+            )));
+        }
+        let pairs = canonical(
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &known,
+            &[],
+        )?;
         Self::parse(|k| pairs.get(k).map(String::as_str), spec, limits)
     }
 
@@ -322,8 +284,9 @@ impl SampleRequest {
         Ok(self)
     }
 
-    pub fn latents(&self, spec: &GeneratorSpec, index: u64) -> SampleLatents {
-        sample(&self.settings, spec.latent_dim, self.seed, index)
+    /// Sample `index` with the settings' (built-in) view method.
+    pub fn latents(&self, cx: &ViewContext, index: u64) -> SampleLatents {
+        crate::views::sample(&self.settings, cx, self.seed, index)
     }
 
     pub fn meta(&self, spec: &GeneratorSpec, l: &SampleLatents) -> SampleMeta {
@@ -336,8 +299,11 @@ impl SampleRequest {
             method: s.method,
             sigma: s.sigma,
             views: s.views,
-            truncation: s.truncation,
-            gen_truncation: s.gen_truncation,
+            truncation: s.anchor_bound,
+            gen_truncation: self
+                .knobs
+                .float("gen_truncation")
+                .unwrap_or(DEFAULT_GEN_TRUNCATION),
             generator: spec.name.clone(),
             weights_sha256: spec.weights_sha256.clone(),
             z_anchor: l.z_anchor.clone(),
@@ -366,10 +332,11 @@ pub fn check_prefix(prefix: &str) -> Result<(), ParamError> {
     }
 }
 
-/// The defaults of every parameter (and `shard_size`), as `/v1/info` reports them.
-pub fn defaults_json() -> serde_json::Value {
-    let mut m: serde_json::Map<String, serde_json::Value> = PARAMS
-        .iter()
+/// The defaults of every parameter for a generator (and `shard_size`), as `/v1/info` reports
+/// them.
+pub fn defaults_json(spec: &GeneratorSpec) -> serde_json::Value {
+    let mut m: serde_json::Map<String, serde_json::Value> = table(spec)
+        .into_iter()
         .filter(|(_, p)| !matches!(p.kind, Kind::Classes))
         .map(|(_, p)| (p.name.to_string(), p.default_json()))
         .collect();
@@ -377,8 +344,9 @@ pub fn defaults_json() -> serde_json::Value {
     m.into()
 }
 
-/// `genrep export`'s sampling flags, made from the table: `--seed`, `--method`, … with the same
-/// values as the query parameters (the values are checked by [`SampleRequest::parse`]).
+/// `genrep export`'s sampling flags, made from the table and every family's inputs (the model
+/// is loaded after the flags are parsed): `--seed`, `--method`, … with the same values as the
+/// query parameters (the values are checked by [`SampleRequest::from_pairs`]).
 #[derive(Debug, Clone, Default)]
 pub struct SamplingArgs {
     pub given: BTreeMap<String, String>,
@@ -386,9 +354,9 @@ pub struct SamplingArgs {
 
 impl clap::FromArgMatches for SamplingArgs {
     fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
-        let given = PARAMS
-            .iter()
-            .filter_map(|(_, p)| {
+        let given = export_params()
+            .into_iter()
+            .filter_map(|p| {
                 m.get_one::<String>(p.name)
                     .map(|v| (p.name.to_string(), v.clone()))
             })
@@ -402,9 +370,18 @@ impl clap::FromArgMatches for SamplingArgs {
     }
 }
 
+/// The parameters `genrep export` takes as flags.
+fn export_params() -> Vec<&'static Param> {
+    PARAMS
+        .iter()
+        .map(|(_, p)| p)
+        .chain(crate::generator::registry::Architecture::all_knobs())
+        .collect()
+}
+
 impl clap::Args for SamplingArgs {
     fn augment_args(cmd: clap::Command) -> clap::Command {
-        PARAMS.iter().fold(cmd, |cmd, (_, p)| {
+        export_params().into_iter().fold(cmd, |cmd, p| {
             let default = match p.kind {
                 Kind::Classes => "all".to_string(),
                 _ => p.default_json().to_string().trim_matches('"').to_string(),
@@ -412,6 +389,7 @@ impl clap::Args for SamplingArgs {
             cmd.arg(
                 clap::Arg::new(p.name)
                     .long(p.name)
+                    .aliases(p.aliases)
                     .value_name("VALUE")
                     // `--sigma -1` must reach the table's check (and its message), not clap's.
                     .allow_negative_numbers(true)
@@ -434,16 +412,7 @@ mod tests {
 
     #[test]
     fn table_defaults_parse_and_limits_apply() {
-        let spec = GeneratorSpec {
-            name: "t".into(),
-            architecture: "cdcgan".into(),
-            latent_dim: 4,
-            num_classes: 10,
-            channels: 1,
-            resolution: 8,
-            has_truncation: false,
-            weights_sha256: "x".into(),
-        };
+        let mut spec = GeneratorSpec::new("t", "cdcgan", 4, 10, 1, 8);
         let limits = Limits {
             max_views: 3,
             ..Limits::offline()
@@ -457,12 +426,31 @@ mod tests {
             e.0,
             "parameter `views` must be an integer in [1, 3], got `4`"
         );
-        let e = SampleRequest::parse(|k| (k == "gen_truncation").then_some("0"), &spec, &limits)
-            .unwrap_err();
-        assert!(e.0.contains("(0, 1]"), "{e}");
-        let d = defaults_json();
+        let d = defaults_json(&spec);
         assert_eq!(d["sigma"], 0.2);
         assert_eq!(d["method"], "gaussian");
         assert_eq!(d["shard_size"], 1000);
+        assert!(d.get("gen_truncation").is_none());
+        // A family's input is a parameter only for generators that have it.
+        let pairs = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        let e = SampleRequest::from_pairs(&pairs("gen_truncation", "0.5"), &spec, &limits)
+            .unwrap_err();
+        assert!(e.0.contains("has no such input"), "{e}");
+        spec.knobs = crate::generator::registry::Architecture::BigganDeep.knobs();
+        let e = SampleRequest::parse(|k| (k == "gen_truncation").then_some("0"), &spec, &limits)
+            .unwrap_err();
+        assert!(e.0.contains("(0, 1]"), "{e}");
+        let r = SampleRequest::from_pairs(&pairs("gen_truncation", "0.5"), &spec, &limits).unwrap();
+        assert_eq!(r.knobs.float("gen_truncation"), Some(0.5));
+        assert_eq!(defaults_json(&spec)["gen_truncation"], 1.0);
+        // The old spelling of the anchor bound still works, but not next to the new one.
+        let r = SampleRequest::from_pairs(&pairs("truncation", "1.5"), &spec, &limits).unwrap();
+        assert_eq!(r.settings.anchor_bound, 1.5);
+        let both = BTreeMap::from([
+            ("truncation".to_string(), "1".to_string()),
+            ("anchor_bound".to_string(), "1".to_string()),
+        ]);
+        let e = SampleRequest::from_pairs(&both, &spec, &limits).unwrap_err();
+        assert!(e.0.contains("given more than once"), "{e}");
     }
 }

@@ -6,16 +6,14 @@
 //! so encoding overlaps the device running later batches. Dropping the producer aborts those tasks,
 //! which drops their result receivers, so the batcher discards their queued jobs.
 
-use super::{Consumer, Engine, EngineError};
-use crate::generator::ClassInput;
+use super::Pipeline;
+use crate::engine::{Consumer, EngineError};
 use crate::params::SampleRequest;
-use crate::sampler::SampleLatents;
-use crate::wds::{encode_sample, TAR_END};
+use crate::wds::TAR_END;
 use bytes::Bytes;
 use genrep_wire::MAX_INDEX;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -36,62 +34,10 @@ type InFlight = (
     Option<tokio::sync::OwnedSemaphorePermit>,
 );
 
-/// Generator rows and classes of one sample.
-pub fn job_inputs(l: &SampleLatents) -> (Vec<f32>, ClassInput) {
-    let rows: Vec<f32> = l.rows().flatten().copied().collect();
-    let n = 1 + l.z_pos.len();
-    let classes = match l.class {
-        Some(c) => ClassInput::Ids(vec![c; n]),
-        None => ClassInput::None,
-    };
-    (rows, classes)
-}
-
-/// Generates and encodes one sample: queue → device → encode pool.
-async fn one_sample(
-    engine: Engine,
-    req: Arc<SampleRequest>,
-    l: SampleLatents,
-    rx: tokio::sync::oneshot::Receiver<super::JobOutput>,
-) -> Result<Bytes, EngineError> {
-    let images = rx.await.map_err(|_| EngineError::ShuttingDown)??;
-    let _slot = engine
-        .encode_slots()
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| EngineError::ShuttingDown)?;
-    let spec = engine.spec().clone();
-    let metrics = engine.metrics().clone();
-    tokio::task::spawn_blocking(move || {
-        let t = Instant::now();
-        let b = encode_sample(&spec, &req, &l, &images);
-        metrics.encode_duration.observe(t.elapsed().as_secs_f64());
-        b
-    })
-    .await
-    .map_err(|e| EngineError::Backend(format!("encoder task failed: {e}")))
-}
-
-/// Queues one sample (waiting for queue space) and returns the task producing its tar bytes.
-pub(crate) async fn start_sample(
-    engine: &Engine,
-    consumer: &Consumer,
-    req: &Arc<SampleRequest>,
-    index: u64,
-) -> AbortOnDropHandle<Result<Bytes, EngineError>> {
-    let l = req.latents(engine.spec(), index);
-    let (rows, classes) = job_inputs(&l);
-    let rx = engine
-        .submit(consumer, rows, classes, req.settings.gen_truncation)
-        .await;
-    AbortOnDropHandle::new(tokio::spawn(one_sample(engine.clone(), req.clone(), l, rx)))
-}
-
 /// Produces samples `start..` into `tx` until `end`; see [`StreamEnd`]. Returns when done, when the
 /// receiver is gone (consumer disconnected), or after sending an error (which aborts the body).
-pub async fn produce(
-    engine: Engine,
+pub(super) async fn produce(
+    pipeline: Pipeline,
     consumer: Consumer,
     req: Arc<SampleRequest>,
     start: u64,
@@ -99,7 +45,7 @@ pub async fn produce(
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     shutdown: CancellationToken,
 ) {
-    let metrics = engine.metrics().clone();
+    let metrics = pipeline.metrics().clone();
     let label = crate::metrics::Metrics::consumer(&consumer.label);
     metrics.active_streams.inc();
     metrics.consumer_streams.get_or_create(&label).inc();
@@ -118,7 +64,7 @@ pub async fn produce(
         StreamEnd::Stream(e) => (e.unwrap_or(MAX_INDEX).min(MAX_INDEX), true),
     };
     let per_sample = 1 + req.settings.views as usize;
-    let window = (2 * engine.config().max_batch_size / per_sample).clamp(2, 64);
+    let window = (2 * pipeline.engine().config().max_batch_size / per_sample).clamp(2, 64);
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let mut next = start;
     loop {
@@ -151,7 +97,7 @@ pub async fn produce(
                 None => None,
             };
             let h = tokio::select! {
-                h = start_sample(&engine, &consumer, &req, next) => (h, permit),
+                h = pipeline.start_sample(&consumer, &req, next) => (h, permit),
                 _ = tx.closed() => return,
                 _ = shutdown.cancelled(), if stops_on_shutdown => break,
             };

@@ -1,0 +1,104 @@
+//! Inspection: `GET /v1/samples/{index}.png|.json` and `GET /v1/grid.png`.
+
+use super::auth::ConsumerPolicy;
+use super::error::{ApiError, ApiPath};
+use super::params::Query;
+use super::shards::head_response;
+use super::AppState;
+use crate::params::Group;
+use axum::extract::{Extension, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use genrep_wire::MAX_INDEX;
+use std::sync::Arc;
+
+pub(super) fn png_response(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "image/png")], bytes).into_response()
+}
+
+/// `GET /v1/samples/{index}.png|.json`: one sample's views side by side, or its metadata.
+pub(super) async fn sample_file(
+    State(st): State<AppState>,
+    Extension(who): Extension<Arc<ConsumerPolicy>>,
+    method: Method,
+    ApiPath(file): ApiPath<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let (idx, ext) = file
+        .rsplit_once('.')
+        .filter(|(i, e)| {
+            !i.is_empty() && i.chars().all(|c| c.is_ascii_digit()) && (*e == "png" || *e == "json")
+        })
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no sample file `{file}`: use {{index}}.png or {{index}}.json"
+            ))
+        })?;
+    let index = idx
+        .parse::<u64>()
+        .ok()
+        .filter(|&i| i < MAX_INDEX)
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "sample index `{idx}` out of range [0, {}]",
+                MAX_INDEX - 1
+            ))
+        })?;
+    let q = Query::parse(q.as_deref(), st.pipeline.spec(), &[Group::Sampling], &["prefix"])?;
+    let req = q.sample_request(st.pipeline.spec(), &st.limits)?;
+    if ext == "json" {
+        return Ok(Json(st.pipeline.meta(&req, index)).into_response());
+    }
+    st.check_ready()?;
+    if method == Method::HEAD {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+        return Ok(head_response(h));
+    }
+    let png = st.pipeline.sample_png(&who.consumer, &req, index).await?;
+    Ok(png_response(png))
+}
+
+/// `GET /v1/grid.png?rows=R&start=I`: R samples, one row each (anchor then positives).
+/// `HEAD` validates and answers the headers without running the generator.
+pub(super) async fn grid_png(
+    State(st): State<AppState>,
+    Extension(who): Extension<Arc<ConsumerPolicy>>,
+    method: Method,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = Query::parse(
+        q.as_deref(),
+        st.pipeline.spec(),
+        &[Group::Sampling],
+        &["rows", "start", "prefix"],
+    )?;
+    let req = q.sample_request(st.pipeline.spec(), &st.limits)?;
+    // A grid's rows are queued together, in the part of the queue streams leave free: a larger
+    // grid could never be admitted.
+    let max_rows = (st.limits.max_grid_rows as u64).min(st.engine().max_interactive_jobs() as u64);
+    if max_rows == 0 {
+        return Err(ApiError::not_found(
+            "grids are disabled on this server (max_grid_rows = 0)",
+        ));
+    }
+    let rows = q.u64_in("rows", 8.min(max_rows), 1, max_rows)?;
+    let start = q.index("start", 0)?;
+    if start + rows > MAX_INDEX {
+        return Err(ApiError::invalid(format!(
+            "parameter `start`: start + rows must be <= {MAX_INDEX}"
+        )));
+    }
+    st.check_ready()?;
+    if method == Method::HEAD {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+        return Ok(head_response(h));
+    }
+    let png = st
+        .pipeline
+        .grid_png(&who.consumer, &req, start, rows)
+        .await?;
+    Ok(png_response(png))
+}

@@ -1,0 +1,263 @@
+//! View methods: how a sample's positives are made from its anchor.
+//!
+//! A method is a [`ViewMethod`]: given the anchor's z, positive k's own random stream and the
+//! generator's assets (learned walk directions, …) it returns typed latents — z itself, or z
+//! plus an offset in a space the generator's mapping stage reaches (StyleGAN's w). The
+//! sampler ([`crate::sampler`]) keeps the random streams and the laws (truncated normals, the
+//! stream parts); methods only combine them. [`sample`] draws a whole sample.
+//!
+//! Built-in methods (the wire's [`Method`]):
+//! - `gaussian`: `z + σ·w`, `w` drawn N(0,1) truncated to [-2, 2] (i.e. `σ·w ~ N(0, σ²)`
+//!   truncated at ±2σ), computed in f64 and rounded to f32, not re-clipped;
+//! - `independent`: a fresh anchor-law latent (same class);
+//! - `none`: the anchor itself.
+
+use crate::generator::{Assets, Space};
+use crate::sampler::rng::{positive_part, SampleRng};
+use crate::sampler::{draw_anchor, draw_class, SamplerSettings};
+pub use genrep_wire::Method;
+
+/// What a view method may use besides the sampler's streams.
+#[derive(Clone, Copy)]
+pub struct ViewContext<'a> {
+    /// Length of z.
+    pub latent_dim: usize,
+    /// The generator's host-side data.
+    pub assets: &'a Assets,
+}
+
+impl<'a> ViewContext<'a> {
+    pub fn new(latent_dim: usize, assets: &'a Assets) -> Self {
+        Self { latent_dim, assets }
+    }
+}
+
+/// One view's typed latent: z, and for views made past the mapping stage the offset added
+/// there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct View {
+    pub z: Vec<f32>,
+    /// `Some` for a view in another space than z: the displacement added after mapping.
+    pub offset: Option<Vec<f32>>,
+}
+
+/// A way to make positives.
+pub trait ViewMethod: Send + Sync {
+    /// The space this method's views live in (where their offsets are added).
+    fn space(&self) -> Space {
+        Space::Z
+    }
+
+    /// Positive k of `anchor` (the anchor's z). `rng` is positive k's own stream (part
+    /// `2 + k`), so positive k does not depend on K or on the other positives.
+    fn positive(
+        &self,
+        cx: &ViewContext,
+        s: &SamplerSettings,
+        anchor: &[f32],
+        rng: &mut SampleRng,
+    ) -> View;
+}
+
+/// `gaussian`.
+pub struct Gaussian;
+/// `independent`.
+pub struct Independent;
+/// `none`.
+pub struct AnchorOnly;
+
+impl ViewMethod for Gaussian {
+    fn positive(&self, _: &ViewContext, s: &SamplerSettings, a: &[f32], r: &mut SampleRng) -> View {
+        let sigma = s.sigma as f64;
+        View {
+            z: a.iter()
+                .map(|&z| (z as f64 + sigma * r.truncated_normal(2.0)) as f32)
+                .collect(),
+            offset: None,
+        }
+    }
+}
+
+impl ViewMethod for Independent {
+    fn positive(&self, cx: &ViewContext, s: &SamplerSettings, _: &[f32], r: &mut SampleRng) -> View {
+        View {
+            z: crate::sampler::anchor_law(r, cx.latent_dim, s.anchor_bound as f64),
+            offset: None,
+        }
+    }
+}
+
+impl ViewMethod for AnchorOnly {
+    fn positive(&self, _: &ViewContext, _: &SamplerSettings, a: &[f32], _: &mut SampleRng) -> View {
+        View {
+            z: a.to_vec(),
+            offset: None,
+        }
+    }
+}
+
+/// The implementation of a wire method.
+pub fn builtin(m: Method) -> &'static dyn ViewMethod {
+    match m {
+        Method::Gaussian => &Gaussian,
+        Method::Independent => &Independent,
+        Method::None => &AnchorOnly,
+    }
+}
+
+/// The latents of one sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleLatents {
+    pub index: u64,
+    pub class: Option<u32>,
+    /// The space of the positives (the anchor is the same point there: offset zero).
+    pub space: Space,
+    pub z_anchor: Vec<f32>,
+    /// The positives' z, K of them.
+    pub z_pos: Vec<Vec<f32>>,
+    /// The positives' offsets in `space`, for views past the mapping stage.
+    pub offsets: Option<Vec<Vec<f32>>>,
+}
+
+impl SampleLatents {
+    /// Anchor then positives, one z row each: the generator's input rows for this sample.
+    pub fn rows(&self) -> impl Iterator<Item = &[f32]> {
+        std::iter::once(self.z_anchor.as_slice()).chain(self.z_pos.iter().map(Vec::as_slice))
+    }
+}
+
+/// Draws sample `index` of stream `seed` with the settings' method.
+pub fn sample(s: &SamplerSettings, cx: &ViewContext, seed: u64, index: u64) -> SampleLatents {
+    sample_with(builtin(s.method), s, cx, seed, index)
+}
+
+/// Draws sample `index` of stream `seed` with `method`.
+pub fn sample_with(
+    method: &dyn ViewMethod,
+    s: &SamplerSettings,
+    cx: &ViewContext,
+    seed: u64,
+    index: u64,
+) -> SampleLatents {
+    let z_anchor = draw_anchor(s, cx.latent_dim, seed, index);
+    let mut z_pos = Vec::with_capacity(s.views as usize);
+    let mut offsets = Vec::new();
+    for k in 0..s.views as u64 {
+        let mut r = SampleRng::new(&s.namespace, seed, positive_part(k), index);
+        let v = method.positive(cx, s, &z_anchor, &mut r);
+        z_pos.push(v.z);
+        offsets.extend(v.offset);
+    }
+    let space = method.space();
+    SampleLatents {
+        index,
+        class: draw_class(s, seed, index),
+        space,
+        z_anchor,
+        z_pos,
+        offsets: (space != Space::Z).then_some(offsets),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::rng::Namespace;
+
+    fn settings(method: Method, views: u32) -> SamplerSettings {
+        SamplerSettings {
+            namespace: Namespace::new("train"),
+            method,
+            sigma: 0.2,
+            views,
+            anchor_bound: 2.0,
+            classes: (0..10).collect(),
+        }
+    }
+
+    fn draw(s: &SamplerSettings, dim: usize, seed: u64, index: u64) -> SampleLatents {
+        sample(s, &ViewContext::new(dim, Assets::none()), seed, index)
+    }
+
+    #[test]
+    fn deterministic_and_law_respected() {
+        let s = settings(Method::Gaussian, 3);
+        let a = draw(&s, 64, 5, 123);
+        assert_eq!(a, draw(&s, 64, 5, 123));
+        assert_ne!(a.z_anchor, draw(&s, 64, 5, 124).z_anchor);
+        assert!(a.z_anchor.iter().all(|z| z.abs() <= 2.0));
+        for p in &a.z_pos {
+            for (x, z) in p.iter().zip(&a.z_anchor) {
+                assert!((x - z).abs() <= 2.0 * 0.2 + 1e-6);
+            }
+        }
+        // The anchor and positive k do not depend on K or the method.
+        let b = draw(&settings(Method::Gaussian, 1), 64, 5, 123);
+        assert_eq!(a.z_anchor, b.z_anchor);
+        assert_eq!(a.z_pos[0], b.z_pos[0]);
+        let n = draw(&settings(Method::None, 2), 64, 5, 123);
+        assert_eq!(n.z_pos, vec![a.z_anchor.clone(), a.z_anchor.clone()]);
+        let i = draw(&settings(Method::Independent, 2), 64, 5, 123);
+        assert_eq!(i.class, a.class);
+        assert_ne!(i.z_pos[0], a.z_anchor);
+    }
+
+    #[test]
+    fn prefixes_are_namespaces() {
+        let train = settings(Method::Gaussian, 1);
+        let mut val = train.clone();
+        val.namespace = Namespace::new("val");
+        let (a, b) = (draw(&train, 64, 0, 0), draw(&val, 64, 0, 0));
+        assert_ne!(a.z_anchor, b.z_anchor);
+        assert_ne!(a.z_pos, b.z_pos);
+    }
+
+    #[test]
+    fn classes_follow_the_allowed_set() {
+        let mut s = settings(Method::Gaussian, 1);
+        s.classes = vec![3, 7];
+        let seen: std::collections::BTreeSet<_> = (0..200)
+            .map(|i| draw(&s, 8, 0, i).class.unwrap())
+            .collect();
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![3, 7]);
+    }
+
+    /// A method using generator-side data: positive k moves the anchor along the asset
+    /// `walk` by a step drawn from its own stream, in w.
+    struct Walk;
+
+    impl ViewMethod for Walk {
+        fn space(&self) -> Space {
+            Space::W
+        }
+        fn positive(&self, cx: &ViewContext, _: &SamplerSettings, a: &[f32], r: &mut SampleRng) -> View {
+            let (_, dir) = cx.assets.get("walk").expect("the generator ships a walk");
+            let alpha = r.uniform() as f32;
+            View {
+                z: a.to_vec(),
+                offset: Some(dir.iter().map(|d| alpha * d).collect()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_method_reads_the_generators_assets_and_keeps_the_streams() {
+        let mut assets = Assets::default();
+        assets.insert("walk", vec![4], vec![1.0, 0.0, -1.0, 2.0]);
+        let cx = ViewContext::new(4, &assets);
+        let s = settings(Method::Gaussian, 2);
+        let l = sample_with(&Walk, &s, &cx, 9, 4);
+        // Same anchor and class as every other method: the streams are the sampler's.
+        let g = sample(&s, &cx, 9, 4);
+        assert_eq!((&l.z_anchor, l.class), (&g.z_anchor, g.class));
+        assert_eq!(l.space, Space::W);
+        let offs = l.offsets.as_ref().unwrap();
+        assert_eq!(offs.len(), 2);
+        for o in offs {
+            let alpha = o[0];
+            assert_eq!(o, &vec![alpha, 0.0, -alpha, 2.0 * alpha]);
+        }
+        assert_ne!(offs[0], offs[1]);
+        assert!(g.offsets.is_none());
+    }
+}
