@@ -10,12 +10,13 @@
 use genrep::check::serving::{
     http_shards, in_process_shards, serve_http, single_samples, SHARD_SIZE,
 };
-use genrep::engine::{Engine, EngineConfig};
+use genrep::engine::EngineConfig;
 use genrep::metrics::Metrics;
+use genrep::pipeline::Pipeline;
 use std::sync::Arc;
 use std::time::Duration;
 
-async fn engine(max_batch: usize) -> Engine {
+async fn engine(max_batch: usize) -> Pipeline {
     let g = genrep::embedded::load(&candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
     let cfg = EngineConfig {
         max_batch_size: max_batch,
@@ -23,11 +24,12 @@ async fn engine(max_batch: usize) -> Engine {
         max_queue: 1024,
         encode_threads: 2,
     };
-    let e = Engine::start(g, cfg, Arc::new(Metrics::default()));
-    while !e.is_ready() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    e
+    let p = Pipeline::start(g, cfg, Arc::new(Metrics::default()));
+    p.engine()
+        .wait_ready()
+        .await
+        .expect("the embedded model warms up");
+    p
 }
 
 fn main() {

@@ -3,10 +3,10 @@
 //! by sample into a buffered temporary file on a blocking thread and is renamed when complete.
 
 use crate::engine::{Consumer, EngineConfig};
-use crate::pipeline::{Pipeline, StreamEnd};
 use crate::generator::Generator;
 use crate::metrics::Metrics;
 use crate::params::{Limits, SampleRequest};
+use crate::pipeline::{Pipeline, StreamEnd};
 use crate::wds::{write_shard, WriteShardError, TAR_END};
 use anyhow::{bail, Context};
 use std::collections::BTreeMap;

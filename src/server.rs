@@ -10,10 +10,10 @@
 use crate::api::auth::KeyEntry;
 use crate::api::{router, AppState};
 use crate::engine::EngineConfig;
-use crate::pipeline::Pipeline;
 use crate::generator::Generator;
 use crate::metrics::Metrics;
 use crate::params::Limits;
+use crate::pipeline::Pipeline;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;

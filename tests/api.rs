@@ -118,7 +118,11 @@ async fn bad_parameters_get_json_errors_naming_the_parameter() {
             "gen_truncation",
         ),
         ("/v1/shards/train-000000.tar?sigma=1&sigma=2", 422, "sigma"),
-        ("/v1/shards/train-000000.tar?anchor_bound=0", 422, "anchor_bound"),
+        (
+            "/v1/shards/train-000000.tar?anchor_bound=0",
+            422,
+            "anchor_bound",
+        ),
         (
             "/v1/shards/train-000000.tar?truncation=1&anchor_bound=1",
             422,
@@ -176,7 +180,10 @@ async fn bad_generate_bodies_are_422_naming_the_field() {
         ),
         (r#"{"z": [[0.0]], "extra": 1}"#, "unknown field"),
         // The embedded generator has no truncation input of its own.
-        (r#"{"z": [[0.0]], "gen_truncation": 0.5}"#, "own inputs: none"),
+        (
+            r#"{"z": [[0.0]], "gen_truncation": 0.5}"#,
+            "own inputs: none",
+        ),
     ];
     for (body, needle) in bodies {
         let (c, resp) = call(
@@ -480,7 +487,15 @@ async fn a_failing_warm_up_marks_the_engine_failed_and_answers_queued_work() {
     for e in engines {
         let d = e.spec().latent_dim;
         let c = Consumer::new("t", "t", 1);
-        let job = || Batch::from_z(vec![0.0; d], d, ClassInput::Ids(vec![1]), Knobs::default(), 0);
+        let job = || {
+            Batch::from_z(
+                vec![0.0; d],
+                d,
+                ClassInput::Ids(vec![1]),
+                Knobs::default(),
+                0,
+            )
+        };
         // Queued during the warm-up (or refused at once after it failed).
         let queued = e.try_submit(&c, job());
         let stream = e.submit(&c, job()).await;

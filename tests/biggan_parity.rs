@@ -59,7 +59,9 @@ fn biggan_deep_matches_reference_for_onehot_soft_and_truncations() {
             ClassInput::Ids(ids.clone()),
             ClassInput::Soft(onehot.clone()),
         ] {
-            let out = g.generate(&z, &classes, &BigGanDeep::truncation(tv)).unwrap();
+            let out = g
+                .generate(&z, &classes, &BigGanDeep::truncation(tv))
+                .unwrap();
             assert_eq!(out.dims(), &[6, 3, 32, 32]);
             let got = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let e = rel_err(&got, &want);
@@ -68,7 +70,11 @@ fn biggan_deep_matches_reference_for_onehot_soft_and_truncations() {
         }
         let want = npy(&format!("out_soft_t{t}.npy")).to_f32().unwrap();
         let out = g
-            .generate(&z[..32], &ClassInput::Soft(soft.clone()), &BigGanDeep::truncation(tv))
+            .generate(
+                &z[..32],
+                &ClassInput::Soft(soft.clone()),
+                &BigGanDeep::truncation(tv),
+            )
             .unwrap();
         let got = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let e = rel_err(&got, &want);

@@ -138,7 +138,9 @@ fn candle_matches_pytorch_on_the_reference_batch() {
         .iter()
         .map(|&v| v as u32)
         .collect();
-    let out = g.generate(&z, &ClassInput::Ids(y), &Knobs::default()).unwrap();
+    let out = g
+        .generate(&z, &ClassInput::Ids(y), &Knobs::default())
+        .unwrap();
     let err = rel_err(&out, &r["images"]);
     eprintln!("generator parity: max rel error {err:e}");
     assert!(err <= 1e-4, "generator relative error {err}");

@@ -100,7 +100,10 @@ fn bad_inputs_are_errors() {
         (ClassInput::Ids(vec![0]), 0.0, "truncation"),
         (ClassInput::Ids(vec![0]), 1.5, "truncation"),
     ] {
-        let e = g.generate(&z, &classes, &BigGanDeep::truncation(t)).unwrap_err().to_string();
+        let e = g
+            .generate(&z, &classes, &BigGanDeep::truncation(t))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(needle), "{needle}: {e}");
     }
     let e = g

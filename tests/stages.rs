@@ -42,9 +42,16 @@ struct Mapped(ModelInfo);
 impl Mapped {
     fn new(dim: usize) -> Self {
         let mut spec = GeneratorSpec::new("mapped", "test-mapped", dim, 0, dim, 1);
-        spec.spaces.push(LatentSpace { space: Space::W, dim });
+        spec.spaces.push(LatentSpace {
+            space: Space::W,
+            dim,
+        });
         let mut assets = Assets::default();
-        assets.insert("walk", vec![dim], (0..dim).map(|i| i as f32 - 1.0).collect());
+        assets.insert(
+            "walk",
+            vec![dim],
+            (0..dim).map(|i| i as f32 - 1.0).collect(),
+        );
         Self(info(spec, assets))
     }
 }
@@ -106,8 +113,8 @@ async fn views_in_w_go_through_the_mapping_stage_and_use_the_generators_assets()
     let p = Pipeline::start(Box::new(Mapped::new(dim)), config(8), Default::default());
     p.engine().wait_ready().await.unwrap();
     let spec = p.spec().clone();
-    let req = SampleRequest::parse(|k| (k == "views").then_some("2"), &spec, &Limits::default())
-        .unwrap();
+    let req =
+        SampleRequest::parse(|k| (k == "views").then_some("2"), &spec, &Limits::default()).unwrap();
     let c = Consumer::new("t", "t", 1);
     let l = sample_with(&Walk, &req.settings, &p.view_context(), req.seed, 7);
     let rx = p.engine().try_submit(&c, p.sample_job(&req, &l)).unwrap();
@@ -116,7 +123,11 @@ async fn views_in_w_go_through_the_mapping_stage_and_use_the_generators_assets()
     assert_eq!(&images[..dim], &w[..], "the anchor is the mapped point");
     for (k, off) in l.offsets.as_ref().unwrap().iter().enumerate() {
         let want: Vec<f32> = w.iter().zip(off).map(|(a, o)| a + o).collect();
-        assert_eq!(&images[(k + 1) * dim..(k + 2) * dim], &want[..], "positive {k}");
+        assert_eq!(
+            &images[(k + 1) * dim..(k + 2) * dim],
+            &want[..],
+            "positive {k}"
+        );
         // The offset is the asset scaled by this positive's own α.
         let alpha = off[0] / -1.0;
         assert_eq!(off, &vec![-alpha, 0.0, alpha]);
@@ -129,7 +140,11 @@ async fn views_in_w_go_through_the_mapping_stage_and_use_the_generators_assets()
     assert_eq!(&images[..], &rows[..]);
     // A w-space job and a z-space job are never one forward pass.
     let zb = Batch::from_z(vec![0.0; dim], dim, ClassInput::None, Knobs::default(), 0);
-    assert!(!p.sample_job(&req, &sample_with(&Walk, &req.settings, &p.view_context(), 0, 0))
+    assert!(!p
+        .sample_job(
+            &req,
+            &sample_with(&Walk, &req.settings, &p.view_context(), 0, 0)
+        )
         .compatible(&zb));
 }
 
@@ -172,7 +187,11 @@ impl Stepped for Counter {
         STEPS
     }
     fn begin(&self, b: &Batch) -> genrep::generator::Result<Tensor> {
-        Ok(Tensor::from_slice(&b.latents.z, (b.len(), 1), &Device::Cpu)?)
+        Ok(Tensor::from_slice(
+            &b.latents.z,
+            (b.len(), 1),
+            &Device::Cpu,
+        )?)
     }
     fn step(&self, x: &Tensor, t: &[usize], b: &Batch) -> genrep::generator::Result<Tensor> {
         self.log.lock().unwrap().push(t.to_vec());
@@ -213,7 +232,8 @@ async fn stepped_jobs_join_between_steps_and_keep_their_own_noise() {
     e.wait_ready().await.unwrap();
     log.lock().unwrap().clear();
     let c = Consumer::new("t", "t", 1);
-    let job = |z: f32, seed: u64| Batch::from_z(vec![z], 1, ClassInput::None, Knobs::default(), seed);
+    let job =
+        |z: f32, seed: u64| Batch::from_z(vec![z], 1, ClassInput::None, Knobs::default(), seed);
     let a = e.try_submit(&c, job(0.0, 1)).unwrap();
     // B arrives while A is part-way through its steps.
     tokio::time::timeout(Duration::from_secs(10), async {

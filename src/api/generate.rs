@@ -51,7 +51,11 @@ fn knobs_of(
     let mut seen: Vec<&str> = Vec::new();
     for (k, v) in rest {
         // `truncation` meant BigGAN's input here before it had its own name.
-        let name = if k == "truncation" { "gen_truncation" } else { k.as_str() };
+        let name = if k == "truncation" {
+            "gen_truncation"
+        } else {
+            k.as_str()
+        };
         let Some(p) = spec.knob(name) else {
             let inputs = crate::generator::knob_names(spec);
             return Err(ApiError::invalid(format!(

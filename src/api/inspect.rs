@@ -45,7 +45,12 @@ pub(super) async fn sample_file(
                 MAX_INDEX - 1
             ))
         })?;
-    let q = Query::parse(q.as_deref(), st.pipeline.spec(), &[Group::Sampling], &["prefix"])?;
+    let q = Query::parse(
+        q.as_deref(),
+        st.pipeline.spec(),
+        &[Group::Sampling],
+        &["prefix"],
+    )?;
     let req = q.sample_request(st.pipeline.spec(), &st.limits)?;
     if ext == "json" {
         return Ok(Json(st.pipeline.meta(&req, index)).into_response());

@@ -342,8 +342,9 @@ pub fn document(spec: &GeneratorSpec, limits: &Limits, keyed: bool) -> OpenApi {
         )
         .property(
             "noise_seed",
-            int_schema(Some(0), 0, u64::MAX)
-                .description(Some("Seed of the generator's internal noise (generators that draw noise).")),
+            int_schema(Some(0), 0, u64::MAX).description(Some(
+                "Seed of the generator's internal noise (generators that draw noise).",
+            )),
         )
         .additional_properties(Some(
             utoipa::openapi::schema::AdditionalProperties::FreeForm(false),

@@ -13,10 +13,10 @@ pub mod serving;
 pub mod throughput;
 
 use crate::engine::{Consumer, EngineConfig};
-use crate::pipeline::{Pipeline, StreamEnd};
 use crate::generator::{Generator, GeneratorError};
 use crate::metrics::Metrics;
 use crate::params::SampleRequest;
+use crate::pipeline::{Pipeline, StreamEnd};
 use candle_core::{DType, Device};
 use serde_json::{json, Value};
 use std::path::PathBuf;

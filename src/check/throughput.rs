@@ -4,8 +4,7 @@
 
 use super::{dtype_name, guarded, CheckOptions};
 use crate::generator::{
-    Knobs,
-    load_model_dir, random_biggan, BigGanConfig, ClassInput, Generator, GeneratorError,
+    load_model_dir, random_biggan, BigGanConfig, ClassInput, Generator, GeneratorError, Knobs,
 };
 use candle_core::{DType, Device};
 use serde_json::{json, Value};

@@ -39,7 +39,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-
 /// Errors of the engine, mapped to HTTP statuses in `api::error`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -82,6 +81,15 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Threads encoding PNG/JPEG/tar concurrently with the generator (the pipeline's pool).
     pub encode_threads: usize,
+}
+
+impl EngineConfig {
+    /// Encoder threads when none are configured: one per core.
+    pub fn default_encode_threads() -> usize {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    }
 }
 
 /// The jobs of one request.
@@ -296,8 +304,7 @@ impl Engine {
         jobs: JobInputs,
     ) -> Result<Vec<oneshot::Receiver<JobOutput>>, EngineError> {
         self.refuse_if_failed()?;
-        self.push(consumer, jobs, true)
-            .map_err(|(_, why)| why)
+        self.push(consumer, jobs, true).map_err(|(_, why)| why)
     }
 
     /// Queues a stream's job, waiting for room within the streams' part of the queue and the
@@ -317,4 +324,3 @@ impl Engine {
         }
     }
 }
-

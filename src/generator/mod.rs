@@ -618,7 +618,7 @@ fn check_classes(spec: &GeneratorSpec, classes: &ClassInput, batch: usize) -> Re
         ClassInput::Ids(ids) => inputs::ClassArg::Ids(ids.iter().map(|&c| c as i64).collect()),
         ClassInput::Soft(v) => inputs::ClassArg::Vectors {
             rows: batch,
-            cols: if batch == 0 { 0 } else { v.len() / batch },
+            cols: v.len().checked_div(batch).unwrap_or(0),
             values: v.clone(),
         },
     };

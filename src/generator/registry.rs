@@ -78,15 +78,13 @@ impl ModelConfig {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| config_error(e.to_string()))?;
         let arch = match value.get("architecture") {
-            Some(tag) => {
-                serde_json::from_value::<Architecture>(tag.clone()).map_err(|_| {
-                    GeneratorError::Unsupported(format!(
-                        "architecture {tag} in {} (known: {})",
-                        path.display(),
-                        Architecture::known()
-                    ))
-                })?
-            }
+            Some(tag) => serde_json::from_value::<Architecture>(tag.clone()).map_err(|_| {
+                GeneratorError::Unsupported(format!(
+                    "architecture {tag} in {} (known: {})",
+                    path.display(),
+                    Architecture::known()
+                ))
+            })?,
             // A config straight from pytorch-pretrained-biggan has no architecture field.
             None if value.get("layers").is_some()
                 && value.get("attention_layer_position").is_some() =>

@@ -57,12 +57,13 @@ impl Weights {
         // SAFETY: the mapping is only read while the model loads (tensors are copied out); a
         // file changed underneath during those seconds is the documented risk of mmap, the
         // same one candle's `from_mmaped_safetensors` takes.
-        let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(
-            |e| GeneratorError::Weights {
-                path: path.to_path_buf(),
-                msg: format!("not a readable safetensors file ({e})"),
-            },
-        )?;
+        let mapped =
+            unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| {
+                GeneratorError::Weights {
+                    path: path.to_path_buf(),
+                    msg: format!("not a readable safetensors file ({e})"),
+                }
+            })?;
         Ok(Self {
             path: path.to_path_buf(),
             source: Source::Mapped(mapped),

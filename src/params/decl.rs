@@ -163,7 +163,7 @@ impl Param {
         ))
     }
 
-    pub(crate) fn choice<'a>(&self, raw: Option<&'a str>) -> Result<&'static str, ParamError> {
+    pub(crate) fn choice(&self, raw: Option<&str>) -> Result<&'static str, ParamError> {
         let Kind::Choice { default, values } = self.kind else {
             unreachable!("`{}` is not a choice parameter", self.name)
         };

@@ -433,8 +433,8 @@ mod tests {
         assert!(d.get("gen_truncation").is_none());
         // A family's input is a parameter only for generators that have it.
         let pairs = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
-        let e = SampleRequest::from_pairs(&pairs("gen_truncation", "0.5"), &spec, &limits)
-            .unwrap_err();
+        let e =
+            SampleRequest::from_pairs(&pairs("gen_truncation", "0.5"), &spec, &limits).unwrap_err();
         assert!(e.0.contains("has no such input"), "{e}");
         spec.knobs = crate::generator::registry::Architecture::BigganDeep.knobs();
         let e = SampleRequest::parse(|k| (k == "gen_truncation").then_some("0"), &spec, &limits)

@@ -79,7 +79,13 @@ impl ViewMethod for Gaussian {
 }
 
 impl ViewMethod for Independent {
-    fn positive(&self, cx: &ViewContext, s: &SamplerSettings, _: &[f32], r: &mut SampleRng) -> View {
+    fn positive(
+        &self,
+        cx: &ViewContext,
+        s: &SamplerSettings,
+        _: &[f32],
+        r: &mut SampleRng,
+    ) -> View {
         View {
             z: crate::sampler::anchor_law(r, cx.latent_dim, s.anchor_bound as f64),
             offset: None,
@@ -216,9 +222,8 @@ mod tests {
     fn classes_follow_the_allowed_set() {
         let mut s = settings(Method::Gaussian, 1);
         s.classes = vec![3, 7];
-        let seen: std::collections::BTreeSet<_> = (0..200)
-            .map(|i| draw(&s, 8, 0, i).class.unwrap())
-            .collect();
+        let seen: std::collections::BTreeSet<_> =
+            (0..200).map(|i| draw(&s, 8, 0, i).class.unwrap()).collect();
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![3, 7]);
     }
 
@@ -230,7 +235,13 @@ mod tests {
         fn space(&self) -> Space {
             Space::W
         }
-        fn positive(&self, cx: &ViewContext, _: &SamplerSettings, a: &[f32], r: &mut SampleRng) -> View {
+        fn positive(
+            &self,
+            cx: &ViewContext,
+            _: &SamplerSettings,
+            a: &[f32],
+            r: &mut SampleRng,
+        ) -> View {
             let (_, dir) = cx.assets.get("walk").expect("the generator ships a walk");
             let alpha = r.uniform() as f32;
             View {
