@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::in_process::{call, call_from, call_without_peer, ready, send_from};
+
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
@@ -36,17 +38,6 @@ fn engine_config(max_batch_size: usize) -> EngineConfig {
     }
 }
 
-/// `app` once its engine is ready.
-async fn ready(app: Router) -> Router {
-    for _ in 0..500 {
-        if call(&app, Method::GET, "/ready", Body::empty()).await.0 == StatusCode::OK {
-            return app;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the engine did not become ready");
-}
-
 async fn app_with_batch(g: Box<dyn Generator>, max_batch_size: usize) -> Router {
     let cfg = engine_config(max_batch_size);
     let limits = Limits {
@@ -65,20 +56,6 @@ async fn app_with_batch(g: Box<dyn Generator>, max_batch_size: usize) -> Router 
         CancellationToken::new(),
     ))
     .await
-}
-
-async fn call(app: &Router, method: Method, uri: &str, body: Body) -> (StatusCode, Vec<u8>) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(body)
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
-        .await
-        .unwrap();
-    (status, bytes.to_vec())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -742,11 +719,15 @@ async fn a_router_without_peer_addresses_refuses_requests() {
     )
     .unwrap();
     let t = Instant::now();
-    while call(&app, Method::GET, "/ready", Body::empty()).await.0 != StatusCode::OK {
+    while call_without_peer(&app, Method::GET, "/ready", Body::empty())
+        .await
+        .0
+        != StatusCode::OK
+    {
         assert!(t.elapsed() < Duration::from_secs(20));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (c, body) = call(&app, Method::GET, "/v1/info", Body::empty()).await;
+    let (c, body) = call_without_peer(&app, Method::GET, "/v1/info", Body::empty()).await;
     assert_eq!(c, StatusCode::INTERNAL_SERVER_ERROR);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error_type"], "backend");
@@ -923,4 +904,38 @@ fn bad_key_files_are_refused_naming_the_problem() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("missing.toml"), "{e}");
+}
+
+/// In-process requests can come from different peers, and each peer of an open server is its
+/// own consumer: one peer at its stream limit does not hold another back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_are_separate_consumers_in_process() {
+    let g = genrep::embedded::load(&candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let limits = Limits {
+        max_streams_per_consumer: 1,
+        ..Limits::default()
+    };
+    let app = ready(genrep::server::app(
+        g,
+        engine_config(8),
+        limits,
+        CancellationToken::new(),
+    ))
+    .await;
+    let (a, b) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+    // A holds its one stream open (the body is never read) ...
+    let held = send_from(&app, a, Method::GET, "/v1/stream", Body::empty()).await;
+    assert_eq!(held.status(), StatusCode::OK);
+    let (c, body) = call_from(&app, a, Method::GET, "/v1/stream?limit=1", Body::empty()).await;
+    assert_eq!(
+        c,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // ... and B still gets its own.
+    let (c, body) = call_from(&app, b, Method::GET, "/v1/stream?limit=1", Body::empty()).await;
+    assert_eq!(c, StatusCode::OK);
+    assert!(body.len() > 1024);
+    drop(held);
 }

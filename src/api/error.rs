@@ -142,7 +142,7 @@ impl From<EngineError> for ApiError {
                 ErrorType::Overloaded
             }
             EngineError::ShuttingDown | EngineError::WarmUp(_) => ErrorType::Unavailable,
-            EngineError::Backend(_) => ErrorType::Backend,
+            EngineError::Backend(_) | EngineError::Internal(_) => ErrorType::Backend,
         };
         Self::new(t, e.to_string())
     }

@@ -161,9 +161,9 @@ fn answer(jobs: Vec<Job>, result: crate::generator::Result<Vec<f32>>, per: usize
             }
         }
         Err(e) => {
-            let n: usize = jobs.iter().map(Job::n).sum();
-            tracing::error!("generator failed on a batch of {n}: {e}");
-            let e = EngineError::Backend(e.to_string());
+            // Logged where it is answered (the API logs it once, with the id it gives the
+            // client; export and check report it).
+            let e = EngineError::Backend(Arc::new(e));
             for j in jobs {
                 let _ = j.tx.send(Err(e.clone()));
             }

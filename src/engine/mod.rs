@@ -50,8 +50,12 @@ pub enum EngineError {
     ConsumerShareFull { queued: usize, share: usize },
     #[error("the generator is shutting down")]
     ShuttingDown,
+    /// The generator failed on a batch (the typed error, shared by the batch's jobs).
     #[error("generator failure: {0}")]
-    Backend(String),
+    Backend(Arc<crate::generator::GeneratorError>),
+    /// A task of ours failed (a join error, a panic outside the model).
+    #[error("internal failure: {0}")]
+    Internal(String),
     #[error("the generator failed its warm-up pass: {0}")]
     WarmUp(String),
 }
@@ -195,9 +199,9 @@ impl Engine {
         match h {
             Health::Ready => Ok(()),
             Health::WarmUpFailed(e) => Err(EngineError::WarmUp(e)),
-            Health::Panicked(e) => {
-                Err(EngineError::Backend(format!("the generator panicked: {e}")))
-            }
+            Health::Panicked(e) => Err(EngineError::Backend(Arc::new(
+                crate::generator::GeneratorError::Panicked(e),
+            ))),
             Health::WarmingUp => unreachable!("waited for another state"),
         }
     }

@@ -167,7 +167,7 @@ impl Pipeline {
             .map_err(|_| EngineError::ShuttingDown)?;
         tokio::task::spawn_blocking(f)
             .await
-            .map_err(|e| EngineError::Backend(format!("a blocking task failed: {e}")))
+            .map_err(|e| EngineError::Internal(format!("a blocking task failed: {e}")))
     }
 
     /// The images of one sample (queued as an interactive job, or refused at once).

@@ -117,7 +117,7 @@ pub(super) async fn produce(
         // Its read-ahead permit is released once the bytes are handed to the body.
         let _sent = inflight.pop_front();
         let res =
-            res.unwrap_or_else(|e| Err(EngineError::Backend(format!("sample task failed: {e}"))));
+            res.unwrap_or_else(|e| Err(EngineError::Internal(format!("sample task failed: {e}"))));
         match res {
             Ok(bytes) => {
                 metrics.samples_generated.inc();

@@ -1,4 +1,5 @@
-//! Test helpers: run the real `genrep` binary on a loopback port and talk to it.
+//! Test helpers: run the real `genrep` binary on a loopback port and talk to it, or drive the
+//! router in-process ([`in_process`]) as any number of peers.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -206,4 +207,96 @@ pub fn run_ok(cmd: &mut Command, what: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// The router in-process (no process, no socket): requests go through `oneshot`, each from the
+/// peer the test names (the server sees it as `ConnectInfo`, as a real connection would give),
+/// so one test can be several consumers of an open server.
+pub mod in_process {
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::{Method, Request, StatusCode};
+    use axum::Router;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    /// The peer of [`call`]: 127.0.0.1.
+    pub const LOCAL: [u8; 4] = [127, 0, 0, 1];
+
+    /// `app` once its engine is ready.
+    pub async fn ready(app: Router) -> Router {
+        for _ in 0..500 {
+            if call(&app, Method::GET, "/ready", Body::empty()).await.0 == StatusCode::OK {
+                return app;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the engine did not become ready");
+    }
+
+    /// A request from 127.0.0.1, answered in full.
+    pub async fn call(
+        app: &Router,
+        method: Method,
+        uri: &str,
+        body: Body,
+    ) -> (StatusCode, Vec<u8>) {
+        call_from(app, LOCAL, method, uri, body).await
+    }
+
+    /// A request carrying no peer address at all (what a router served without
+    /// `ConnectInfo` would see), answered in full.
+    pub async fn call_without_peer(
+        app: &Router,
+        method: Method,
+        uri: &str,
+        body: Body,
+    ) -> (StatusCode, Vec<u8>) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(body)
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
+            .await
+            .unwrap();
+        (status, bytes.to_vec())
+    }
+
+    /// The response to a request from `peer`, its body not read.
+    pub async fn send_from(
+        app: &Router,
+        peer: [u8; 4],
+        method: Method,
+        uri: &str,
+        body: Body,
+    ) -> axum::response::Response {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(body)
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((peer, 40000))));
+        app.clone().oneshot(req).await.unwrap()
+    }
+
+    /// A request from `peer`, answered in full.
+    pub async fn call_from(
+        app: &Router,
+        peer: [u8; 4],
+        method: Method,
+        uri: &str,
+        body: Body,
+    ) -> (StatusCode, Vec<u8>) {
+        let resp = send_from(app, peer, method, uri, body).await;
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
+            .await
+            .unwrap();
+        (status, bytes.to_vec())
+    }
 }
