@@ -12,7 +12,6 @@ use anyhow::{bail, Context};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 /// What to export.
 #[derive(Debug, Clone)]
@@ -134,18 +133,9 @@ pub fn run(
             let path = o.out.join(format!("{}-{n:06}.tar", o.prefix));
             let (tx, mut rx) = tokio::sync::mpsc::channel(8);
             let start = n * size;
-            let producer = tokio::spawn(async move {
-                pipeline
-                    .stream(
-                        Consumer::new("export", "export", 1),
-                        req,
-                        start,
-                        StreamEnd::Shard(start + size),
-                        tx,
-                        CancellationToken::new(),
-                    )
-                    .await
-            });
+            let export = Consumer::new("export", "export", 1);
+            let producer =
+                pipeline.spawn_stream(export, req, start, StreamEnd::Shard(start + size), tx);
             producers.push(producer.abort_handle());
             tasks.spawn_blocking(move || {
                 let _permit = permit;

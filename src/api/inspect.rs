@@ -73,13 +73,12 @@ pub(super) async fn grid_png(
     method: Method,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let q = Query::parse(
+    let (q, req) = Query::sampling(
         q.as_deref(),
-        st.pipeline.spec(),
+        &st,
         &[Group::Sampling],
         &["rows", "start", "prefix"],
     )?;
-    let req = q.sample_request(st.pipeline.spec(), &st.limits)?;
     // A grid's rows are queued together, in the part of the queue streams leave free: a larger
     // grid could never be admitted.
     let max_rows = (st.limits.max_grid_rows as u64).min(st.engine().max_interactive_jobs() as u64);

@@ -48,6 +48,20 @@ impl Query {
         )?)
     }
 
+    /// A sampling endpoint's query and its sample request: the parameters of `groups` and
+    /// `extra`, checked against the served generator and the server's limits.
+    pub fn sampling(
+        raw: Option<&str>,
+        st: &super::AppState,
+        groups: &[Group],
+        extra: &[&str],
+    ) -> Result<(Self, SampleRequest), ApiError> {
+        let spec = st.pipeline.spec();
+        let q = Self::parse(raw, spec, groups, extra)?;
+        let req = q.sample_request(spec, &st.limits)?;
+        Ok((q, req))
+    }
+
     /// The sampling settings and encoding of a request, in the namespace of the `prefix`
     /// parameter (where the endpoint allows one) or the default `train`.
     pub fn sample_request(

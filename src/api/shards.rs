@@ -98,15 +98,13 @@ pub(super) async fn shard(
             "no shard `{name}`: shard names are {{prefix}}-{{NNNNNN}}.tar (prefix of letters, digits, `_` or `-`; 6-12 digits)"
         ))
     })?;
-    let q = Query::parse(
+    let (q, req) = Query::sampling(
         q.as_deref(),
-        st.pipeline.spec(),
+        &st,
         &[Group::Sampling, Group::Encoding],
         &["shard_size"],
     )?;
-    let req = q
-        .sample_request(st.pipeline.spec(), &st.limits)?
-        .with_prefix(prefix)?;
+    let req = req.with_prefix(prefix)?;
     let size = q.u64_in(
         "shard_size",
         // A server configured below the default serves its maximum instead of rejecting
@@ -141,13 +139,12 @@ pub(super) async fn stream(
     method: Method,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let q = Query::parse(
+    let (q, req) = Query::sampling(
         q.as_deref(),
-        st.pipeline.spec(),
+        &st,
         &[Group::Sampling, Group::Encoding],
         &["start", "limit", "prefix"],
     )?;
-    let req = q.sample_request(st.pipeline.spec(), &st.limits)?;
     let start = q.index("start", 0)?;
     let limit = match q.u64_in("limit", 0, 1, MAX_INDEX - start) {
         Ok(v) if v > 0 => Some(v),

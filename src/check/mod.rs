@@ -22,7 +22,6 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// What to measure, and where.
 #[derive(Debug, Clone)]
@@ -142,18 +141,8 @@ pub(crate) async fn shard_bytes(
     end: u64,
 ) -> std::io::Result<Vec<u8>> {
     let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-    let p = pipeline.clone();
-    tokio::spawn(async move {
-        p.stream(
-            Consumer::new("check", "check", 1),
-            req,
-            start,
-            StreamEnd::Shard(end),
-            tx,
-            CancellationToken::new(),
-        )
-        .await
-    });
+    let check = Consumer::new("check", "check", 1);
+    pipeline.spawn_stream(check, req, start, StreamEnd::Shard(end), tx);
     let mut out = Vec::new();
     while let Some(chunk) = rx.recv().await {
         out.extend_from_slice(&chunk?);

@@ -119,18 +119,8 @@ pub async fn in_process_shards(
             while Instant::now() < until {
                 let (tx, mut rx) = tokio::sync::mpsc::channel(8);
                 let start = shard * shard_size;
-                let (p, reader, req) = (engine.clone(), reader.clone(), req.clone());
-                tokio::spawn(async move {
-                    p.stream(
-                        reader,
-                        req,
-                        start,
-                        StreamEnd::Shard(start + shard_size),
-                        tx,
-                        CancellationToken::new(),
-                    )
-                    .await
-                });
+                let end = StreamEnd::Shard(start + shard_size);
+                engine.spawn_stream(reader.clone(), req.clone(), start, end, tx);
                 while let Some(chunk) = rx.recv().await {
                     let chunk = chunk.map_err(|e| e.to_string())?;
                     if chunk[..] != TAR_END[..] {

@@ -29,19 +29,19 @@ impl Weights {
     /// From the bytes of a safetensors file; `path` is only used in messages.
     pub fn from_bytes(bytes: &[u8], path: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let sha256 = hex::encode(Sha256::digest(bytes));
-        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| {
-            GeneratorError::Weights {
-                path: path.to_path_buf(),
-                msg: format!("not a readable safetensors file ({e})"),
-            }
-        })?;
-        Ok(Self {
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+            .map_err(|e| unreadable(path, e))?;
+        Ok(Self::of(path, Source::File(tensors), device, dtype, sha256))
+    }
+
+    fn of(path: &Path, source: Source, device: &Device, dtype: DType, sha256: String) -> Self {
+        Self {
             path: path.to_path_buf(),
-            source: Source::File(tensors),
+            source,
             device: device.clone(),
             dtype,
             sha256,
-        })
+        }
     }
 
     /// From a file, memory-mapped: tensors are read when a layer asks for them, so a model's
@@ -57,32 +57,29 @@ impl Weights {
         // SAFETY: the mapping is only read while the model loads (tensors are copied out); a
         // file changed underneath during those seconds is the documented risk of mmap, the
         // same one candle's `from_mmaped_safetensors` takes.
-        let mapped =
-            unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| {
-                GeneratorError::Weights {
-                    path: path.to_path_buf(),
-                    msg: format!("not a readable safetensors file ({e})"),
-                }
-            })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            source: Source::Mapped(mapped),
-            device: device.clone(),
+        let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
+            .map_err(|e| unreadable(path, e))?;
+        let sha256 = hex::encode(h.finalize());
+        Ok(Self::of(
+            path,
+            Source::Mapped(mapped),
+            device,
             dtype,
-            sha256: hex::encode(h.finalize()),
-        })
+            sha256,
+        ))
     }
 
     /// Seeded random weights: N(0, 1/fan_in) for matrices, U(0.5, 1.5) for variances, small
     /// normal values for everything else.
     pub fn random(seed: u64, device: &Device, dtype: DType) -> Self {
-        Self {
-            path: PathBuf::from(format!("<random seed {seed}>")),
-            source: Source::Random(seed),
-            device: device.clone(),
+        let path = PathBuf::from(format!("<random seed {seed}>"));
+        Self::of(
+            &path,
+            Source::Random(seed),
+            device,
             dtype,
-            sha256: format!("random-{seed}"),
-        }
+            format!("random-{seed}"),
+        )
     }
 
     /// The tensor `name` as f32 on the CPU, checked against `shape`.
@@ -149,6 +146,13 @@ impl Weights {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+}
+
+fn unreadable(path: &Path, e: candle_core::Error) -> GeneratorError {
+    GeneratorError::Weights {
+        path: path.to_path_buf(),
+        msg: format!("not a readable safetensors file ({e})"),
     }
 }
 

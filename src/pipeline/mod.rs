@@ -281,6 +281,22 @@ impl Pipeline {
         }))
     }
 
+    /// [`Self::stream`] on its own task, never cut short by a shutdown (export, checks).
+    pub fn spawn_stream(
+        &self,
+        consumer: Consumer,
+        req: Arc<SampleRequest>,
+        start: u64,
+        end: StreamEnd,
+        tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let never = tokio_util::sync::CancellationToken::new();
+            me.stream(consumer, req, start, end, tx, never).await
+        })
+    }
+
     /// Produces samples `start..` of `req` as tar chunks into `tx` (see [`stream::produce`]).
     pub async fn stream(
         &self,

@@ -227,14 +227,11 @@ mod tests {
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![3, 7]);
     }
 
-    /// A method using generator-side data: positive k moves the anchor along the asset
-    /// `walk` by a step drawn from its own stream, in w.
-    struct Walk;
+    /// A method using generator-side data: positive k is the anchor plus the asset `shift`
+    /// scaled by k's own N(0, 1) draw.
+    struct Shift;
 
-    impl ViewMethod for Walk {
-        fn space(&self) -> Space {
-            Space::W
-        }
+    impl ViewMethod for Shift {
         fn positive(
             &self,
             cx: &ViewContext,
@@ -242,11 +239,11 @@ mod tests {
             a: &[f32],
             r: &mut SampleRng,
         ) -> View {
-            let (_, dir) = cx.assets.get("walk").expect("the generator ships a walk");
-            let alpha = r.uniform() as f32;
+            let (_, shift) = cx.assets.get("shift").expect("the generator ships a shift");
+            let s = r.normal() as f32;
             View {
-                z: a.to_vec(),
-                offset: Some(dir.iter().map(|d| alpha * d).collect()),
+                z: a.iter().zip(shift).map(|(z, d)| z + s * d).collect(),
+                offset: None,
             }
         }
     }
@@ -254,21 +251,19 @@ mod tests {
     #[test]
     fn a_method_reads_the_generators_assets_and_keeps_the_streams() {
         let mut assets = Assets::default();
-        assets.insert("walk", vec![4], vec![1.0, 0.0, -1.0, 2.0]);
+        assets.insert("shift", vec![4], vec![1.0, 0.0, -1.0, 2.0]);
         let cx = ViewContext::new(4, &assets);
         let s = settings(Method::Gaussian, 2);
-        let l = sample_with(&Walk, &s, &cx, 9, 4);
+        let l = sample_with(&Shift, &s, &cx, 9, 4);
         // Same anchor and class as every other method: the streams are the sampler's.
         let g = sample(&s, &cx, 9, 4);
         assert_eq!((&l.z_anchor, l.class), (&g.z_anchor, g.class));
-        assert_eq!(l.space, Space::W);
-        let offs = l.offsets.as_ref().unwrap();
-        assert_eq!(offs.len(), 2);
-        for o in offs {
-            let alpha = o[0];
-            assert_eq!(o, &vec![alpha, 0.0, -alpha, 2.0 * alpha]);
+        assert_eq!((l.space, l.offsets.as_ref()), (Space::Z, None));
+        let steps: Vec<f32> = l.z_pos.iter().map(|p| p[0] - l.z_anchor[0]).collect();
+        for (p, s) in l.z_pos.iter().zip(&steps) {
+            assert_eq!(p[1], l.z_anchor[1]);
+            assert!((p[3] - l.z_anchor[3] - 2.0 * s).abs() < 1e-5);
         }
-        assert_ne!(offs[0], offs[1]);
-        assert!(g.offsets.is_none());
+        assert_ne!(steps[0], steps[1]);
     }
 }
