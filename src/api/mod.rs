@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 mod generate;
 mod inspect;
+pub mod keys;
 mod meta;
 mod openapi;
 pub mod params;
