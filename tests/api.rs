@@ -89,10 +89,11 @@ async fn bad_parameters_get_json_errors_naming_the_parameter() {
             422,
             "truncation",
         ),
+        // Another family's input: named as such, not as an unknown word.
         (
             "/v1/shards/train-000000.tar?gen_truncation=2",
             422,
-            "gen_truncation",
+            "mnist-cdcgan (cdcgan) has no such input",
         ),
         ("/v1/shards/train-000000.tar?sigma=1&sigma=2", 422, "sigma"),
         (

@@ -29,6 +29,12 @@ impl Query {
         let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or("").as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
+        if let Some(e) = pairs
+            .iter()
+            .find_map(|(k, _)| params::foreign_knob(spec, k))
+        {
+            return Err(e.into());
+        }
         let map = params::canonical(
             pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             &allowed,

@@ -148,6 +148,23 @@ pub fn table(spec: &GeneratorSpec) -> Vec<(Group, &'static Param)> {
         .collect()
 }
 
+/// The error for `name` when it is another family's input that `spec` lacks (so the message
+/// says so instead of calling it unknown).
+pub fn foreign_knob(spec: &GeneratorSpec, name: &str) -> Option<ParamError> {
+    let foreign = spec.knob(name).is_none()
+        && crate::generator::registry::Architecture::all_knobs()
+            .iter()
+            .any(|p| p.answers_to(name));
+    foreign.then(|| {
+        ParamError(format!(
+            "parameter `{name}`: {} ({}) has no such input (its inputs: {})",
+            spec.name,
+            spec.architecture,
+            knob_names(spec)
+        ))
+    })
+}
+
 /// A parameter of the table (not a generator's) by name.
 pub fn param(name: &str) -> &'static Param {
     &PARAMS
@@ -255,20 +272,10 @@ impl SampleRequest {
         spec: &GeneratorSpec,
         limits: &Limits,
     ) -> Result<Self, ParamError> {
-        let known: Vec<&'static Param> = table(spec).into_iter().map(|(_, p)| p).collect();
-        if let Some(k) = pairs.keys().find(|k| {
-            !known.iter().any(|p| p.answers_to(k))
-                && crate::generator::registry::Architecture::all_knobs()
-                    .iter()
-                    .any(|p| p.answers_to(k))
-        }) {
-            return Err(ParamError(format!(
-                "parameter `{k}`: {} ({}) has no such input (its inputs: {})",
-                spec.name,
-                spec.architecture,
-                knob_names(spec)
-            )));
+        if let Some(e) = pairs.keys().find_map(|k| foreign_knob(spec, k)) {
+            return Err(e);
         }
+        let known: Vec<&'static Param> = table(spec).into_iter().map(|(_, p)| p).collect();
         let pairs = canonical(
             pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             &known,
