@@ -4,7 +4,7 @@
 //! from each row's own stream, whatever batch it ran in.
 
 use candle_core::{DType, Device, Tensor};
-use genrep::engine::{Consumer, EngineConfig};
+use genrep::engine::{Consumer, EngineConfig, Health};
 use genrep::generator::{
     Assets, Batch, ClassInput, Generator, GeneratorSpec, Knobs, LatentSpace, ModelInfo, NoiseKey,
     Space, Stepped,
@@ -229,7 +229,11 @@ async fn stepped_jobs_join_between_steps_and_keep_their_own_noise() {
         log: log.clone(),
     };
     let e = genrep::engine::Engine::start(Box::new(g), config(8), Default::default());
+    // The warm-up runs every step of a full batch (30 steps of 3 ms at least): warming up, then
+    // ready, one state on one channel.
+    assert_eq!(e.health(), Health::WarmingUp);
     e.wait_ready().await.unwrap();
+    assert_eq!(e.health(), Health::Ready);
     log.lock().unwrap().clear();
     let c = Consumer::new("t", "t", 1);
     let job =
