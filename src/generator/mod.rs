@@ -14,6 +14,7 @@ mod cdcgan;
 pub mod inputs;
 pub mod registry;
 mod spec;
+mod stylegan2;
 mod weights;
 
 pub use batch::{Assets, Batch, ClassInput, Latents, NoiseKey};
@@ -21,6 +22,7 @@ pub use biggan::{BigGanConfig, BigGanDeep};
 pub use cdcgan::{CdcGan, CdcGanConfig};
 pub use registry::{load_model_dir, load_model_parts, random_biggan};
 pub use spec::{knob_names, GeneratorSpec, Knobs, LatentSpace, Space};
+pub use stylegan2::{MappingConfig, NoiseMode, StyleGan2, StyleGan2Config, SynthesisConfig};
 
 use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;
@@ -135,11 +137,16 @@ pub trait Generator: Send {
         Ok(match &b.latents.offset {
             None => x,
             Some(o) => {
-                let d = x.dim(1)?;
+                // `[B, D]`, or `[B, rows, D]` for a space with one row per layer (StyleGAN's
+                // w+): the offset moves every row alike.
+                let d = *x.dims().last().expect("latents have a row dimension");
                 let o = Tensor::from_slice(o, (n, d), &Device::Cpu)?
                     .to_device(self.device())?
                     .to_dtype(x.dtype())?;
-                (x + o)?
+                match x.rank() {
+                    3 => x.broadcast_add(&o.unsqueeze(1)?)?,
+                    _ => (x + o)?,
+                }
             }
         })
     }

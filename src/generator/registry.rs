@@ -7,7 +7,10 @@
 //! one model's worth of memory, not two.
 
 use super::weights::Weights;
-use super::{BigGanConfig, BigGanDeep, CdcGan, CdcGanConfig, Generator, GeneratorError, Result};
+use super::{
+    BigGanConfig, BigGanDeep, CdcGan, CdcGanConfig, Generator, GeneratorError, Result, StyleGan2,
+    StyleGan2Config,
+};
 use crate::params::decl::Param;
 use candle_core::{DType, Device};
 use std::path::Path;
@@ -20,15 +23,22 @@ pub enum Architecture {
     BigganDeep,
     /// The small class-conditional DCGAN of the embedded model.
     Cdcgan,
+    /// StyleGAN2 (NVlabs stylegan2-ada-pytorch layout; rosinality checkpoints are converted to it).
+    Stylegan2,
 }
 
 impl Architecture {
-    pub const ALL: [Architecture; 2] = [Architecture::BigganDeep, Architecture::Cdcgan];
+    pub const ALL: [Architecture; 3] = [
+        Architecture::BigganDeep,
+        Architecture::Cdcgan,
+        Architecture::Stylegan2,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Architecture::BigganDeep => "biggan-deep",
             Architecture::Cdcgan => "cdcgan",
+            Architecture::Stylegan2 => "stylegan2",
         }
     }
 
@@ -37,6 +47,7 @@ impl Architecture {
         match self {
             Architecture::BigganDeep => super::biggan::KNOBS,
             Architecture::Cdcgan => &[],
+            Architecture::Stylegan2 => super::stylegan2::family_knobs(),
         }
     }
 
@@ -64,6 +75,7 @@ impl Architecture {
 pub enum ModelConfig {
     BigganDeep(BigGanConfig),
     Cdcgan(CdcGanConfig),
+    Stylegan2(StyleGan2Config),
 }
 
 impl ModelConfig {
@@ -105,6 +117,9 @@ impl ModelConfig {
             Architecture::Cdcgan => {
                 ModelConfig::Cdcgan(checked(&value, path, CdcGanConfig::validate)?)
             }
+            Architecture::Stylegan2 => {
+                ModelConfig::Stylegan2(checked(&value, path, StyleGan2Config::validate)?)
+            }
         })
     }
 
@@ -112,6 +127,7 @@ impl ModelConfig {
         match self {
             ModelConfig::BigganDeep(_) => Architecture::BigganDeep,
             ModelConfig::Cdcgan(_) => Architecture::Cdcgan,
+            ModelConfig::Stylegan2(_) => Architecture::Stylegan2,
         }
     }
 
@@ -125,6 +141,10 @@ impl ModelConfig {
             ModelConfig::Cdcgan(cfg) => {
                 let name = cfg.name.clone().unwrap_or_else(|| default_name.into());
                 Box::new(CdcGan::new(cfg, name, w)?)
+            }
+            ModelConfig::Stylegan2(cfg) => {
+                let name = cfg.name.clone().unwrap_or_else(|| default_name.into());
+                Box::new(StyleGan2::new(cfg, name, w)?)
             }
         })
     }
@@ -208,7 +228,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("\"stylegan9\"") && e.contains("known: biggan-deep, cdcgan"),
+            e.contains("\"stylegan9\"") && e.contains("known: biggan-deep, cdcgan, stylegan2"),
             "{e}"
         );
         let e = ModelConfig::parse(r#"{"z_dim": 4}"#, Path::new("c.json"))
@@ -238,6 +258,6 @@ mod tests {
     #[test]
     fn export_flags_cover_every_family_knob_once() {
         let names: Vec<_> = Architecture::all_knobs().iter().map(|k| k.name).collect();
-        assert_eq!(names, ["gen_truncation"]);
+        assert_eq!(names, ["gen_truncation", "truncation_cutoff", "noise_mode"]);
     }
 }
