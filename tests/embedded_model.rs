@@ -86,6 +86,7 @@ fn settings(sigma: f32, classes: Vec<u32>) -> SamplerSettings {
         views: 1,
         anchor_bound: 2.0,
         classes,
+        space: genrep::generator::Space::Z,
     }
 }
 

@@ -119,3 +119,65 @@ fn bad_inputs_are_errors() {
         .to_string();
     assert!(e.contains("z[3]"), "{e}");
 }
+
+fn copy_stylegan2() -> tempfile::TempDir {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stylegan2/sg2-32-uncond");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+/// A StyleGAN2 directory whose config lies or whose weights lack a tensor fails at load,
+/// naming the field or the tensor (never a panic, never a huge allocation).
+#[test]
+fn stylegan2_configs_that_lie_are_named() {
+    let cases: &[(&str, serde_json::Value, &str)] = &[
+        ("img_resolution", serde_json::json!(4096), "img_resolution"),
+        ("img_resolution", serde_json::json!(48), "power of two"),
+        ("img_resolution", serde_json::json!(64), "synthesis.b64"),
+        ("w_dim", serde_json::json!(33), "has shape"),
+        ("z_dim", serde_json::json!(0), "z_dim"),
+        ("img_channels", serde_json::json!(4), "img_channels"),
+        ("noise_mode", serde_json::json!("loud"), "noise_mode"),
+        (
+            "mapping_kwargs",
+            serde_json::json!({"num_layers": 1000}),
+            "num_layers",
+        ),
+        (
+            "synthesis_kwargs",
+            serde_json::json!({"channel_base": 2048, "channel_max": 64, "architecture": "resnet"}),
+            "only `skip`",
+        ),
+        (
+            "synthesis_kwargs",
+            serde_json::json!({"channel_base": 2048, "channel_max": 32}),
+            "has shape",
+        ),
+    ];
+    for (key, value, needle) in cases {
+        let d = copy_stylegan2();
+        let p = d.path().join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        cfg[*key] = value.clone();
+        std::fs::write(&p, cfg.to_string()).unwrap();
+        let e = load_err(d.path());
+        assert!(e.contains(needle), "{key}={value}: {e}");
+    }
+    let d = copy_stylegan2();
+    let p = d.path().join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+    let kept: std::collections::HashMap<_, _> = tensors
+        .into_iter()
+        .filter(|(k, _)| k != "synthesis.b16.conv0.affine.weight")
+        .collect();
+    candle_core::safetensors::save(&kept, &p).unwrap();
+    match load_model_dir(d.path(), &Device::Cpu, DType::F32) {
+        Err(GeneratorError::MissingTensor(n)) => assert_eq!(n, "synthesis.b16.conv0.affine.weight"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("should fail"),
+    }
+}

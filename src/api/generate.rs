@@ -5,7 +5,7 @@ use super::auth::ConsumerPolicy;
 use super::error::{ApiError, ErrorType};
 use super::AppState;
 use crate::generator::inputs::{check_latents, class_input, ClassArg};
-use crate::generator::{GeneratorSpec, Knobs};
+use crate::generator::{ClassInput, GeneratorSpec, Knobs, Space};
 use crate::params::decl::{Kind, Value};
 use crate::pipeline::{ExplicitInput, GenerateFormat};
 use axum::body::Body;
@@ -20,7 +20,12 @@ use std::sync::Arc;
 #[derive(Debug, Deserialize)]
 struct GenerateBody {
     /// Latents, one row per image.
-    z: Vec<Vec<f32>>,
+    #[serde(default)]
+    z: Option<Vec<Vec<f32>>>,
+    /// Or w rows (generators with a w space), one per image, used for every layer as given
+    /// (ψ is not applied: it belongs to the mapping).
+    #[serde(default)]
+    w: Option<Vec<Vec<f32>>>,
     /// Class id per row (conditional generators).
     #[serde(default)]
     classes: Option<Vec<i64>>,
@@ -39,7 +44,7 @@ struct GenerateBody {
 }
 
 /// The fields every generate request may carry, for messages.
-const FIELDS: &str = "z, classes, class_vectors, format, noise_seed";
+const FIELDS: &str = "z or w, classes, class_vectors, format, noise_seed";
 
 /// The generator inputs of a body: each named by the spec (or by an old name), of its type and
 /// in its range; anything else is an unknown field.
@@ -201,25 +206,54 @@ pub(super) async fn generate(
     };
     let spec = st.pipeline.spec().clone();
     let knobs = knobs_of(&spec, b.rest)?;
-    let (n, d) = (b.z.len(), spec.latent_dim);
+    let (space, given) = match (b.z, b.w) {
+        (Some(z), None) => (Space::Z, z),
+        (None, Some(w)) => (Space::W, w),
+        (Some(_), Some(_)) => return Err(ApiError::invalid("give `z` or `w`, not both")),
+        (None, None) => return Err(ApiError::invalid("give latents: `z` (or `w`)")),
+    };
+    if space == Space::W && (b.classes.is_some() || b.class_vectors.is_some()) {
+        return Err(ApiError::invalid(
+            "classes go through the mapping network: give them with `z`; `w` rows already hold them",
+        ));
+    }
+    let name = if space == Space::Z { "z" } else { "w" };
+    let d = spec.dim(space).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "`w`: {} has no w space (its spaces: z); give `z`",
+            spec.name
+        ))
+    })?;
+    let n = given.len();
     if n == 0 || n > st.limits.max_generate_latents {
         return Err(ApiError::invalid(format!(
-            "`z` has {n} latents, allowed 1..={} (max_generate_latents)",
+            "`{name}` has {n} latents, allowed 1..={} (max_generate_latents)",
             st.limits.max_generate_latents
         )));
     }
     let mut rows = Vec::with_capacity(n * d);
-    for (i, z) in b.z.iter().enumerate() {
+    for (i, z) in given.iter().enumerate() {
         if z.len() != d {
+            let dim = if space == Space::Z {
+                "latent_dim"
+            } else {
+                "w_dim"
+            };
             return Err(ApiError::invalid(format!(
-                "`z[{i}]` has length {}, expected latent_dim {d}",
-                z.len()
+                "`{name}[{i}]` has length {}, expected {dim} {d} ({})",
+                z.len(),
+                spec.name
             )));
         }
         rows.extend_from_slice(z);
     }
-    check_latents(&spec, n, d, &rows, "`z`").map_err(ApiError::invalid)?;
+    if space == Space::Z {
+        check_latents(&spec, n, d, &rows, "`z`").map_err(ApiError::invalid)?;
+    } else if rows.iter().any(|v| !v.is_finite()) {
+        return Err(ApiError::invalid("`w` contains a non-finite value"));
+    }
     let arg = match (b.classes, b.class_vectors) {
+        _ if space == Space::W => ClassArg::Absent,
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 "give `classes` or `class_vectors`, not both",
@@ -237,8 +271,11 @@ pub(super) async fn generate(
         },
         (None, None) => ClassArg::Absent,
     };
-    let classes =
-        class_input(&spec, n, arg, "`classes`", "`class_vectors`").map_err(ApiError::invalid)?;
+    let classes = if space == Space::W {
+        ClassInput::None
+    } else {
+        class_input(&spec, n, arg, "`classes`", "`class_vectors`").map_err(ApiError::invalid)?
+    };
     let name = b.format.as_deref().unwrap_or("png");
     let format = GenerateFormat::parse(name).ok_or_else(|| {
         ApiError::invalid(format!(
@@ -248,7 +285,8 @@ pub(super) async fn generate(
     })?;
     st.check_ready()?;
     let input = ExplicitInput {
-        z: rows,
+        space,
+        rows,
         classes,
         knobs,
         noise_seed: b.noise_seed.unwrap_or(0),

@@ -64,7 +64,13 @@ impl AppState {
         let engine = pipeline.engine();
         let spec = engine.spec();
         // 32 bytes per JSON number (`-0.12345678901234567, ` is 22) plus room for the rest.
-        let per_row = (spec.latent_dim + spec.num_classes) * 32 + 64;
+        let widest = spec
+            .spaces
+            .iter()
+            .map(|s| s.dim)
+            .max()
+            .unwrap_or(spec.latent_dim);
+        let per_row = (widest + spec.num_classes) * 32 + 64;
         Self {
             stream_permits: Arc::new(Semaphore::new(limits.max_concurrent_streams)),
             generate_body_limit: limits.max_generate_latents * per_row + (64 << 10),

@@ -92,7 +92,8 @@ impl NoiseKey {
 /// Typed latents of a batch of images, as the engine hands them to a generator: input latents
 /// z (`[n, latent_dim]`, row-major) and the space where synthesis starts. For `space = z` the
 /// rows are the final latents; for another space, the generator maps z there and adds `offset`
-/// (`[n, dim(space)]`, the view's displacement in that space).
+/// (`[n, dim(space)]`, the view's displacement in that space). Latents given directly in
+/// another space (explicit w rows) have no z: see [`Latents::given`].
 #[derive(Debug, Clone)]
 pub struct Latents {
     pub space: Space,
@@ -107,6 +108,22 @@ pub struct Batch {
     pub classes: ClassInput,
     pub knobs: Knobs,
     pub noise: Vec<NoiseKey>,
+}
+
+impl Latents {
+    /// Rows given directly in `space` (`[n, dim(space)]`): nothing to map.
+    pub fn given(space: Space, rows: Vec<f32>) -> Self {
+        Self {
+            space,
+            z: Vec::new(),
+            offset: Some(rows),
+        }
+    }
+
+    /// Whether these are rows given in their space (no z to map).
+    pub fn is_given(&self) -> bool {
+        self.z.is_empty() && self.space != Space::Z
+    }
 }
 
 impl Batch {
@@ -142,7 +159,11 @@ impl Batch {
 
     /// Rows `[start, end)`, for passes capped at the device's batch size.
     pub fn rows(&self, spec: &GeneratorSpec, start: usize, end: usize) -> Batch {
-        let d = spec.latent_dim;
+        let d = if self.latents.is_given() {
+            0
+        } else {
+            spec.latent_dim
+        };
         let od = spec.dim(self.latents.space).unwrap_or(0);
         Batch {
             latents: Latents {
@@ -164,6 +185,7 @@ impl Batch {
     pub fn compatible(&self, other: &Batch) -> bool {
         self.latents.space == other.latents.space
             && self.latents.offset.is_some() == other.latents.offset.is_some()
+            && self.latents.is_given() == other.latents.is_given()
             && self.classes.same_encoding(&other.classes)
             && self.knobs == other.knobs
     }

@@ -127,6 +127,19 @@ pub trait Generator: Send {
     fn latents(&self, b: &Batch) -> Result<Tensor> {
         let spec = self.spec();
         let n = b.len();
+        if b.latents.is_given() {
+            let d = spec.dim(b.latents.space).ok_or_else(|| {
+                GeneratorError::Input(format!(
+                    "{} has no {} space",
+                    spec.name,
+                    b.latents.space.as_str()
+                ))
+            })?;
+            let rows = b.latents.offset.as_deref().unwrap_or(&[]);
+            return Ok(Tensor::from_slice(rows, (n, d), &Device::Cpu)?
+                .to_device(self.device())?
+                .to_dtype(self.dtype())?);
+        }
         let z = Tensor::from_slice(&b.latents.z, (n, spec.latent_dim), &Device::Cpu)?
             .to_device(self.device())?
             .to_dtype(self.dtype())?;

@@ -851,9 +851,16 @@ impl Generator for StyleGan2 {
         knobs: &Knobs,
         noise: &[NoiseKey],
     ) -> Result<Tensor> {
-        let ws = match space {
-            Space::Z => self.ws(x, classes, knobs)?,
-            Space::W => x.clone(),
+        let ws = match (space, x.rank()) {
+            (Space::Z, _) => self.ws(x, classes, knobs)?,
+            // w rows given directly: one row for every layer, as the mapping broadcasts it.
+            (Space::W, 2) => {
+                let (b, d) = x.dims2()?;
+                x.unsqueeze(1)?
+                    .broadcast_as((b, self.cfg.num_ws(), d))?
+                    .contiguous()?
+            }
+            (Space::W, _) => x.clone(),
         };
         self.synthesis(&ws, knobs, noise)
     }

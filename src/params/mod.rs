@@ -100,6 +100,12 @@ pub const PARAMS: &[(Group, Param)] = &[
         doc: "Anchor bound t: z ~ N(0, I) truncated to [-t, t] (`truncation` is its old name; the json member keeps it).",
     }),
     (Group::Sampling, Param {
+        name: "space",
+        aliases: &[],
+        kind: Kind::Choice { default: "z", values: &["z", "w"] },
+        doc: "Where positives are made: z (every generator) or w (StyleGAN2: the anchor's w after the mapping network and psi, plus the offset).",
+    }),
+    (Group::Sampling, Param {
         name: "classes",
         aliases: &[],
         kind: Kind::Classes,
@@ -245,6 +251,19 @@ impl SampleRequest {
                 parse_classes(s, n).map_err(|e| ParamError(format!("parameter `classes`: {e}")))?
             }
         };
+        let space = match p("space").choice(get("space"))? {
+            "w" => crate::generator::Space::W,
+            _ => crate::generator::Space::Z,
+        };
+        if spec.dim(space).is_none() {
+            let have: Vec<&str> = spec.spaces.iter().map(|s| s.space.as_str()).collect();
+            return Err(ParamError(format!(
+                "parameter `space`: {} has no {} space (its spaces: {})",
+                spec.name,
+                space.as_str(),
+                have.join(", ")
+            )));
+        }
         let mut knobs = Knobs::default();
         for k in spec.knobs {
             knobs = knobs.with(k.name, k.value(get(k.name), limits)?);
@@ -257,6 +276,7 @@ impl SampleRequest {
                 views: p("views").int(get("views"), limits)? as u32,
                 anchor_bound: p("anchor_bound").float(get("anchor_bound"))? as f32,
                 classes,
+                space,
             },
             knobs,
             seed: p("seed").int(get("seed"), limits)?,
@@ -315,6 +335,8 @@ impl SampleRequest {
             weights_sha256: spec.weights_sha256.clone(),
             z_anchor: l.z_anchor.clone(),
             z_pos: l.z_pos.clone(),
+            space: (l.space != crate::generator::Space::Z).then(|| l.space.as_str().to_string()),
+            offsets: l.offsets.clone(),
         }
     }
 }

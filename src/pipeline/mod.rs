@@ -28,8 +28,10 @@ pub type Images = Arc<Vec<f32>>;
 /// generator (see [`crate::generator::inputs`]).
 #[derive(Debug, Clone)]
 pub struct ExplicitInput {
-    /// `[n, latent_dim]` row-major.
-    pub z: Vec<f32>,
+    /// The space of `rows`: z, or w rows given directly.
+    pub space: crate::generator::Space,
+    /// `[n, dim(space)]` row-major.
+    pub rows: Vec<f32>,
     pub classes: ClassInput,
     pub knobs: Knobs,
     /// Seed of the generator-internal noise (namespace `generate`, row = index).
@@ -95,7 +97,7 @@ impl Pipeline {
 
     /// What view methods may use.
     pub fn view_context(&self) -> ViewContext<'_> {
-        ViewContext::new(self.spec().latent_dim, &self.assets)
+        ViewContext::new(self.spec().latent_dim, &self.assets).with_spaces(&self.spec().spaces)
     }
 
     /// The latents of sample `index`.
@@ -145,13 +147,13 @@ impl Pipeline {
 
     /// The job of explicit latents.
     pub fn explicit_job(&self, input: ExplicitInput) -> Batch {
-        Batch::from_z(
-            input.z,
-            self.spec().latent_dim,
-            input.classes,
-            input.knobs,
-            input.noise_seed,
-        )
+        let spec = self.spec();
+        let d = spec.dim(input.space).unwrap_or(spec.latent_dim);
+        let mut b = Batch::from_z(input.rows, d, input.classes, input.knobs, input.noise_seed);
+        if input.space != crate::generator::Space::Z {
+            b.latents = Latents::given(input.space, std::mem::take(&mut b.latents.z));
+        }
+        b
     }
 
     /// Runs blocking work (encoding, JSON parsing) off the async threads on the encode pool.
@@ -226,7 +228,7 @@ impl Pipeline {
         input: ExplicitInput,
         format: GenerateFormat,
     ) -> Result<Bytes, EngineError> {
-        let n = input.z.len() / self.spec().latent_dim;
+        let n = input.rows.len() / self.spec().dim(input.space).unwrap_or(1).max(1);
         let ids = match &input.classes {
             ClassInput::Ids(v) => Some(v.clone()),
             _ => None,

@@ -29,6 +29,8 @@ pub struct SamplerSettings {
     pub anchor_bound: f32,
     /// Allowed classes (sorted, unique); empty for unconditional generators.
     pub classes: Vec<u32>,
+    /// Where positives are made: z, or a space the generator's mapping stage reaches.
+    pub space: crate::generator::Space,
 }
 
 /// `dim` draws of N(0, 1) truncated to [-t, t] from `r`: the anchor law.

@@ -12,7 +12,7 @@
 //! - `independent`: a fresh anchor-law latent (same class);
 //! - `none`: the anchor itself.
 
-use crate::generator::{Assets, Space};
+use crate::generator::{Assets, LatentSpace, Space};
 use crate::sampler::rng::{positive_part, SampleRng};
 use crate::sampler::{draw_anchor, draw_class, SamplerSettings};
 pub use genrep_wire::Method;
@@ -24,11 +24,32 @@ pub struct ViewContext<'a> {
     pub latent_dim: usize,
     /// The generator's host-side data.
     pub assets: &'a Assets,
+    /// The generator's spaces past z and their sizes.
+    pub spaces: &'a [LatentSpace],
 }
 
 impl<'a> ViewContext<'a> {
+    /// A generator with only z.
     pub fn new(latent_dim: usize, assets: &'a Assets) -> Self {
-        Self { latent_dim, assets }
+        Self {
+            latent_dim,
+            assets,
+            spaces: &[],
+        }
+    }
+
+    /// With the generator's spaces (its spec's `spaces`).
+    pub fn with_spaces(mut self, spaces: &'a [LatentSpace]) -> Self {
+        self.spaces = spaces;
+        self
+    }
+
+    /// The size of latents in `space`.
+    pub fn dim(&self, space: Space) -> Option<usize> {
+        match space {
+            Space::Z => Some(self.latent_dim),
+            s => self.spaces.iter().find(|l| l.space == s).map(|l| l.dim),
+        }
     }
 }
 
@@ -61,6 +82,9 @@ pub trait ViewMethod: Send + Sync {
 
 /// `gaussian`.
 pub struct Gaussian;
+/// `gaussian` with `space=w`: the offset `σ·w` (the same law as in z, `w_dim` values) is added
+/// to the anchor's w after the mapping network and ψ, to every row alike.
+pub struct GaussianW;
 /// `independent`.
 pub struct Independent;
 /// `none`.
@@ -74,6 +98,33 @@ impl ViewMethod for Gaussian {
                 .map(|&z| (z as f64 + sigma * r.truncated_normal(2.0)) as f32)
                 .collect(),
             offset: None,
+        }
+    }
+}
+
+impl ViewMethod for GaussianW {
+    fn space(&self) -> Space {
+        Space::W
+    }
+
+    fn positive(
+        &self,
+        cx: &ViewContext,
+        s: &SamplerSettings,
+        a: &[f32],
+        r: &mut SampleRng,
+    ) -> View {
+        let sigma = s.sigma as f64;
+        let d = cx
+            .dim(Space::W)
+            .expect("space=w is checked against the generator");
+        View {
+            z: a.to_vec(),
+            offset: Some(
+                (0..d)
+                    .map(|_| (sigma * r.truncated_normal(2.0)) as f32)
+                    .collect(),
+            ),
         }
     }
 }
@@ -102,12 +153,14 @@ impl ViewMethod for AnchorOnly {
     }
 }
 
-/// The implementation of a wire method.
-pub fn builtin(m: Method) -> &'static dyn ViewMethod {
-    match m {
-        Method::Gaussian => &Gaussian,
-        Method::Independent => &Independent,
-        Method::None => &AnchorOnly,
+/// The implementation of a wire method in a space. Only `gaussian` differs in w: an
+/// independent positive is a fresh z either way, and `none` is the anchor.
+pub fn builtin(m: Method, space: Space) -> &'static dyn ViewMethod {
+    match (m, space) {
+        (Method::Gaussian, Space::W) => &GaussianW,
+        (Method::Gaussian, Space::Z) => &Gaussian,
+        (Method::Independent, _) => &Independent,
+        (Method::None, _) => &AnchorOnly,
     }
 }
 
@@ -134,7 +187,7 @@ impl SampleLatents {
 
 /// Draws sample `index` of stream `seed` with the settings' method.
 pub fn sample(s: &SamplerSettings, cx: &ViewContext, seed: u64, index: u64) -> SampleLatents {
-    sample_with(builtin(s.method), s, cx, seed, index)
+    sample_with(builtin(s.method, s.space), s, cx, seed, index)
 }
 
 /// Draws sample `index` of stream `seed` with `method`.
@@ -178,6 +231,7 @@ mod tests {
             views,
             anchor_bound: 2.0,
             classes: (0..10).collect(),
+            space: Space::Z,
         }
     }
 

@@ -123,6 +123,14 @@ pub struct SampleMeta {
     pub z_anchor: Vec<f32>,
     /// One latent per positive, `views` of them.
     pub z_pos: Vec<Vec<f32>>,
+    /// The space the positives were made in when it is not z (`w`: StyleGAN's, after the
+    /// mapping network and ψ); absent for z-space samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub space: Option<String>,
+    /// For positives made in another space: positive k's offset there (added to every row of
+    /// the anchor's w); its `z_pos[k]` is then the anchor's z.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsets: Option<Vec<Vec<f32>>>,
 }
 
 /// Tar key of a sample: its index, zero-padded, no dots.
