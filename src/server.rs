@@ -158,8 +158,8 @@ fn cors(origins: &[String]) -> anyhow::Result<tower_http::cors::CorsLayer> {
 /// `max_views` positives each, and a `max_generate_latents` generate) could not be allocated:
 /// with too little memory the process would abort on the first such request instead.
 pub fn check_memory(spec: &crate::generator::GeneratorSpec, limits: &Limits) -> anyhow::Result<()> {
-    let per_image = spec.channels * spec.resolution * spec.resolution;
-    let padded = spec.channels * (spec.resolution + 2) * (spec.resolution + 2);
+    let per_image = spec.image_len();
+    let padded = spec.channels * (spec.height + 2) * (spec.width + 2);
     let grid_images = limits.max_grid_rows.saturating_mul(limits.max_views + 1);
     // f32 images, their 8-bit copies, the canvas and its PNG (at most the canvas again).
     let grid = grid_images.saturating_mul(per_image * 5 + padded * 2);
@@ -171,8 +171,8 @@ pub fn check_memory(spec: &crate::generator::GeneratorSpec, limits: &Limits) -> 
                 "a full grid ({} rows of {} images at {}x{})",
                 limits.max_grid_rows,
                 limits.max_views + 1,
-                spec.resolution,
-                spec.resolution
+                spec.width,
+                spec.height
             ),
             grid,
             "--max-grid-rows or --max-views",

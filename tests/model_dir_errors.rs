@@ -142,6 +142,11 @@ fn stylegan2_configs_that_lie_are_named() {
         ("img_channels", serde_json::json!(4), "img_channels"),
         ("noise_mode", serde_json::json!("loud"), "noise_mode"),
         (
+            "crop",
+            serde_json::json!({"top": 20, "left": 0, "height": 16, "width": 32}),
+            "does not fit",
+        ),
+        (
             "mapping_kwargs",
             serde_json::json!({"num_layers": 1000}),
             "num_layers",

@@ -367,3 +367,92 @@ print("ok", n)
     let s = Server::start(&args);
     assert_eq!(first, fetch(&s));
 }
+
+/// A cropped model serves non-square images everywhere: info, shard members, sample PNGs,
+/// grids and generate arrays, each the window of the uncropped image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cropped_model_serves_non_square_images_everywhere() {
+    let src = model("sg2-32-uncond");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        src.join("model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["crop"] = serde_json::json!({"top": 8, "left": 0, "height": 16, "width": 32});
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let (cropped, full) = (app(dir.path(), 8).await, app(&src, 8).await);
+    let (_, body) = call(&cropped, Method::GET, "/v1/info", Body::empty()).await;
+    let g = &json(&body)["generator"];
+    assert_eq!(
+        (g["height"].as_u64(), g["width"].as_u64()),
+        (Some(16), Some(32))
+    );
+    // Shard members in npy: [3, 16, 32], rows 8..24 of the full image.
+    let q = "/v1/shards/train-000000.tar?views=1&shard_size=2&format=npy";
+    let member = |tar: &[u8], name: &str| {
+        let mut a = tar::Archive::new(tar);
+        let mut e = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().to_string_lossy().ends_with(name))
+            .unwrap();
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut v).unwrap();
+        genrep_wire::npy::NpyArray::parse(&v).unwrap()
+    };
+    let (_, c_tar) = call(&cropped, Method::GET, q, Body::empty()).await;
+    let (_, f_tar) = call(&full, Method::GET, q, Body::empty()).await;
+    let (c, f) = (member(&c_tar, "anchor.npy"), member(&f_tar, "anchor.npy"));
+    assert_eq!(c.shape, [3, 16, 32]);
+    let (cv, fv) = (c.to_f32().unwrap(), f.to_f32().unwrap());
+    for ch in 0..3 {
+        for y in 0..16 {
+            let got = &cv[(ch * 16 + y) * 32..(ch * 16 + y + 1) * 32];
+            let want = &fv[(ch * 32 + y + 8) * 32..(ch * 32 + y + 9) * 32];
+            assert_eq!(got, want, "channel {ch} row {y}");
+        }
+    }
+    // PNGs: a sample is its views side by side, a grid one row per sample.
+    let png_size = |b: &[u8]| {
+        let d = png::Decoder::new(std::io::Cursor::new(b.to_vec()));
+        let r = d.read_info().unwrap();
+        (r.info().width, r.info().height)
+    };
+    let (c, b) = call(
+        &cropped,
+        Method::GET,
+        "/v1/samples/3.png?views=1",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(c, StatusCode::OK);
+    let (w1, h1) = png_size(&b);
+    let (_, b) = call(
+        &cropped,
+        Method::GET,
+        "/v1/grid.png?rows=3&views=1",
+        Body::empty(),
+    )
+    .await;
+    let (w3, h3) = png_size(&b);
+    assert!(w1 > h1 && w1 >= 2 * 32 && h1 >= 16, "{w1}x{h1}");
+    assert_eq!(w3, w1);
+    assert!(h3 >= 3 * 16 && h3 < 3 * 32, "{w3}x{h3}");
+    let body = serde_json::json!({"z": [vec![0.2f32; 32]], "format": "npy"});
+    let (c, npy) = call(
+        &cropped,
+        Method::POST,
+        "/v1/generate",
+        Body::from(body.to_string()),
+    )
+    .await;
+    assert_eq!(c, StatusCode::OK);
+    assert_eq!(
+        genrep_wire::npy::NpyArray::parse(&npy).unwrap().shape,
+        [1, 3, 16, 32]
+    );
+}

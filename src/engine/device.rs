@@ -41,7 +41,7 @@ fn run_capped(
     let mut out = Vec::new();
     crate::generator::try_reserve(
         &mut out,
-        n * spec.channels * spec.resolution * spec.resolution,
+        n * spec.image_len(),
         &format!("the images of a {n}-image job"),
     )?;
     let mut start = 0;
@@ -172,8 +172,7 @@ fn answer(jobs: Vec<Job>, result: crate::generator::Result<Vec<f32>>, per: usize
 }
 
 fn image_len(g: &dyn Generator) -> usize {
-    let s = g.spec();
-    s.channels * s.resolution * s.resolution
+    g.spec().image_len()
 }
 
 /// One-pass generators: each batch runs whole.

@@ -8,8 +8,7 @@
 
 use super::weights::{conv, Conv, Linear, Weights};
 use super::{
-    ClassInput, Generator, GeneratorError, GeneratorSpec, Knobs, LatentSpace, ModelInfo, NoiseKey,
-    Result, Space,
+    ClassInput, Generator, GeneratorError, GeneratorSpec, Knobs, ModelInfo, NoiseKey, Result, Space,
 };
 use crate::params::decl::{Kind, Param};
 use candle_core::Module;
@@ -437,21 +436,16 @@ impl BigGanDeep {
         let bn_weight = w.vec("generator.bn.weight", &[ch])?;
         let bn_bias = w.vec("generator.bn.bias", &[ch])?;
         let to_rgb = conv(w, "generator.conv_to_rgb", ch, ch, 3, true)?.narrow_out(3)?;
-        let spec = GeneratorSpec {
+        let mut spec = GeneratorSpec::new(
             name,
-            architecture: "biggan-deep".into(),
-            latent_dim: cfg.z_dim,
-            spaces: vec![LatentSpace {
-                space: Space::Z,
-                dim: cfg.z_dim,
-            }],
-            num_classes: cfg.num_classes,
-            channels: 3,
-            resolution: cfg.resolution(),
-            knobs: KNOBS,
-            steps: None,
-            weights_sha256: w.sha256.clone(),
-        };
+            "biggan-deep",
+            cfg.z_dim,
+            cfg.num_classes,
+            3,
+            cfg.resolution(),
+        );
+        spec.knobs = KNOBS;
+        spec.weights_sha256 = w.sha256.clone();
         Ok(Self {
             info: ModelInfo {
                 spec,

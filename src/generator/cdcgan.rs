@@ -7,8 +7,7 @@
 
 use super::weights::{conv, Conv, Linear, Weights};
 use super::{
-    ClassInput, Generator, GeneratorError, GeneratorSpec, Knobs, LatentSpace, ModelInfo, NoiseKey,
-    Result, Space,
+    ClassInput, Generator, GeneratorError, GeneratorSpec, Knobs, ModelInfo, NoiseKey, Result, Space,
 };
 use candle_core::Module;
 use candle_core::{DType, Device, Tensor};
@@ -137,21 +136,15 @@ impl CdcGan {
     pub(crate) fn new(cfg: CdcGanConfig, name: String, w: &Weights) -> Result<Self> {
         let c = &cfg.channels;
         let s = cfg.base_size;
-        let spec = GeneratorSpec {
+        let mut spec = GeneratorSpec::new(
             name,
-            architecture: "cdcgan".into(),
-            latent_dim: cfg.z_dim,
-            spaces: vec![LatentSpace {
-                space: Space::Z,
-                dim: cfg.z_dim,
-            }],
-            num_classes: cfg.num_classes,
-            channels: cfg.out_channels,
-            resolution: 4 * s,
-            knobs: &[],
-            steps: None,
-            weights_sha256: w.sha256.clone(),
-        };
+            "cdcgan",
+            cfg.z_dim,
+            cfg.num_classes,
+            cfg.out_channels,
+            4 * s,
+        );
+        spec.weights_sha256 = w.sha256.clone();
         Ok(Self {
             embed: w.get("embed.weight", &[cfg.num_classes, cfg.embed_dim])?,
             linear: Linear::load(w, "linear", cfg.z_dim + cfg.embed_dim, c[0] * s * s, true)?,

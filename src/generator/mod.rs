@@ -22,7 +22,7 @@ pub use biggan::{BigGanConfig, BigGanDeep};
 pub use cdcgan::{CdcGan, CdcGanConfig};
 pub use registry::{load_model_dir, load_model_parts, random_biggan};
 pub use spec::{knob_names, GeneratorSpec, Knobs, LatentSpace, Space};
-pub use stylegan2::{MappingConfig, NoiseMode, StyleGan2, StyleGan2Config, SynthesisConfig};
+pub use stylegan2::{Crop, MappingConfig, NoiseMode, StyleGan2, StyleGan2Config, SynthesisConfig};
 
 use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;

@@ -45,8 +45,12 @@ pub struct GeneratorSpec {
     pub num_classes: usize,
     /// Output channels (1 = grayscale, 3 = RGB).
     pub channels: usize,
-    /// Output height = width in pixels.
+    /// The generator's native square size in pixels (what it synthesises).
     pub resolution: usize,
+    /// Served image height and width: the native size, or a crop of it (StyleGAN's LSUN-car
+    /// rows 64:448 → 512×384).
+    pub height: usize,
+    pub width: usize,
     /// The generator's own inputs (query parameters of every sampling endpoint, fields of
     /// `POST /v1/generate`), declared like the sampling table.
     #[serde(serialize_with = "serialize_knobs")]
@@ -91,10 +95,17 @@ impl GeneratorSpec {
             num_classes,
             channels,
             resolution,
+            height: resolution,
+            width: resolution,
             knobs: &[],
             steps: None,
             weights_sha256: String::new(),
         }
+    }
+
+    /// Floats in one served image (`C·H·W`).
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
     }
 
     /// The size of latents in `space`, if the generator has it.

@@ -142,6 +142,20 @@ pub struct StyleGan2Config {
     /// The noise mode served when a request names none.
     #[serde(default = "default_noise_mode")]
     pub noise_mode: NoiseMode,
+    /// A window of the synthesised square that is served (every image, grid and array): e.g.
+    /// GenRep's LSUN-car crop `{"top": 64, "left": 0, "height": 384, "width": 512}`.
+    #[serde(default)]
+    pub crop: Option<Crop>,
+}
+
+/// A window of the synthesised image.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Crop {
+    pub top: usize,
+    pub left: usize,
+    pub height: usize,
+    pub width: usize,
 }
 
 impl StyleGan2Config {
@@ -211,6 +225,14 @@ impl StyleGan2Config {
             if !(c > 0.0 && c.is_finite()) {
                 return Err(format!(
                     "synthesis_kwargs.conv_clamp = {c}: must be positive (or null)"
+                ));
+            }
+        }
+        if let Some(c) = self.crop {
+            let fits = |a: usize, b: usize| a.checked_add(b).is_some_and(|e| e <= r);
+            if c.height == 0 || c.width == 0 || !fits(c.top, c.height) || !fits(c.left, c.width) {
+                return Err(format!(
+                    "crop {c:?} does not fit inside the {r}x{r} image (and must not be empty)"
                 ));
             }
         }
@@ -722,6 +744,9 @@ impl StyleGan2 {
             dim: cfg.w_dim,
         });
         spec.knobs = knobs(cfg.noise_mode);
+        if let Some(c) = cfg.crop {
+            (spec.height, spec.width) = (c.height, c.width);
+        }
         spec.weights_sha256 = w.sha256.clone();
         Ok(Self {
             info: ModelInfo {
@@ -824,8 +849,14 @@ impl StyleGan2 {
             });
             x = Some(h);
         }
-        let img = img.expect("at least b4");
-        Ok(img.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
+        let mut img = img.expect("at least b4");
+        if let Some(c) = self.cfg.crop {
+            img = img.narrow(2, c.top, c.height)?.narrow(3, c.left, c.width)?;
+        }
+        Ok(img
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .contiguous()?)
     }
 }
 

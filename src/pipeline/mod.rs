@@ -236,9 +236,9 @@ impl Pipeline {
         let images = images(self.engine.try_submit(consumer, self.explicit_job(input))?).await?;
         let spec = self.spec().clone();
         self.blocking(move || {
-            let (c, r) = (spec.channels, spec.resolution);
+            let (c, h, w) = (spec.channels, spec.height, spec.width);
             Bytes::from(match format {
-                GenerateFormat::Npy => npy::write_f32(&[n, c, r, r], &images),
+                GenerateFormat::Npy => npy::write_f32(&[n, c, h, w], &images),
                 GenerateFormat::Tar => {
                     let mut out = Vec::new();
                     for (i, img) in image_rows(&spec, &images).into_iter().enumerate() {
@@ -320,9 +320,9 @@ async fn images(rx: oneshot::Receiver<JobOutput>) -> Result<Images, EngineError>
 
 /// One job's images as 8-bit images.
 fn image_rows(spec: &GeneratorSpec, images: &[f32]) -> Vec<Image8> {
-    let (c, r) = (spec.channels, spec.resolution);
+    let (c, h, w) = (spec.channels, spec.height, spec.width);
     images
-        .chunks_exact(c * r * r)
-        .map(|x| Image8::from_chw(x, c, r, r))
+        .chunks_exact(spec.image_len())
+        .map(|x| Image8::from_chw(x, c, h, w))
         .collect()
 }

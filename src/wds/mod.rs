@@ -184,13 +184,13 @@ pub fn encode_sample(
     l: &SampleLatents,
     images: &[f32],
 ) -> Bytes {
-    let (c, r) = (spec.channels, spec.resolution);
-    let per = c * r * r;
+    let (c, h, w) = (spec.channels, spec.height, spec.width);
+    let per = spec.image_len();
     let enc = |x: &[f32]| -> Bytes {
         match req.format {
-            ImageFormat::Png => Image8::from_chw(x, c, r, r).to_png().into(),
-            ImageFormat::Jpg => Image8::from_chw(x, c, r, r).to_jpeg(req.quality).into(),
-            ImageFormat::Npy => npy::write_f32(&[c, r, r], x).into(),
+            ImageFormat::Png => Image8::from_chw(x, c, h, w).to_png().into(),
+            ImageFormat::Jpg => Image8::from_chw(x, c, h, w).to_jpeg(req.quality).into(),
+            ImageFormat::Npy => npy::write_f32(&[c, h, w], x).into(),
         }
     };
     let mut members = Vec::with_capacity(l.z_pos.len() + 3);
