@@ -154,55 +154,81 @@ impl Mapping {
     }
 }
 
-/// The [1,3,3,1] FIR as a depthwise 4×4 kernel for `channels`, with gain 4 (NVlabs'
-/// `upfirdn2d(..., gain=4)`: `outer(f, f) / 64 · 4`).
-pub(super) fn fir_kernel(
-    channels: usize,
-    dev: &Device,
-    dtype: DType,
-) -> candle_core::Result<Tensor> {
-    let f = [1.0f32, 3.0, 3.0, 1.0];
-    let k: Vec<f32> = (0..channels)
-        .flat_map(|_| (0..16).map(move |i| f[i / 4] * f[i % 4] / 16.0))
-        .collect();
-    Tensor::from_vec(k, (channels, 1, 4, 4), dev)?.to_dtype(dtype)
-}
+/// The FIR [1,3,3,1] with the up-sampling gain 2 per axis (NVlabs' `gain=4` on the 2-D filter
+/// `outer(f, f) / 64`).
+const FIR: [f64; 4] = [0.25, 0.75, 0.75, 0.25];
 
-/// Pads `x` `[B, C, H, W]` with zeros: `before`/`after` on both spatial dims.
-pub(super) fn pad2(x: &Tensor, before: usize, after: usize) -> candle_core::Result<Tensor> {
-    x.pad_with_zeros(2, before, after)?
-        .pad_with_zeros(3, before, after)
-}
-
-/// `op(x, k)` in f32 on the CPU when the model computes in half precision there (candle's CPU
-/// convolutions have no f16/bf16 GEMM), in the model dtype elsewhere.
-pub(super) fn in_cpu_f32(
-    x: &Tensor,
-    k: &Tensor,
-    op: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
-) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() != DType::F32 {
-        op(&x.to_dtype(DType::F32)?, &k.to_dtype(DType::F32)?)?.to_dtype(x.dtype())
-    } else {
-        op(x, k)
+/// The up-sampling conv as four stride-1 3×3 convs, one per output phase, stacked as `4·O`
+/// output channels (phase-major: `(φy, φx, o)`).
+///
+/// NVlabs computes `FIR(pad₁(conv_transpose₂(x, W)))`. Along one axis the composition is
+/// `y[m] = Σᵢ x[i]·K[m − 2i]` with `K[d] = Σ_{k − q + 1 = d} W[k]·FIR[q]`, `d ∈ [−2, 3]`, so the
+/// output row `2a + φ` is the correlation of `x` (padding 1) with `G_φ[t] = K[2 − 2t + φ]`:
+/// the same sums with no zero-inserted input, no transposed conv and no separate filter pass,
+/// for the FLOPs of one 3×3 conv at the output size.
+pub(super) fn polyphase_up_kernel(w: &Tensor) -> candle_core::Result<Tensor> {
+    let (o, i, kh, kw) = w.dims4()?;
+    assert_eq!((kh, kw), (3, 3), "StyleGAN2's convs are 3×3");
+    let w: Vec<f64> = w.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    // K[d] for d = dk − 2 (dk ∈ 0..6), per axis: the taps (k, q) with k − q + 1 = d.
+    let taps = |d: i64| -> Vec<(usize, f64)> {
+        (0..3)
+            .filter_map(|k: i64| {
+                let q = k + 1 - d;
+                (0..4).contains(&q).then(|| (k as usize, FIR[q as usize]))
+            })
+            .collect()
+    };
+    let mut out = vec![0f64; 4 * o * i * 9];
+    for (py, px) in [(0usize, 0usize), (0, 1), (1, 0), (1, 1)] {
+        let phase = py * 2 + px;
+        for ty in 0..3 {
+            let dy = 2 - 2 * ty as i64 + py as i64;
+            for tx in 0..3 {
+                let dx = 2 - 2 * tx as i64 + px as i64;
+                for (ky, fy) in taps(dy) {
+                    for (kx, fx) in taps(dx) {
+                        for oo in 0..o {
+                            for ii in 0..i {
+                                let src = ((oo * i + ii) * 3 + ky) * 3 + kx;
+                                let dst = (((phase * o + oo) * i + ii) * 3 + ty) * 3 + tx;
+                                out[dst] += w[src] * fy * fx;
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
+    Tensor::from_vec(out, (4 * o, i, 3, 3), &Device::Cpu)?.to_dtype(DType::F32)
 }
 
-/// The FIR filter over a padded input: depthwise 4×4 correlation (the filter is symmetric).
-pub(super) fn fir(x: &Tensor, kernel: &Tensor) -> candle_core::Result<Tensor> {
-    let c = x.dim(1)?;
-    in_cpu_f32(x, kernel, |x, k| x.conv2d(k, 0, 1, 1, c))
+/// `[B, 4·O, H, W]` phases (phase-major) → `[B, O, 2H, 2W]`.
+pub(super) fn interleave_phases(y: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, c4, h, w) = y.dims4()?;
+    let o = c4 / 4;
+    y.reshape((b, 2, 2, o, h, w))?
+        .permute((0, 3, 4, 1, 5, 2))?
+        .reshape((b, o, 2 * h, 2 * w))
 }
 
-/// NVlabs' `upsample2d`: zero-insert ×2, pad [2, 1], FIR with gain 4.
-pub(super) fn upsample2d(x: &Tensor, kernel: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    let up = x
-        .reshape((b, c, h, 1, w, 1))?
-        .pad_with_zeros(3, 0, 1)?
-        .pad_with_zeros(5, 0, 1)?
-        .reshape((b, c, 2 * h, 2 * w))?;
-    fir(&pad2(&up, 2, 1)?, kernel)
+/// NVlabs' `upsample2d` (zero-insert ×2, pad [2, 1], the 4×4 FIR with gain 4) in its
+/// polyphase form, axis by axis: even outputs `(x[a−1] + 3·x[a]) / 4`, odd outputs
+/// `(3·x[a] + x[a+1]) / 4`, zeros past the edges.
+pub(super) fn upsample2d(x: &Tensor) -> candle_core::Result<Tensor> {
+    let up_axis = |x: &Tensor, dim: usize| -> candle_core::Result<Tensor> {
+        let n = x.dim(dim)?;
+        let prev = x.pad_with_zeros(dim, 1, 0)?.narrow(dim, 0, n)?;
+        let next = x.pad_with_zeros(dim, 0, 1)?.narrow(dim, 1, n)?;
+        let x3 = (x * 0.75)?;
+        let even = ((prev * 0.25)? + &x3)?;
+        let odd = (x3 + (next * 0.25)?)?;
+        // Interleave along `dim`: stack as a new axis right after it, then merge the two.
+        let mut shape = x.dims().to_vec();
+        shape[dim] *= 2;
+        Tensor::stack(&[&even, &odd], dim + 1)?.reshape(shape)
+    };
+    up_axis(&up_axis(x, 2)?, 3)
 }
 
 /// `styles = affine(w)`: a fully-connected layer, lr 1.
@@ -223,8 +249,8 @@ pub(super) struct SynthesisLayer {
     /// `Σ_{kh,kw} W²` transposed: `[I, O]`, so the demodulation coefficients of a batch are
     /// one matmul `rsqrt(s² · Wsq + 1e-8)`.
     wsq: Tensor,
-    /// `W` transposed in/out `[I, O, 3, 3]` for the up-sampling (transposed) conv.
-    weight_t: Option<Tensor>,
+    /// Up-sampling ×2: `conv` holds the four phase kernels ([`polyphase_up_kernel`]).
+    up: bool,
     bias: Tensor,
     noise_strength: f64,
     noise_const: Tensor,
@@ -232,7 +258,6 @@ pub(super) struct SynthesisLayer {
     /// Index of this layer among the noise inputs (the stream of per-sample noise).
     noise_stream: u32,
     clamp: Option<f64>,
-    fir: Option<Tensor>,
 }
 
 impl SynthesisLayer {
@@ -247,8 +272,13 @@ impl SynthesisLayer {
         noise_stream: u32,
         cfg: &StyleGan2Config,
     ) -> Result<Self> {
-        let weight = w.get(&format!("{p}.weight"), &[cout, cin, 3, 3])?;
         let host = w.host(&format!("{p}.weight"), &[cout, cin, 3, 3])?;
+        let kernel = if up {
+            polyphase_up_kernel(&host)?
+        } else {
+            host.clone()
+        };
+        let kernel = kernel.to_dtype(w.dtype())?.to_device(w.device())?;
         let wsq = host
             .sqr()?
             .sum((2, 3))?
@@ -259,12 +289,8 @@ impl SynthesisLayer {
         let strength = w.vec(&format!("{p}.noise_strength"), &[1])?;
         Ok(Self {
             affine: affine(w, p, cfg.w_dim, cin)?,
-            weight_t: if up {
-                Some(weight.transpose(0, 1)?.contiguous()?)
-            } else {
-                None
-            },
-            conv: Conv::new(weight, None, 1, 1),
+            up,
+            conv: Conv::new(kernel, None, 1, 1),
             wsq,
             bias: w.get(&format!("{p}.bias"), &[cout])?,
             noise_strength: strength[0] as f64,
@@ -272,11 +298,6 @@ impl SynthesisLayer {
             resolution,
             noise_stream,
             clamp: cfg.synthesis_kwargs.conv_clamp,
-            fir: if up {
-                Some(fir_kernel(cout, w.device(), w.dtype())?)
-            } else {
-                None
-            },
         })
     }
 
@@ -291,13 +312,8 @@ impl SynthesisLayer {
         let dt = x.dtype();
         let styles = self.affine.forward(w)?;
         let xs = x.broadcast_mul(&styles.to_dtype(dt)?.unsqueeze(2)?.unsqueeze(3)?)?;
-        let y = match (&self.weight_t, &self.fir) {
-            (Some(wt), Some(k)) => {
-                let t = in_cpu_f32(&xs, wt, |x, w| x.conv_transpose2d(w, 0, 0, 2, 1))?;
-                fir(&pad2(&t, 1, 1)?, k)?
-            }
-            _ => self.conv.forward(&xs)?,
-        };
+        let y = self.conv.forward(&xs)?;
+        let y = if self.up { interleave_phases(&y)? } else { y };
         let d = (styles.sqr()?.matmul(&self.wsq)? + 1e-8)?
             .sqrt()?
             .recip()?
@@ -371,8 +387,8 @@ pub(super) struct Block {
     pub(super) conv0: Option<SynthesisLayer>,
     pub(super) conv1: SynthesisLayer,
     pub(super) torgb: ToRgb,
-    /// The FIR of the image skip (blocks past b4).
-    pub(super) fir: Option<Tensor>,
+    /// Whether the image skip is up-sampled into this block (blocks past b4).
+    pub(super) upsample: bool,
     /// The first w row this block reads.
     pub(super) first_w: usize,
 }

@@ -22,7 +22,7 @@ use super::{
 use crate::params::decl::Value;
 use candle_core::{DType, Device, Tensor};
 use config::knobs;
-use layers::{fir_kernel, upsample2d, Block, Mapping, SynthesisLayer, ToRgb};
+use layers::{upsample2d, Block, Mapping, SynthesisLayer, ToRgb};
 
 /// StyleGAN2's generator.
 pub struct StyleGan2 {
@@ -51,7 +51,7 @@ impl StyleGan2 {
                     conv0: None,
                     conv1,
                     torgb: ToRgb::load(w, &format!("{p}.torgb"), cout, &cfg)?,
-                    fir: None,
+                    upsample: false,
                     first_w,
                 }
             } else {
@@ -82,7 +82,7 @@ impl StyleGan2 {
                     conv0: Some(conv0),
                     conv1,
                     torgb: ToRgb::load(w, &format!("{p}.torgb"), cout, &cfg)?,
-                    fir: Some(fir_kernel(cfg.img_channels, w.device(), w.dtype())?),
+                    upsample: true,
                     first_w,
                 }
             };
@@ -202,8 +202,8 @@ impl StyleGan2 {
             };
             let rgb_row = if blk.konst.is_some() { i + 1 } else { i + 2 };
             let y = blk.torgb.forward(&h, &row(rgb_row)?)?;
-            img = Some(match (img.take(), &blk.fir) {
-                (Some(prev), Some(k)) => (upsample2d(&prev, k)? + y)?,
+            img = Some(match img.take() {
+                Some(prev) if blk.upsample => (upsample2d(&prev)? + y)?,
                 _ => y,
             });
             x = Some(h);
