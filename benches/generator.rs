@@ -1,5 +1,6 @@
-//! Generator throughput on this machine: images/s of BigGAN-deep-128 (package config, random
-//! weights) at batch 1, 8 and 32, and of the embedded default generator.
+//! Generator throughput on this machine: images/s of StyleGAN2 (paper256 and config-f 512,
+//! random weights) at batch 1 and 8, of BigGAN-deep-128 (package config, random weights) at
+//! batch 1, 8 and 32, and of the embedded default generator.
 //!
 //!     cargo bench --bench generator [-- --quick]
 //!
@@ -12,13 +13,72 @@ mod support;
 
 use candle_core::{DType, Device};
 use genrep::check::throughput::images_per_s;
-use genrep::generator::{random_biggan, BigGanConfig, Generator};
+use genrep::generator::{
+    random_biggan, random_stylegan2, BigGanConfig, Generator, StyleGan2Config,
+};
 use std::time::Duration;
 use support::{torch_reference, value_before};
 
 /// Images/s at batch `b` (one warm-up pass, then passes for at least `min_time`).
 fn time_batch(g: &dyn Generator, b: usize, min_time: Duration) -> f64 {
     images_per_s(g, b, min_time).unwrap().images_per_s
+}
+
+/// StyleGAN2 at the paper256 and config-f 512 configurations (random weights), batch 1 and 8,
+/// next to `tools/bench_stylegan2_reference.py` (its own NVlabs implementation, checked against
+/// the reference fixtures before it times anything).
+fn stylegan2_rows(dev: &Device, quick: bool, threads: &str) {
+    let configs: Vec<(&str, StyleGan2Config)> = if quick {
+        vec![("paper256", StyleGan2Config::paper256())]
+    } else {
+        vec![
+            ("paper256", StyleGan2Config::paper256()),
+            ("f512", StyleGan2Config::config_f(512)),
+        ]
+    };
+    let names: Vec<&str> = configs.iter().map(|(n, _)| *n).collect();
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/stylegan2");
+    let torch = torch_reference(
+        "bench_stylegan2_reference.py",
+        &[
+            "--threads",
+            threads,
+            "--configs",
+            &names.join(","),
+            "--batches",
+            "1,8",
+            "--check",
+            fixtures,
+            "--min-time",
+            "2",
+        ],
+    );
+    if let Some(lines) = &torch {
+        if let Some(l) = lines.iter().find(|l| l.starts_with("reference check")) {
+            println!("{l}");
+        }
+    }
+    for (name, cfg) in configs {
+        let g = random_stylegan2(cfg, 0, dev, DType::F32).unwrap();
+        for b in [1usize, 8] {
+            // Passes take up to seconds here: time several, so one slow pass cannot decide it.
+            let ips = time_batch(&g, b, Duration::from_secs(2));
+            let mut line = format!(
+                "stylegan2-{name:<8} candle f32 batch {b:>2}: {ips:8.3} images/s  ({:.3} s/image)",
+                1.0 / ips
+            );
+            if let Some(lines) = &torch {
+                let pat = format!("stylegan2-{name} torch f32 batch {b:>2}:");
+                let t = lines
+                    .iter()
+                    .find(|l| l.starts_with(&pat))
+                    .and_then(|l| value_before(l, "images/s"))
+                    .expect("torch figure for this row");
+                line += &format!("   torch {t:8.3} images/s   candle/torch {:.2}x", ips / t);
+            }
+            println!("{line}");
+        }
+    }
 }
 
 fn main() {
@@ -32,6 +92,8 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     );
+    let threads = candle_core::utils::get_num_threads().to_string();
+    stylegan2_rows(&dev, quick, &threads);
     let g = random_biggan(BigGanConfig::deep(128).unwrap(), 0, &dev, DType::F32).unwrap();
     let batches: &[usize] = if quick { &[1, 8] } else { &[1, 8, 32] };
     let ours: Vec<f64> = batches
@@ -41,7 +103,6 @@ fn main() {
     drop(g);
     // The PyTorch side, same config, thread count and batch sizes, when GENREP_BENCH_PYTHON names a
     // Python with torch and pytorch-pretrained-biggan.
-    let threads = candle_core::utils::get_num_threads().to_string();
     let list = batches
         .iter()
         .map(|b| b.to_string())

@@ -266,3 +266,113 @@ impl CpuOp<2> for AddSkip {
         Ok([Some(grad.clone()), Some(dx)])
     }
 }
+
+/// StyleGAN2's modulated-conv epilogue in one pass: `clamp(lrelu(y·d + noise + bias, 0.2) ·
+/// gain, ±clamp)` with `d` the demodulation `[B, C]`, `noise` `[1 | B, H·W]` (already scaled by
+/// its strength; `None`: no noise) and `bias` `[C]`. Composed from candle ops it is nine passes,
+/// each allocating an activation-sized tensor; at 256 px they cost as much as the conv.
+pub fn modulated_epilogue(
+    y: &Tensor,
+    d: &Tensor,
+    noise: Option<&Tensor>,
+    bias: &Tensor,
+    gain: f64,
+    clamp: Option<f64>,
+) -> Result<Tensor> {
+    let (b, c, h, w) = y.dims4()?;
+    if d.dims() != [b, c] || bias.dims() != [c] {
+        candle_core::bail!(
+            "modulated_epilogue: demodulation {:?} / bias {:?}, expected [{b}, {c}] / [{c}]",
+            d.dims(),
+            bias.dims()
+        );
+    }
+    if let Some(n) = noise {
+        let (nb, nhw) = n.dims2()?;
+        if !(nb == 1 || nb == b) || nhw != h * w {
+            candle_core::bail!(
+                "modulated_epilogue: noise {:?}, expected [1 or {b}, {}]",
+                n.dims(),
+                h * w
+            );
+        }
+    }
+    let mut all = vec![y, d, bias];
+    all.extend(noise);
+    if !on_cpu_f32(&all) {
+        let mut x = y.broadcast_mul(&d.reshape((b, c, 1, 1))?)?;
+        if let Some(n) = noise {
+            x = x.broadcast_add(&n.reshape(((), 1, h, w))?)?;
+        }
+        let x = x.broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
+        let pos = x.relu()?;
+        let x = ((&pos + ((x - &pos)? * 0.2)?)? * gain)?;
+        return match clamp {
+            Some(m) => x.clamp(-m, m),
+            None => Ok(x),
+        };
+    }
+    let zeros;
+    let noise = match noise {
+        Some(n) => n.contiguous()?,
+        None => {
+            zeros = Tensor::zeros((1, h * w), DType::F32, y.device())?;
+            zeros.clone()
+        }
+    };
+    let op = Epilogue {
+        bias: bias.to_vec1::<f32>()?,
+        gain: gain as f32,
+        clamp: clamp.map(|m| m as f32),
+    };
+    y.contiguous()?
+        .apply_op3(&d.contiguous()?, &noise, Custom(op))
+}
+
+struct Epilogue {
+    bias: Vec<f32>,
+    gain: f32,
+    clamp: Option<f32>,
+}
+
+impl CpuOp<3> for Epilogue {
+    const NAME: &'static str = "genrep-modulated-epilogue";
+    const ARGS: [&'static str; 3] = [
+        "modulated_epilogue: activation",
+        "modulated_epilogue: demodulation",
+        "modulated_epilogue: noise",
+    ];
+
+    fn forward(&self, [ya, d, n]: [Arg; 3]) -> Result<(Vec<f32>, Shape)> {
+        let (y, d, noise) = (ya.data, d.data, n.data);
+        let (_, c, h, w) = ya.shape.dims4()?;
+        let hw = (h * w).max(1);
+        let per_sample_noise = noise.len() > hw;
+        let (gain, lo, hi) = match self.clamp {
+            Some(m) => (self.gain, -m, m),
+            None => (self.gain, f32::NEG_INFINITY, f32::INFINITY),
+        };
+        let out = crate::cpu::output_buffer(y.len(), |out| {
+            out.par_chunks_mut(hw)
+                .zip(y.par_chunks(hw))
+                .enumerate()
+                .for_each(|(i, (o, yi))| {
+                    let (s, ch) = (i / c, i % c);
+                    let (di, bi) = (d[i], self.bias[ch]);
+                    let nz = if per_sample_noise {
+                        &noise[s * hw..(s + 1) * hw]
+                    } else {
+                        &noise[..hw]
+                    };
+                    for ((o, &v), &z) in o.iter_mut().zip(yi).zip(nz) {
+                        let x = v * di + z + bi;
+                        let x = if x < 0.0 { 0.2 * x } else { x } * gain;
+                        o.write(x.clamp(lo, hi));
+                    }
+                });
+            // SAFETY: every chunk was written element by element above (equal lengths).
+            unsafe { crate::cpu::init_all(out) }
+        });
+        Ok((out, ya.shape.clone()))
+    }
+}

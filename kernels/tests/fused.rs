@@ -130,3 +130,49 @@ fn conv_bias_forward_and_gradient() {
         .to_string();
     assert!(e.contains("bias has shape [4]"), "{e}");
 }
+
+/// The fused StyleGAN2 epilogue equals the composed candle ops (with and without noise, per-
+/// sample and shared noise, with and without clamp).
+#[test]
+fn modulated_epilogue_matches_composed_ops() {
+    use candle_core::{DType, Device, Tensor};
+    let dev = Device::Cpu;
+    let (b, c, h, w) = (2, 3, 4, 5);
+    let y = Tensor::randn(0f32, 2.0, (b, c, h, w), &dev).unwrap();
+    let d = Tensor::randn(1f32, 0.3, (b, c), &dev).unwrap();
+    let bias = Tensor::randn(0f32, 0.5, c, &dev).unwrap();
+    for noise in [None, Some((1, 0.7f32)), Some((b, 0.3))] {
+        let n = noise.map(|(nb, s)| {
+            (Tensor::randn(0f32, 1.0, (nb, h * w), &dev).unwrap() * s as f64).unwrap()
+        });
+        for clamp in [None, Some(1.5)] {
+            let got =
+                genrep_kernels::fused::modulated_epilogue(&y, &d, n.as_ref(), &bias, 1.41, clamp)
+                    .unwrap();
+            // The composed reference: the same op on f64 (off the f32 CPU path).
+            let f = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+            let want = genrep_kernels::fused::modulated_epilogue(
+                &f(&y),
+                &f(&d),
+                n.as_ref().map(f).as_ref(),
+                &f(&bias),
+                1.41,
+                clamp,
+            )
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+            let err = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(err < 1e-5, "{noise:?} {clamp:?}: {err}");
+        }
+    }
+}

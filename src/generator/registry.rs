@@ -218,6 +218,22 @@ pub fn random_biggan(
     BigGanDeep::new(cfg, name, &Weights::random(seed, device, dtype))
 }
 
+/// A StyleGAN2 of the given config with seeded random weights (benchmarks, checks).
+pub fn random_stylegan2(
+    cfg: StyleGan2Config,
+    seed: u64,
+    device: &Device,
+    dtype: DType,
+) -> Result<StyleGan2> {
+    cfg.validate()
+        .map_err(|msg| GeneratorError::Unsupported(format!("StyleGAN2 config: {msg}")))?;
+    let name = cfg
+        .name
+        .clone()
+        .unwrap_or_else(|| "stylegan2-random".into());
+    StyleGan2::new(cfg, name, &Weights::random(seed, device, dtype))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,6 +146,36 @@ pub struct Crop {
 }
 
 impl StyleGan2Config {
+    /// An unconditional RGB generator of NVlabs' defaults otherwise.
+    fn preset(name: &str, r: usize, channel_base: usize, conv_clamp: Option<f64>) -> Self {
+        Self {
+            name: Some(name.into()),
+            z_dim: 512,
+            c_dim: 0,
+            w_dim: 512,
+            img_resolution: r,
+            img_channels: 3,
+            mapping_kwargs: MappingConfig::default(),
+            synthesis_kwargs: SynthesisConfig {
+                channel_base,
+                conv_clamp,
+                ..SynthesisConfig::default()
+            },
+            noise_mode: NoiseMode::Const,
+            crop: None,
+        }
+    }
+
+    /// stylegan2-ada-pytorch's `paper256` configuration (256 px, channel_base 16384).
+    pub fn paper256() -> Self {
+        Self::preset("stylegan2-paper256", 256, 16384, Some(256.0))
+    }
+
+    /// StyleGAN2 config-f at resolution `r` (channel_base 32768, no clamp: TF-converted).
+    pub fn config_f(r: usize) -> Self {
+        Self::preset(&format!("stylegan2-f{r}"), r, 32768, None)
+    }
+
     /// Rejects configs NVlabs' generator could not be built from.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let r = self.img_resolution;

@@ -253,6 +253,7 @@ pub(super) struct SynthesisLayer {
     up: bool,
     bias: Tensor,
     noise_strength: f64,
+    /// `noise_const · noise_strength`, `[1, R·R]`.
     noise_const: Tensor,
     resolution: usize,
     /// Index of this layer among the noise inputs (the stream of per-sample noise).
@@ -294,7 +295,11 @@ impl SynthesisLayer {
             wsq,
             bias: w.get(&format!("{p}.bias"), &[cout])?,
             noise_strength: strength[0] as f64,
-            noise_const: w.get(&format!("{p}.noise_const"), &[resolution, resolution])?,
+            // Scaled once: `const` noise is the same for every pass.
+            noise_const: (w
+                .get(&format!("{p}.noise_const"), &[resolution, resolution])?
+                .reshape((1, resolution * resolution))?
+                * strength[0] as f64)?,
             resolution,
             noise_stream,
             clamp: cfg.synthesis_kwargs.conv_clamp,
@@ -318,30 +323,30 @@ impl SynthesisLayer {
             .sqrt()?
             .recip()?
             .to_dtype(dt)?;
-        let mut y = y.broadcast_mul(&d.unsqueeze(2)?.unsqueeze(3)?)?;
         let r = self.resolution;
-        match mode {
-            NoiseMode::None => {}
-            NoiseMode::Const => {
-                let n = (self.noise_const.reshape((1, 1, r, r))? * self.noise_strength)?;
-                y = y.broadcast_add(&n)?;
-            }
+        let noise = match mode {
+            NoiseMode::None => None,
+            NoiseMode::Const => Some(self.noise_const.clone()),
             NoiseMode::Random => {
                 let v: Vec<f32> = keys
                     .iter()
                     .flat_map(|k| k.normals(self.noise_stream, r * r))
                     .collect();
-                let n = Tensor::from_vec(v, (b, 1, r, r), &Device::Cpu)?
+                let n = Tensor::from_vec(v, (b, r * r), &Device::Cpu)?
                     .to_device(y.device())?
                     .to_dtype(y.dtype())?;
-                y = y.broadcast_add(&(n * self.noise_strength)?)?;
+                Some((n * self.noise_strength)?)
             }
-        }
-        let y = lrelu(&y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?, 1.0)?;
-        match self.clamp {
-            Some(c) => y.clamp(-c, c),
-            None => Ok(y),
-        }
+        };
+        // y·d + noise + bias, lrelu·√2, clamp: one pass.
+        genrep_kernels::fused::modulated_epilogue(
+            &y,
+            &d,
+            noise.as_ref(),
+            &self.bias,
+            std::f64::consts::SQRT_2,
+            self.clamp,
+        )
     }
 }
 
