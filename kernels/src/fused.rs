@@ -279,7 +279,56 @@ pub fn modulated_epilogue(
     gain: f64,
     clamp: Option<f64>,
 ) -> Result<Tensor> {
+    epilogue(y, d, noise, bias, gain, clamp, false)
+}
+
+/// [`modulated_epilogue`] of an up-sampling conv computed in polyphase form: `y` is
+/// `[B, 4·C, H, W]`, the four output phases `(φy, φx)` phase-major, and the result
+/// `[B, C, 2H, 2W]` takes output pixel `(2a + φy, 2b + φx)` from phase `(φy, φx)` at `(a, b)`
+/// (`noise` is `[1 | B, 4·H·W]` at the output size). The interleaving is done in the same pass,
+/// not as a strided copy.
+pub fn modulated_epilogue_up(
+    y: &Tensor,
+    d: &Tensor,
+    noise: Option<&Tensor>,
+    bias: &Tensor,
+    gain: f64,
+    clamp: Option<f64>,
+) -> Result<Tensor> {
+    epilogue(y, d, noise, bias, gain, clamp, true)
+}
+
+/// `[B, 4·C, H, W]` phases (phase-major) → `[B, C, 2H, 2W]`, composed from candle ops.
+fn interleave(y: &Tensor) -> Result<Tensor> {
+    let (b, c4, h, w) = y.dims4()?;
+    y.reshape((b, 2, 2, c4 / 4, h, w))?
+        .permute((0, 3, 4, 1, 5, 2))?
+        .reshape((b, c4 / 4, 2 * h, 2 * w))
+}
+
+fn epilogue(
+    y: &Tensor,
+    d: &Tensor,
+    noise: Option<&Tensor>,
+    bias: &Tensor,
+    gain: f64,
+    clamp: Option<f64>,
+    phases: bool,
+) -> Result<Tensor> {
     let (b, c, h, w) = y.dims4()?;
+    if phases && !on_cpu_f32(&[y, d, bias]) {
+        let y = interleave(y)?;
+        return epilogue(&y, d, noise, bias, gain, clamp, false);
+    }
+    if phases && (c % 4 != 0 || noise.is_some_and(|n| !on_cpu_f32(&[n]))) {
+        let y = interleave(y)?;
+        return epilogue(&y, d, noise, bias, gain, clamp, false);
+    }
+    let (c, h, w) = if phases {
+        (c / 4, 2 * h, 2 * w)
+    } else {
+        (c, h, w)
+    };
     if d.dims() != [b, c] || bias.dims() != [c] {
         candle_core::bail!(
             "modulated_epilogue: demodulation {:?} / bias {:?}, expected [{b}, {c}] / [{c}]",
@@ -324,6 +373,7 @@ pub fn modulated_epilogue(
         bias: bias.to_vec1::<f32>()?,
         gain: gain as f32,
         clamp: clamp.map(|m| m as f32),
+        phases,
     };
     y.contiguous()?
         .apply_op3(&d.contiguous()?, &noise, Custom(op))
@@ -333,6 +383,8 @@ struct Epilogue {
     bias: Vec<f32>,
     gain: f32,
     clamp: Option<f32>,
+    /// The input holds four output phases (see [`modulated_epilogue_up`]).
+    phases: bool,
 }
 
 impl CpuOp<3> for Epilogue {
@@ -344,6 +396,9 @@ impl CpuOp<3> for Epilogue {
     ];
 
     fn forward(&self, [ya, d, n]: [Arg; 3]) -> Result<(Vec<f32>, Shape)> {
+        if self.phases {
+            return self.forward_phases(ya, d.data, n.data);
+        }
         let (y, d, noise) = (ya.data, d.data, n.data);
         let (_, c, h, w) = ya.shape.dims4()?;
         let hw = (h * w).max(1);
@@ -374,5 +429,47 @@ impl CpuOp<3> for Epilogue {
             unsafe { crate::cpu::init_all(out) }
         });
         Ok((out, ya.shape.clone()))
+    }
+}
+
+impl Epilogue {
+    /// The interleaving form: one output plane `(b, c)` per task, reading its four phase planes.
+    fn forward_phases(&self, ya: Arg, d: &[f32], noise: &[f32]) -> Result<(Vec<f32>, Shape)> {
+        let y = ya.data;
+        let (b, c4, h, w) = ya.shape.dims4()?;
+        let c = c4 / 4;
+        let (hw, ohw, ow) = (h * w, 4 * h * w, 2 * w);
+        let per_sample_noise = noise.len() > ohw;
+        let (gain, lo, hi) = match self.clamp {
+            Some(m) => (self.gain, -m, m),
+            None => (self.gain, f32::NEG_INFINITY, f32::INFINITY),
+        };
+        let out = crate::cpu::output_buffer(b * c * ohw, |out| {
+            out.par_chunks_mut(ohw).enumerate().for_each(|(i, o)| {
+                let (s, ch) = (i / c, i % c);
+                let (di, bi) = (d[i], self.bias[ch]);
+                let nz = if per_sample_noise {
+                    &noise[s * ohw..(s + 1) * ohw]
+                } else {
+                    &noise[..ohw]
+                };
+                for phase in 0..4 {
+                    let (py, px) = (phase / 2, phase % 2);
+                    let src = &y[((s * 4 + phase) * c + ch) * hw..][..hw];
+                    for a in 0..h {
+                        let row = (2 * a + py) * ow;
+                        for (bb, &v) in src[a * w..(a + 1) * w].iter().enumerate() {
+                            let k = row + 2 * bb + px;
+                            let x = v * di + nz[k] + bi;
+                            let x = if x < 0.0 { 0.2 * x } else { x } * gain;
+                            o[k].write(x.clamp(lo, hi));
+                        }
+                    }
+                }
+            });
+            // SAFETY: the four phases together write every pixel of each output plane once.
+            unsafe { crate::cpu::init_all(out) }
+        });
+        Ok((out, Shape::from((b, c, 2 * h, 2 * w))))
     }
 }

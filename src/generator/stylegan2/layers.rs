@@ -203,15 +203,6 @@ pub(super) fn polyphase_up_kernel(w: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::from_vec(out, (4 * o, i, 3, 3), &Device::Cpu)?.to_dtype(DType::F32)
 }
 
-/// `[B, 4·O, H, W]` phases (phase-major) → `[B, O, 2H, 2W]`.
-pub(super) fn interleave_phases(y: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, c4, h, w) = y.dims4()?;
-    let o = c4 / 4;
-    y.reshape((b, 2, 2, o, h, w))?
-        .permute((0, 3, 4, 1, 5, 2))?
-        .reshape((b, o, 2 * h, 2 * w))
-}
-
 /// NVlabs' `upsample2d` (zero-insert ×2, pad [2, 1], the 4×4 FIR with gain 4) in its
 /// polyphase form, axis by axis: even outputs `(x[a−1] + 3·x[a]) / 4`, odd outputs
 /// `(3·x[a] + x[a+1]) / 4`, zeros past the edges.
@@ -318,7 +309,6 @@ impl SynthesisLayer {
         let styles = self.affine.forward(w)?;
         let xs = x.broadcast_mul(&styles.to_dtype(dt)?.unsqueeze(2)?.unsqueeze(3)?)?;
         let y = self.conv.forward(&xs)?;
-        let y = if self.up { interleave_phases(&y)? } else { y };
         let d = (styles.sqr()?.matmul(&self.wsq)? + 1e-8)?
             .sqrt()?
             .recip()?
@@ -338,8 +328,14 @@ impl SynthesisLayer {
                 Some((n * self.noise_strength)?)
             }
         };
-        // y·d + noise + bias, lrelu·√2, clamp: one pass.
-        genrep_kernels::fused::modulated_epilogue(
+        // y·d + noise + bias, lrelu·√2, clamp: one pass (which also interleaves the four
+        // phases of an up-sampling conv).
+        let epilogue = if self.up {
+            genrep_kernels::fused::modulated_epilogue_up
+        } else {
+            genrep_kernels::fused::modulated_epilogue
+        };
+        epilogue(
             &y,
             &d,
             noise.as_ref(),
