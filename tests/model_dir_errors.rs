@@ -5,12 +5,26 @@ use genrep::generator::{load_model_dir, BigGanDeep, ClassInput, GeneratorError, 
 use std::path::Path;
 
 fn copy_fixture() -> tempfile::TempDir {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/biggan-tiny");
+    copy_model("tests/fixtures/biggan-tiny")
+}
+
+/// A writable copy of a committed model directory.
+fn copy_model(rel: &str) -> tempfile::TempDir {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
     let dir = tempfile::tempdir().unwrap();
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
     }
     dir
+}
+
+/// Sets one field of `dir/config.json`.
+fn set_config(dir: &Path, key: &str, value: &serde_json::Value) {
+    let p = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    cfg[key] = value.clone();
+    std::fs::write(&p, cfg.to_string()).unwrap();
 }
 
 fn load_err(dir: &Path) -> String {
@@ -59,11 +73,7 @@ fn wrong_config_values() {
     ];
     for (key, value, needle) in cases {
         let d = copy_fixture();
-        let p = d.path().join("config.json");
-        let mut cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        cfg[*key] = value.clone();
-        std::fs::write(&p, cfg.to_string()).unwrap();
+        set_config(d.path(), key, value);
         let e = load_err(d.path());
         assert!(e.contains(needle), "{key}={value}: {e}");
     }
@@ -121,12 +131,7 @@ fn bad_inputs_are_errors() {
 }
 
 fn copy_stylegan2() -> tempfile::TempDir {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stylegan2/sg2-32-uncond");
-    let dir = tempfile::tempdir().unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-    }
-    dir
+    copy_model("tests/fixtures/stylegan2/sg2-32-uncond")
 }
 
 /// A StyleGAN2 directory whose config lies or whose weights lack a tensor fails at load,
@@ -164,11 +169,7 @@ fn stylegan2_configs_that_lie_are_named() {
     ];
     for (key, value, needle) in cases {
         let d = copy_stylegan2();
-        let p = d.path().join("config.json");
-        let mut cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        cfg[*key] = value.clone();
-        std::fs::write(&p, cfg.to_string()).unwrap();
+        set_config(d.path(), key, value);
         let e = load_err(d.path());
         assert!(e.contains(needle), "{key}={value}: {e}");
     }

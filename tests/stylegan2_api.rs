@@ -45,19 +45,31 @@ fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(body)))
 }
 
-/// The `json` members of a tar, in order.
-fn metas(tar: &[u8]) -> Vec<serde_json::Value> {
+/// The members of a tar whose names end with `suffix`, in order.
+fn members(tar: &[u8], suffix: &str) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    let mut a = tar::Archive::new(tar);
-    for e in a.entries().unwrap() {
+    for e in tar::Archive::new(tar).entries().unwrap() {
         let mut e = e.unwrap();
-        if e.path().unwrap().to_string_lossy().ends_with(".json") {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut e, &mut s).unwrap();
-            out.push(serde_json::from_str(&s).unwrap());
+        if e.path().unwrap().to_string_lossy().ends_with(suffix) {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut v).unwrap();
+            out.push(v);
         }
     }
     out
+}
+
+/// The `json` members of a tar, in order.
+fn metas(tar: &[u8]) -> Vec<serde_json::Value> {
+    members(tar, ".json")
+        .iter()
+        .map(|m| serde_json::from_slice(m).unwrap())
+        .collect()
+}
+
+/// The first npy member of a tar whose name ends with `suffix`.
+fn npy_member(tar: &[u8], suffix: &str) -> genrep_wire::npy::NpyArray {
+    genrep_wire::npy::NpyArray::parse(&members(tar, suffix)[0]).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,22 +185,7 @@ async fn shards_do_not_depend_on_batch_composition_and_w_views_are_offsets_in_w(
     )
     .await;
     assert_eq!(c, StatusCode::OK);
-    let mut a = tar::Archive::new(&got[..]);
-    let pos1 = a
-        .entries()
-        .unwrap()
-        .map(|e| e.unwrap())
-        .find(|e| e.path().unwrap().to_string_lossy().ends_with("pos1.npy"))
-        .map(|mut e| {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut v).unwrap();
-            v
-        })
-        .unwrap();
-    let got = genrep_wire::npy::NpyArray::parse(&pos1)
-        .unwrap()
-        .to_f32()
-        .unwrap();
+    let got = npy_member(&got, "pos1.npy").to_f32().unwrap();
     let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let err = got
         .iter()
@@ -392,21 +389,12 @@ async fn a_cropped_model_serves_non_square_images_everywhere() {
     );
     // Shard members in npy: [3, 16, 32], rows 8..24 of the full image.
     let q = "/v1/shards/train-000000.tar?views=1&shard_size=2&format=npy";
-    let member = |tar: &[u8], name: &str| {
-        let mut a = tar::Archive::new(tar);
-        let mut e = a
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap())
-            .find(|e| e.path().unwrap().to_string_lossy().ends_with(name))
-            .unwrap();
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut e, &mut v).unwrap();
-        genrep_wire::npy::NpyArray::parse(&v).unwrap()
-    };
     let (_, c_tar) = call(&cropped, Method::GET, q, Body::empty()).await;
     let (_, f_tar) = call(&full, Method::GET, q, Body::empty()).await;
-    let (c, f) = (member(&c_tar, "anchor.npy"), member(&f_tar, "anchor.npy"));
+    let (c, f) = (
+        npy_member(&c_tar, "anchor.npy"),
+        npy_member(&f_tar, "anchor.npy"),
+    );
     assert_eq!(c.shape, [3, 16, 32]);
     let (cv, fv) = (c.to_f32().unwrap(), f.to_f32().unwrap());
     for ch in 0..3 {

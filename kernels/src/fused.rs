@@ -316,13 +316,10 @@ fn epilogue(
     phases: bool,
 ) -> Result<Tensor> {
     let (b, c, h, w) = y.dims4()?;
-    if phases && !on_cpu_f32(&[y, d, bias]) {
-        let y = interleave(y)?;
-        return epilogue(&y, d, noise, bias, gain, clamp, false);
-    }
-    if phases && (c % 4 != 0 || noise.is_some_and(|n| !on_cpu_f32(&[n]))) {
-        let y = interleave(y)?;
-        return epilogue(&y, d, noise, bias, gain, clamp, false);
+    // Off the f32 CPU path the phases are interleaved first, then the composed ops run.
+    let fused = on_cpu_f32(&[y, d, bias]) && noise.is_none_or(|n| on_cpu_f32(&[n]));
+    if phases && (!fused || c % 4 != 0) {
+        return epilogue(&interleave(y)?, d, noise, bias, gain, clamp, false);
     }
     let (c, h, w) = if phases {
         (c / 4, 2 * h, 2 * w)

@@ -162,16 +162,7 @@ fn modulated_epilogue_matches_composed_ops() {
             .unwrap()
             .to_dtype(DType::F32)
             .unwrap();
-            let err = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let err = max_abs_diff(&got, &want);
             assert!(err < 1e-5, "{noise:?} {clamp:?}: {err}");
         }
     }
@@ -214,16 +205,7 @@ fn modulated_epilogue_up_interleaves_the_phases() {
         )
         .unwrap();
         assert_eq!(got.dims(), [b, c, 2 * h, 2 * w]);
-        let err = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let err = max_abs_diff(&got, &want);
         assert_eq!(err, 0.0, "noise batch {nb}");
     }
 }

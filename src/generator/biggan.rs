@@ -447,12 +447,7 @@ impl BigGanDeep {
         spec.knobs = KNOBS;
         spec.weights_sha256 = w.sha256.clone();
         Ok(Self {
-            info: ModelInfo {
-                spec,
-                device: w.device().clone(),
-                dtype: w.dtype(),
-                assets: Default::default(),
-            },
+            info: ModelInfo::of(spec, w),
             cfg,
             embed_t,
             gen_z,

@@ -156,12 +156,7 @@ impl CdcGan {
             conv1: conv(w, "conv1", c[0], c[1], 3, true)?,
             conv2: conv(w, "conv2", c[1], c[2], 3, true)?,
             conv_out: conv(w, "conv_out", c[2], cfg.out_channels, 3, true)?,
-            info: ModelInfo {
-                spec,
-                device: w.device().clone(),
-                dtype: w.dtype(),
-                assets: Default::default(),
-            },
+            info: ModelInfo::of(spec, w),
             cfg,
         })
     }

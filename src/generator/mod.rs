@@ -79,6 +79,18 @@ pub struct ModelInfo {
     pub assets: Arc<Assets>,
 }
 
+impl ModelInfo {
+    /// A family's info: its spec, and the device and dtype its weights were loaded for.
+    pub(crate) fn of(spec: GeneratorSpec, w: &weights::Weights) -> Self {
+        Self {
+            spec,
+            device: w.device().clone(),
+            dtype: w.dtype(),
+            assets: Default::default(),
+        }
+    }
+}
+
 /// A batched image generator owned by one device thread.
 pub trait Generator: Send {
     fn info(&self) -> &ModelInfo;

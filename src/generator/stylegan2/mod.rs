@@ -108,12 +108,7 @@ impl StyleGan2 {
         }
         spec.weights_sha256 = w.sha256.clone();
         Ok(Self {
-            info: ModelInfo {
-                spec,
-                device: w.device().clone(),
-                dtype: w.dtype(),
-                assets: Default::default(),
-            },
+            info: ModelInfo::of(spec, w),
             cfg,
             mapping,
             blocks,
