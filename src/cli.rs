@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use genrep::api::auth::MAX_STREAMS;
 use genrep::engine::EngineConfig;
-use genrep::generator::{load_model_dir, Generator};
+use genrep::generator::{load_model, Generator};
 use genrep::params::{Limits, SamplingArgs, MAX_VIEWS};
 use genrep_wire::MAX_INDEX;
 use std::path::PathBuf;
@@ -67,7 +67,7 @@ pub enum Command {
     /// `cls` fields: `mnist-train-*.tar` (4000) and `mnist-test-*.tar` (1000), for the real-data
     /// baseline and linear evaluation.
     RealData(RealDataArgs),
-    /// Run a model directory on given latents and write the images (.npy float32 NCHW, optional PNG grid).
+    /// Run a model (directory or rosinality .pt) on given latents and write the images (.npy float32 NCHW, optional PNG grid).
     ///
     /// This is how to check a converted checkpoint against the reference implementation from outside
     /// the test suite: same z, classes and truncation in, compare the arrays.
@@ -141,7 +141,8 @@ pub struct CheckArgs {
 
 #[derive(clap::Args)]
 pub struct GenerateArgs {
-    /// Model directory (config.json + model.safetensors).
+    /// Model directory (config.json + model.safetensors), or a rosinality StyleGAN2 checkpoint
+    /// (`*.pt`), read in place.
     #[arg(long, env = "GENREP_MODEL")]
     pub model: PathBuf,
     /// Latents: float .npy of shape [B, latent_dim].
@@ -151,8 +152,9 @@ pub struct GenerateArgs {
     /// Required for class-conditional generators.
     #[arg(long = "class")]
     pub class: Option<PathBuf>,
-    /// BigGAN's truncation input (selects the BN statistics row), in (0, 1]; default 1.
-    /// Generators without it refuse the flag. `--truncation` is its old name.
+    /// The generator's truncation: BigGAN's input (selects the BN statistics row) in (0, 1],
+    /// StyleGAN2's ψ in [-1, 2]; default 1. Generators without one refuse the flag.
+    /// `--truncation` is its old name. StyleGAN2 runs with its model's noise mode (`const`).
     #[arg(
         long = "gen-truncation",
         visible_alias = "gen_truncation",
@@ -176,7 +178,8 @@ pub struct GenerateArgs {
 /// Which generator to run and where.
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
-    /// Model directory (config.json + model.safetensors). Default: the embedded MNIST generator
+    /// Model directory (config.json + model.safetensors), or a rosinality StyleGAN2 checkpoint
+    /// (`*.pt`, read in place: no conversion step). Default: the embedded MNIST generator
     /// compiled into this binary, so a fresh machine serves something meaningful with no download.
     #[arg(long, env = "GENREP_MODEL")]
     pub model: Option<PathBuf>,
@@ -319,13 +322,13 @@ pub struct RealDataArgs {
 }
 
 impl ModelArgs {
-    /// Loads the model directory, or the embedded generator.
+    /// Loads the model directory or checkpoint, or the embedded generator.
     pub fn load(&self) -> Result<Box<dyn Generator>> {
         let device = genrep::device::parse_device(&self.device)?;
         let dtype = self.dtype.candle();
         Ok(match &self.model {
-            Some(dir) => load_model_dir(dir, &device, dtype)
-                .with_context(|| format!("loading model directory {}", dir.display()))?,
+            Some(path) => load_model(path, &device, dtype)
+                .with_context(|| format!("loading model {}", path.display()))?,
             None => genrep::embedded::load(&device, dtype).context("loading the embedded model")?,
         })
     }

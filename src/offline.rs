@@ -5,7 +5,7 @@ use crate::data::{self, Split};
 use crate::format::image::{grid_of, Image8};
 use crate::format::npy::{self, NpyArray};
 use crate::generator::inputs::{check_latents, class_input, ClassArg};
-use crate::generator::{load_model_dir, Knobs};
+use crate::generator::{load_model, Knobs};
 use crate::params::Value;
 use crate::wds::{image_sample, write_shard, TAR_END};
 use anyhow::{Context, Result};
@@ -33,8 +33,8 @@ pub struct GenerateOptions {
 
 /// Runs a model directory on `.npy` latents (and classes) and writes `[B, C, H, W]` float32.
 pub fn generate(o: &GenerateOptions, device: &Device, dtype: DType) -> Result<()> {
-    let g = load_model_dir(&o.model, device, dtype)
-        .with_context(|| format!("loading model directory {}", o.model.display()))?;
+    let g = load_model(&o.model, device, dtype)
+        .with_context(|| format!("loading model {}", o.model.display()))?;
     let spec = g.spec().clone();
     let z = read_npy(&o.z, "--z")?;
     let zf = z

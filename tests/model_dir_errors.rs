@@ -187,3 +187,53 @@ fn stylegan2_configs_that_lie_are_named() {
         Ok(_) => panic!("should fail"),
     }
 }
+
+/// Malformed rosinality checkpoints given to `--model` (made by
+/// `tools/make_rosinality_error_fixtures.py`): each refused at load with a message naming the
+/// problem, never a panic or an allocation the file cannot back.
+#[test]
+fn malformed_rosinality_checkpoints_are_named() {
+    let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stylegan2-pt/bad");
+    for (file, want) in [
+        ("no-g-ema.pt", "no 'g_ema'"),
+        ("no-latent-avg.pt", "no 'latent_avg'"),
+        ("no-mapping.pt", "no mapping layers"),
+        ("missing-tensor.pt", "tensor `input.input` is missing"),
+        (
+            "bad-conv-shape.pt",
+            "`conv1.conv.weight` has shape [8, 8, 3, 3]",
+        ),
+        ("integer-tensor.pt", "tensor `style.1.weight` has dtype I64"),
+        ("too-many-blocks.pt", "resolutions past 1024"),
+        ("lying-shape.pt", "claims shape [60000, 60000]"),
+        ("plain-zip.pt", "not a readable torch.save zip checkpoint"),
+        ("legacy-format.pt", "tools/convert_stylegan2.py"),
+    ] {
+        let e = match genrep::generator::load_model(&bad.join(file), &Device::Cpu, DType::F32) {
+            Ok(_) => panic!("{file} should be refused"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(want), "{file}: {e}");
+        if file != "legacy-format.pt" {
+            assert!(e.contains(file), "{file}: the message names the file: {e}");
+        }
+    }
+    // A real checkpoint cut short.
+    let pt =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stylegan2-pt/sg2-32-uncond.pt");
+    let bytes = std::fs::read(&pt).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.pt");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = genrep::generator::load_model(&cut, &Device::Cpu, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("cut.pt") && e.contains("not a readable"), "{e}");
+    // Neither a directory nor a file.
+    let e = genrep::generator::load_model(&bad.join("absent.pt"), &Device::Cpu, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("absent.pt") && e.contains("no such file"), "{e}");
+}

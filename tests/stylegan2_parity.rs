@@ -1,10 +1,12 @@
 //! StyleGAN2 parity with NVlabs' own `Generator` (stylegan2-ada-pytorch, fp32) on the reference
 //! fixtures: the converted model directories (from the NVlabs pickle and, for the unconditional
-//! one, from rosinality's `.pt`) reproduce the mapping (`ws` for ψ 1.0/0.7, with and without
+//! one, from rosinality's `.pt`) and that `.pt` read in place reproduce the mapping (`ws` for ψ 1.0/0.7, with and without
 //! cutoff) and the synthesis (`const` and `none` noise, batch 6 and batch 1).
 
 use candle_core::{DType, Device, Tensor};
-use genrep::generator::{load_model_dir, ClassInput, Knobs, NoiseMode, Space, StyleGan2};
+use genrep::generator::{
+    load_model, load_model_dir, ClassInput, Knobs, NoiseMode, Space, StyleGan2,
+};
 use genrep_wire::npy::NpyArray;
 use std::path::{Path, PathBuf};
 
@@ -64,7 +66,7 @@ const CASES: [Case; 4] = [
 fn check(model: &str, io: &str, classes: impl Fn(&Path) -> ClassInput, dtype: DType) -> [f32; 3] {
     let dir = fixtures().join(model);
     let io = fixtures().join(io);
-    let g = load_model_dir(&dir, &Device::Cpu, dtype).unwrap();
+    let g = load_model(&dir, &Device::Cpu, dtype).unwrap();
     assert_eq!(g.spec().architecture, "stylegan2");
     let z = tensor(&io, "z.npy").to_dtype(dtype).unwrap();
     let c = classes(&io);
@@ -153,6 +155,25 @@ fn rosinality_conversion_matches_the_reference_in_f32() {
         DType::F32,
     );
     assert!(m <= 1e-5 && s <= 1e-5 && f <= 1e-5, "{m} {s} {f}");
+}
+
+/// rosinality's `.pt` served in place (`--model file.pt`): the reference's outputs, and exactly
+/// what its converted directory gives.
+#[test]
+fn rosinality_checkpoint_read_in_place_matches_the_reference_and_its_conversion() {
+    let pt = "../stylegan2-pt/sg2-32-uncond.pt";
+    let [m, s, f] = check(pt, "sg2-32-uncond-io", unconditional, DType::F32);
+    assert!(m <= 1e-5 && s <= 1e-5 && f <= 1e-5, "{m} {s} {f}");
+    let io = fixtures().join("sg2-32-uncond-io");
+    let (_, z) = npy(&io, "z.npy");
+    let run = |path: PathBuf| {
+        let g = load_model(&path, &Device::Cpu, DType::F32).unwrap();
+        g.generate(&z, &unconditional(&io), &Knobs::default())
+            .unwrap()
+    };
+    let a = run(fixtures().join(pt));
+    let b = run(fixtures().join("sg2-32-uncond-rosinality"));
+    assert_eq!(rel_err(&a, &b), 0.0);
 }
 
 #[test]

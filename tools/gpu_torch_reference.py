@@ -34,8 +34,13 @@ def _stub_missing(names):
             importlib.import_module(name)
         except ImportError:
             mod = types.ModuleType(name)
+            # A package with no files, so that importing a stubbed parent's child fails with
+            # ImportError (and is stubbed in turn) instead of iterating a made-up `__path__`.
+            mod.__path__ = []
 
             def __getattr__(attr, _name=name):  # noqa: N807 (module-level __getattr__)
+                if attr.startswith("__"):
+                    raise AttributeError(attr)
                 return type(attr, (Exception,), {"__module__": _name})
 
             mod.__getattr__ = __getattr__

@@ -70,6 +70,26 @@ const SHAPES: &[(&str, [usize; 8], bool)] = &[
         [8, 64, 128, 128, 128, 1, 1, 0],
         false,
     ),
+    // StyleGAN2 paper256 at batch 1: the convs of the 256, 128 and 64 blocks (an up-sampling
+    // conv runs as four phase kernels: `4·O` outputs at the input size).
+    ("sg2 3x3 64 @256 b1", [1, 64, 256, 256, 64, 3, 1, 1], false),
+    (
+        "sg2 up 128->64 @128 b1",
+        [1, 128, 128, 128, 256, 3, 1, 1],
+        false,
+    ),
+    (
+        "sg2 3x3 128 @128 b1",
+        [1, 128, 128, 128, 128, 3, 1, 1],
+        false,
+    ),
+    (
+        "sg2 up 256->128 @64 b1",
+        [1, 256, 64, 64, 512, 3, 1, 1],
+        false,
+    ),
+    ("sg2 3x3 256 @64 b1", [1, 256, 64, 64, 256, 3, 1, 1], false),
+    ("sg2 3x3 512 @32 b1", [1, 512, 32, 32, 512, 3, 1, 1], false),
     (
         "encoder stem 1->16 @28",
         [512, 1, 28, 28, 16, 3, 1, 1],

@@ -89,6 +89,58 @@ pub fn conv2d_bias(
     }
 }
 
+/// `x` `[B, C_in, H, W]` transposed-convolved with `w` `[C_in, C_out, kh, kw]` (PyTorch's
+/// `conv_transpose2d` layout) at `stride`, no padding → `[B, C_out, (H−1)·s + kh, (W−1)·s + kw]`,
+/// `y[j] = Σᵢ x[i]·w[j − s·i]` per axis: the input gradient of the stride-`s` conv, so on the
+/// CPU in f32 it is one GEMM `wᵀ·x` and a col2im (a zero-inserted input would cost `s²` times the
+/// multiply-adds). Elsewhere it is candle's `conv_transpose2d`.
+pub fn conv_transpose2d(x: &Tensor, w: &Tensor, stride: usize) -> Result<Tensor> {
+    let (b, cin, h, wd) = x.dims4().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "conv_transpose2d: input must be [B, C, H, W], got {:?}",
+            x.dims()
+        ))
+    })?;
+    let (kcin, cout, kh, kw) = w.dims4().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "conv_transpose2d: kernel must be [C_in, C_out, kh, kw], got {:?}",
+            w.dims()
+        ))
+    })?;
+    if stride == 0 {
+        candle_core::bail!("conv_transpose2d: stride must be at least 1");
+    }
+    if kcin != cin || kh == 0 || kw == 0 {
+        candle_core::bail!(
+            "conv_transpose2d: input has {cin} channels but the kernel {:?} expects {kcin}",
+            w.dims()
+        );
+    }
+    if h == 0 || wd == 0 {
+        candle_core::bail!("conv_transpose2d: empty input {:?}", x.dims());
+    }
+    if x.dtype() != w.dtype() || !x.device().same_device(w.device()) {
+        candle_core::bail!("conv_transpose2d: input and kernel differ in dtype or device");
+    }
+    let out = (b, cout, (h - 1) * stride + kh, (wd - 1) * stride + kw);
+    match (x.device(), x.dtype()) {
+        (Device::Cpu, DType::F32) if b > 0 && cout > 0 => x.contiguous()?.apply_op2_no_bwd(
+            &w.contiguous()?,
+            &Custom(Conv2dInputGrad {
+                stride,
+                padding: 0,
+                x_shape: Shape::from(out),
+            }),
+        ),
+        (Device::Cpu, DType::F32) => Tensor::zeros(out, DType::F32, x.device()),
+        (Device::Cpu, DType::F16 | DType::BF16) => {
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            conv_transpose2d(&f(x)?, &f(w)?, stride)?.to_dtype(x.dtype())
+        }
+        _ => x.conv_transpose2d(w, 0, 0, stride, 1),
+    }
+}
+
 fn add_bias_composed(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),

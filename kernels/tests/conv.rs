@@ -35,6 +35,9 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
     (1, 1, 3, 3, 2, 5, 1, 2),
     (2, 2, 2, 2, 3, 7, 1, 3),
     (2, 3, 1, 1, 2, 5, 2, 2),
+    // Large images: the forward pass goes band by band, with a short last band.
+    (2, 32, 40, 40, 8, 3, 1, 1),
+    (1, 40, 70, 66, 6, 3, 2, 1),
 ];
 
 #[test]
@@ -47,6 +50,75 @@ fn forward_matches_candle_on_a_table_of_shapes() {
         let e = rel_err(&ours, &theirs);
         assert!(e < 1e-5, "shape {:?}: relative error {e}", SHAPES[i]);
     }
+}
+
+/// The banded forward adds the bias in every band, and a batch gives each image what it gets
+/// alone.
+#[test]
+fn banded_forward_adds_bias_and_does_not_depend_on_the_batch() {
+    let x = tensor(&[3, 32, 40, 40], 1);
+    let wt = tensor(&[8, 32, 3, 3], 2);
+    let b = tensor(&[8], 3);
+    let ours = genrep_kernels::conv2d_bias(&x, &wt, Some(&b), 1, 1).unwrap();
+    let theirs = x
+        .conv2d(&wt, 1, 1, 1, 1)
+        .unwrap()
+        .broadcast_add(&b.reshape((1, 8, 1, 1)).unwrap())
+        .unwrap();
+    assert!(rel_err(&ours, &theirs) < 1e-5);
+    let alone =
+        genrep_kernels::conv2d_bias(&x.narrow(0, 1, 1).unwrap(), &wt, Some(&b), 1, 1).unwrap();
+    let diff = (ours.narrow(0, 1, 1).unwrap() - alone)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+}
+
+/// `conv_transpose2d` against candle's, at strides 1–3, odd and even sizes.
+#[test]
+fn conv_transpose_matches_candle() {
+    for (i, (b, cin, h, w, cout, k, s)) in [
+        (2, 3, 5, 6, 4, 3, 2),
+        (1, 6, 8, 8, 5, 3, 2),
+        (3, 2, 4, 3, 3, 3, 1),
+        (2, 4, 3, 5, 2, 4, 3),
+        (1, 40, 33, 33, 24, 3, 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = tensor(&[b, cin, h, w], 50 + i as u64);
+        let wt = tensor(&[cin, cout, k, k], 60 + i as u64);
+        let ours = genrep_kernels::conv_transpose2d(&x, &wt, s).unwrap();
+        let theirs = x.conv_transpose2d(&wt, 0, 0, s, 1).unwrap();
+        assert_eq!(ours.dims(), theirs.dims());
+        let e = rel_err(&ours, &theirs);
+        assert!(e < 1e-5, "case {i}: relative error {e}");
+        // f16 computes in f32 and rounds back.
+        let half = genrep_kernels::conv_transpose2d(
+            &x.to_dtype(DType::F16).unwrap(),
+            &wt.to_dtype(DType::F16).unwrap(),
+            s,
+        )
+        .unwrap();
+        assert_eq!(half.dtype(), DType::F16);
+        assert!(rel_err(&half.to_dtype(DType::F32).unwrap(), &theirs) < 1e-2);
+    }
+    let e =
+        genrep_kernels::conv_transpose2d(&tensor(&[1, 3, 4, 4], 1), &tensor(&[4, 2, 3, 3], 2), 2)
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("3 channels") && e.contains("expects 4"), "{e}");
+    let e =
+        genrep_kernels::conv_transpose2d(&tensor(&[1, 3, 4, 4], 1), &tensor(&[3, 2, 3, 3], 2), 0)
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("stride"), "{e}");
 }
 
 #[test]

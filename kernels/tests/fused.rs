@@ -209,3 +209,80 @@ fn modulated_epilogue_up_interleaves_the_phases() {
         assert_eq!(err, 0.0, "noise batch {nb}");
     }
 }
+
+/// The filtering epilogue of a transposed up-sampling conv equals the FIR composed from candle
+/// ops (in f64, off the fused path), then the plain epilogue; and the FIR itself is the 4×4
+/// filter with a zero border.
+#[test]
+fn modulated_epilogue_fir_up_filters_then_applies_the_epilogue() {
+    use candle_core::{DType, Device, Tensor};
+    use genrep_kernels::fused::{modulated_epilogue, modulated_epilogue_fir_up};
+    let dev = Device::Cpu;
+    let fir = [0.25f32, 0.75, 0.75, 0.25];
+    for (b, c, h, w) in [(2, 3, 4, 5), (1, 2, 1, 1), (2, 1, 3, 2), (1, 4, 16, 16)] {
+        let (th, tw) = (2 * h + 1, 2 * w + 1);
+        let y = Tensor::randn(0f32, 2.0, (b, c, th, tw), &dev).unwrap();
+        let d = Tensor::randn(1f32, 0.3, (b, c), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 0.5, c, &dev).unwrap();
+        // The 4×4 filter by definition, on the host.
+        let yv: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let mut filtered = vec![0f32; b * c * 4 * h * w];
+        for p in 0..b * c {
+            for oy in 0..2 * h {
+                for ox in 0..2 * w {
+                    let mut acc = 0f64;
+                    for (py, &fy) in fir.iter().enumerate() {
+                        for (px, &fx) in fir.iter().enumerate() {
+                            let (iy, ix) = (oy + py, ox + px);
+                            if (1..=th).contains(&iy) && (1..=tw).contains(&ix) {
+                                let v = yv[(p * th + iy - 1) * tw + ix - 1];
+                                acc += (fy * fx * v) as f64;
+                            }
+                        }
+                    }
+                    filtered[(p * 2 * h + oy) * 2 * w + ox] = acc as f32;
+                }
+            }
+        }
+        let filtered = Tensor::from_vec(filtered, (b, c, 2 * h, 2 * w), &dev).unwrap();
+        for nb in [0, 1, b] {
+            let n = (nb > 0).then(|| Tensor::randn(0f32, 1.0, (nb, 4 * h * w), &dev).unwrap());
+            let want =
+                modulated_epilogue(&filtered, &d, n.as_ref(), &bias, 1.41, Some(2.0)).unwrap();
+            let got =
+                modulated_epilogue_fir_up(&y, fir, &d, n.as_ref(), &bias, 1.41, Some(2.0)).unwrap();
+            assert_eq!(got.dims(), [b, c, 2 * h, 2 * w]);
+            assert!(
+                max_abs_diff(&got, &want) < 1e-5,
+                "{:?} noise {nb}",
+                (b, c, h, w)
+            );
+            // The composed form (f64, off the fused path) agrees.
+            let f = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+            let composed = modulated_epilogue_fir_up(
+                &f(&y),
+                fir,
+                &f(&d),
+                n.as_ref().map(f).as_ref(),
+                &f(&bias),
+                1.41,
+                Some(2.0),
+            )
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+            assert!(
+                max_abs_diff(&composed, &want) < 1e-5,
+                "{:?} composed",
+                (b, c, h, w)
+            );
+        }
+    }
+    let even = Tensor::zeros((1, 1, 4, 5), DType::F32, &dev).unwrap();
+    let d = Tensor::ones((1, 1), DType::F32, &dev).unwrap();
+    let bias = Tensor::zeros(1, DType::F32, &dev).unwrap();
+    let e = modulated_epilogue_fir_up(&even, fir, &d, None, &bias, 1.0, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("odd-sized"), "{e}");
+}

@@ -20,7 +20,7 @@ mod weights;
 pub use batch::{Assets, Batch, ClassInput, Latents, NoiseKey};
 pub use biggan::{BigGanConfig, BigGanDeep};
 pub use cdcgan::{CdcGan, CdcGanConfig};
-pub use registry::{load_model_dir, load_model_parts, random_biggan, random_stylegan2};
+pub use registry::{load_model, load_model_dir, load_model_parts, random_biggan, random_stylegan2};
 pub use spec::{knob_names, GeneratorSpec, Knobs, LatentSpace, Space};
 pub use stylegan2::{Crop, MappingConfig, NoiseMode, StyleGan2, StyleGan2Config, SynthesisConfig};
 

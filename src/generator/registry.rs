@@ -187,6 +187,30 @@ pub fn load_model_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Box<d
     cfg.build(&default_name, &weights)
 }
 
+/// Loads what `--model` names: a model directory ([`load_model_dir`]), or a rosinality StyleGAN2
+/// checkpoint (`*.pt`, torch.save's zip format) read in place. Anything else is refused with what
+/// to do about it.
+pub fn load_model(path: &Path, device: &Device, dtype: DType) -> Result<Box<dyn Generator>> {
+    if path.is_dir() {
+        return load_model_dir(path, device, dtype);
+    }
+    if !path.exists() {
+        return Err(GeneratorError::Io {
+            path: path.to_path_buf(),
+            err: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        });
+    }
+    if super::stylegan2::rosinality::is_torch_zip(path) {
+        return Ok(Box::new(StyleGan2::from_rosinality(path, device, dtype)?));
+    }
+    Err(GeneratorError::Unsupported(format!(
+        "{} is not a model directory (config.json + model.safetensors) or a rosinality \
+         StyleGAN2 checkpoint in torch.save's zip format; convert NVlabs pickles and older \
+         checkpoints with `python tools/convert_stylegan2.py --checkpoint FILE --out DIR`",
+        path.display()
+    )))
+}
+
 /// Loads a generator from the contents of its two files (paths are only used in messages).
 pub fn load_model_parts(
     config_json: &str,

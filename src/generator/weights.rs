@@ -47,19 +47,12 @@ impl Weights {
     /// From a file, memory-mapped: tensors are read when a layer asks for them, so a model's
     /// file is never held in memory next to its layers. The sha256 is streamed from the file.
     pub fn from_file(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let io = |err| GeneratorError::Io {
-            path: path.to_path_buf(),
-            err,
-        };
-        let mut file = std::fs::File::open(path).map_err(io)?;
-        let mut h = Sha256::new();
-        std::io::copy(&mut file, &mut h).map_err(io)?;
+        let sha256 = sha256_file(path)?;
         // SAFETY: the mapping is only read while the model loads (tensors are copied out); a
         // file changed underneath during those seconds is the documented risk of mmap, the
         // same one candle's `from_mmaped_safetensors` takes.
         let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
             .map_err(|e| unreadable(path, e))?;
-        let sha256 = hex::encode(h.finalize());
         Ok(Self::of(
             path,
             Source::Mapped(mapped),
@@ -67,6 +60,18 @@ impl Weights {
             dtype,
             sha256,
         ))
+    }
+
+    /// From tensors read out of another format (a torch checkpoint) in the names the layers ask
+    /// for; `path` names the source file in messages, and its sha256 is the model's.
+    pub fn from_tensors(
+        path: &Path,
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let sha256 = sha256_file(path)?;
+        Ok(Self::of(path, Source::File(tensors), device, dtype, sha256))
     }
 
     /// Seeded random weights: N(0, 1/fan_in) for matrices, U(0.5, 1.5) for variances, small
@@ -154,6 +159,18 @@ fn unreadable(path: &Path, e: candle_core::Error) -> GeneratorError {
         path: path.to_path_buf(),
         msg: format!("not a readable safetensors file ({e})"),
     }
+}
+
+/// Hex sha256 of a file, streamed.
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
+    let io = |err| GeneratorError::Io {
+        path: path.to_path_buf(),
+        err,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut file, &mut h).map_err(io)?;
+    Ok(hex::encode(h.finalize()))
 }
 
 enum Source {

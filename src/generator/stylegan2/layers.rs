@@ -232,16 +232,27 @@ pub(super) fn affine(
     FullyConnected::load(w, &format!("{p}.affine"), w_dim, channels, 1.0, false)
 }
 
+/// How a synthesis layer's 3×3 conv runs.
+enum ConvForm {
+    /// Stride 1 at the layer's resolution.
+    Same(Conv),
+    /// Up-sampling ×2 as NVlabs computes it: the stride-2 transposed conv (kernel `[I, O, 3, 3]`),
+    /// then the FIR, which the epilogue applies in its pass. The CPU form: a quarter of the
+    /// multiply-adds of the polyphase form.
+    Transposed(Tensor),
+    /// Up-sampling ×2 as one stride-1 conv with the four phase kernels
+    /// ([`polyphase_up_kernel`]): the form for devices with a fast conv (cuDNN), where one conv
+    /// of four times the multiply-adds beats a transposed conv and a filter pass.
+    Polyphase(Conv),
+}
+
 /// A modulated, demodulated 3×3 conv (optionally up-sampling ×2), noise, bias, lrelu·√2, clamp.
 pub(super) struct SynthesisLayer {
     affine: FullyConnected,
-    /// The stored weight `[O, I, 3, 3]`, for the shared conv.
-    conv: Conv,
+    conv: ConvForm,
     /// `Σ_{kh,kw} W²` transposed: `[I, O]`, so the demodulation coefficients of a batch are
     /// one matmul `rsqrt(s² · Wsq + 1e-8)`.
     wsq: Tensor,
-    /// Up-sampling ×2: `conv` holds the four phase kernels ([`polyphase_up_kernel`]).
-    up: bool,
     bias: Tensor,
     noise_strength: f64,
     /// `noise_const · noise_strength`, `[1, R·R]`.
@@ -253,6 +264,7 @@ pub(super) struct SynthesisLayer {
 }
 
 impl SynthesisLayer {
+    /// The layer `p`; an up-sampling one in the [`ConvForm`] its device runs fastest.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn load(
         w: &Weights,
@@ -264,13 +276,46 @@ impl SynthesisLayer {
         noise_stream: u32,
         cfg: &StyleGan2Config,
     ) -> Result<Self> {
+        let polyphase = !w.device().is_cpu();
+        Self::load_as(
+            w,
+            p,
+            cin,
+            cout,
+            resolution,
+            up,
+            noise_stream,
+            cfg,
+            polyphase,
+        )
+    }
+
+    /// [`Self::load`] with the up-sampling form chosen by the caller.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn load_as(
+        w: &Weights,
+        p: &str,
+        cin: usize,
+        cout: usize,
+        resolution: usize,
+        up: bool,
+        noise_stream: u32,
+        cfg: &StyleGan2Config,
+        polyphase: bool,
+    ) -> Result<Self> {
         let host = w.host(&format!("{p}.weight"), &[cout, cin, 3, 3])?;
-        let kernel = if up {
-            polyphase_up_kernel(&host)?
-        } else {
-            host.clone()
+        let on_device =
+            |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(w.dtype())?.to_device(w.device())?) };
+        let conv = match (up, polyphase) {
+            (false, _) => ConvForm::Same(Conv::new(on_device(host.clone())?, None, 1, 1)),
+            (true, false) => ConvForm::Transposed(on_device(host.transpose(0, 1)?.contiguous()?)?),
+            (true, true) => ConvForm::Polyphase(Conv::new(
+                on_device(polyphase_up_kernel(&host)?)?,
+                None,
+                1,
+                1,
+            )),
         };
-        let kernel = kernel.to_dtype(w.dtype())?.to_device(w.device())?;
         let wsq = host
             .sqr()?
             .sum((2, 3))?
@@ -281,8 +326,7 @@ impl SynthesisLayer {
         let strength = w.vec(&format!("{p}.noise_strength"), &[1])?;
         Ok(Self {
             affine: affine(w, p, cfg.w_dim, cin)?,
-            up,
-            conv: Conv::new(kernel, None, 1, 1),
+            conv,
             wsq,
             bias: w.get(&format!("{p}.bias"), &[cout])?,
             noise_strength: strength[0] as f64,
@@ -308,7 +352,6 @@ impl SynthesisLayer {
         let dt = x.dtype();
         let styles = self.affine.forward(w)?;
         let xs = x.broadcast_mul(&styles.to_dtype(dt)?.unsqueeze(2)?.unsqueeze(3)?)?;
-        let y = self.conv.forward(&xs)?;
         let d = (styles.sqr()?.matmul(&self.wsq)? + 1e-8)?
             .sqrt()?
             .recip()?
@@ -323,26 +366,31 @@ impl SynthesisLayer {
                     .flat_map(|k| k.normals(self.noise_stream, r * r))
                     .collect();
                 let n = Tensor::from_vec(v, (b, r * r), &Device::Cpu)?
-                    .to_device(y.device())?
-                    .to_dtype(y.dtype())?;
+                    .to_device(x.device())?
+                    .to_dtype(dt)?;
                 Some((n * self.noise_strength)?)
             }
         };
-        // y·d + noise + bias, lrelu·√2, clamp: one pass (which also interleaves the four
-        // phases of an up-sampling conv).
-        let epilogue = if self.up {
-            genrep_kernels::fused::modulated_epilogue_up
-        } else {
-            genrep_kernels::fused::modulated_epilogue
+        // y·d + noise + bias, lrelu·√2, clamp: one pass (which also filters a transposed conv's
+        // output, or interleaves the four phases of a polyphase one).
+        let (gain, noise) = (std::f64::consts::SQRT_2, noise.as_ref());
+        use genrep_kernels::fused::{
+            modulated_epilogue, modulated_epilogue_fir_up, modulated_epilogue_up,
         };
-        epilogue(
-            &y,
-            &d,
-            noise.as_ref(),
-            &self.bias,
-            std::f64::consts::SQRT_2,
-            self.clamp,
-        )
+        match &self.conv {
+            ConvForm::Same(conv) => {
+                modulated_epilogue(&conv.forward(&xs)?, &d, noise, &self.bias, gain, self.clamp)
+            }
+            ConvForm::Transposed(k) => {
+                let y = genrep_kernels::conv_transpose2d(&xs, k, 2)?;
+                let fir = FIR.map(|f| f as f32);
+                modulated_epilogue_fir_up(&y, fir, &d, noise, &self.bias, gain, self.clamp)
+            }
+            ConvForm::Polyphase(conv) => {
+                let y = conv.forward(&xs)?;
+                modulated_epilogue_up(&y, &d, noise, &self.bias, gain, self.clamp)
+            }
+        }
     }
 }
 
@@ -392,4 +440,52 @@ pub(super) struct Block {
     pub(super) upsample: bool,
     /// The first w row this block reads.
     pub(super) first_w: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The polyphase form (the GPU's) and the transposed form (the CPU's) of an up-sampling layer
+    /// compute the same thing; the fixtures' parity test runs only the CPU's.
+    #[test]
+    fn both_up_sampling_forms_agree() {
+        let cfg = StyleGan2Config::paper256();
+        let w = Weights::random(7, &Device::Cpu, DType::F32);
+        let (cin, cout, r) = (6, 5, 16);
+        let load = |polyphase| {
+            SynthesisLayer::load_as(&w, "b16.conv0", cin, cout, r, true, 1, &cfg, polyphase)
+                .unwrap()
+        };
+        let (poly, trans) = (load(true), load(false));
+        assert!(matches!(poly.conv, ConvForm::Polyphase(_)));
+        assert!(matches!(trans.conv, ConvForm::Transposed(_)));
+        let x = Tensor::randn(0f32, 1.0, (3, cin, r / 2, r / 2), &Device::Cpu).unwrap();
+        let ws = Tensor::randn(0f32, 1.0, (3, cfg.w_dim), &Device::Cpu).unwrap();
+        for mode in [NoiseMode::Const, NoiseMode::None] {
+            let a = poly.forward(&x, &ws, mode, &[]).unwrap();
+            let b = trans.forward(&x, &ws, mode, &[]).unwrap();
+            assert_eq!(a.dims(), [3, cout, r, r]);
+            assert_eq!(a.dims(), b.dims());
+            let scale = a
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let diff = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                scale > 0.1 && diff <= 1e-5 * scale,
+                "{mode:?}: {diff} of {scale}"
+            );
+        }
+    }
 }

@@ -10,6 +10,7 @@
 
 mod config;
 mod layers;
+pub(crate) mod rosinality;
 
 pub(super) use config::family_knobs;
 pub use config::{Crop, MappingConfig, NoiseMode, StyleGan2Config, SynthesisConfig};
@@ -33,6 +34,21 @@ pub struct StyleGan2 {
 }
 
 impl StyleGan2 {
+    /// A rosinality checkpoint (`*.pt`) read in place ([`rosinality`]).
+    pub(crate) fn from_rosinality(
+        path: &std::path::Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let (cfg, tensors) = rosinality::read(path)?;
+        let name = cfg.name.clone().unwrap_or_else(|| "stylegan2".into());
+        Self::new(
+            cfg,
+            name,
+            &Weights::from_tensors(path, tensors, device, dtype)?,
+        )
+    }
+
     pub(crate) fn new(cfg: StyleGan2Config, name: String, w: &Weights) -> Result<Self> {
         let mapping = Mapping::load(w, &cfg)?;
         let mut blocks = Vec::new();

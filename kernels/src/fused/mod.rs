@@ -1,6 +1,7 @@
 //! Element-wise NCHW ops that candle composes from several passes, as one pass each on the CPU:
 //! nearest ×2 upsampling, a per-sample per-channel affine map with optional ReLU (conditional
-//! batch norm), and a residual add of a channel-truncated, optionally upsampled skip path.
+//! batch norm), and a residual add of a channel-truncated, optionally upsampled skip path (BigGAN's
+//! blocks); StyleGAN2's modulated-conv epilogues are in [`epilogue`].
 //!
 //! A generator block at 128×128 moves hundreds of megabytes through such ops per batch; composed
 //! from candle ops each one is a separate pass that allocates its output (candle's nearest
@@ -9,12 +10,16 @@
 //! of any training loop here), and falls back to the composed candle ops off the CPU or for
 //! dtypes other than f32.
 
+mod epilogue;
+
+pub use epilogue::{modulated_epilogue, modulated_epilogue_fir_up, modulated_epilogue_up};
+
 use crate::op::{Arg, CpuOp, Custom};
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-fn on_cpu_f32(ts: &[&Tensor]) -> bool {
+pub(crate) fn on_cpu_f32(ts: &[&Tensor]) -> bool {
     ts.iter()
         .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32)
 }
@@ -264,209 +269,5 @@ impl CpuOp<2> for AddSkip {
             gs
         };
         Ok([Some(grad.clone()), Some(dx)])
-    }
-}
-
-/// StyleGAN2's modulated-conv epilogue in one pass: `clamp(lrelu(y·d + noise + bias, 0.2) ·
-/// gain, ±clamp)` with `d` the demodulation `[B, C]`, `noise` `[1 | B, H·W]` (already scaled by
-/// its strength; `None`: no noise) and `bias` `[C]`. Composed from candle ops it is nine passes,
-/// each allocating an activation-sized tensor; at 256 px they cost as much as the conv.
-pub fn modulated_epilogue(
-    y: &Tensor,
-    d: &Tensor,
-    noise: Option<&Tensor>,
-    bias: &Tensor,
-    gain: f64,
-    clamp: Option<f64>,
-) -> Result<Tensor> {
-    epilogue(y, d, noise, bias, gain, clamp, false)
-}
-
-/// [`modulated_epilogue`] of an up-sampling conv computed in polyphase form: `y` is
-/// `[B, 4·C, H, W]`, the four output phases `(φy, φx)` phase-major, and the result
-/// `[B, C, 2H, 2W]` takes output pixel `(2a + φy, 2b + φx)` from phase `(φy, φx)` at `(a, b)`
-/// (`noise` is `[1 | B, 4·H·W]` at the output size). The interleaving is done in the same pass,
-/// not as a strided copy.
-pub fn modulated_epilogue_up(
-    y: &Tensor,
-    d: &Tensor,
-    noise: Option<&Tensor>,
-    bias: &Tensor,
-    gain: f64,
-    clamp: Option<f64>,
-) -> Result<Tensor> {
-    epilogue(y, d, noise, bias, gain, clamp, true)
-}
-
-/// `[B, 4·C, H, W]` phases (phase-major) → `[B, C, 2H, 2W]`, composed from candle ops.
-fn interleave(y: &Tensor) -> Result<Tensor> {
-    let (b, c4, h, w) = y.dims4()?;
-    y.reshape((b, 2, 2, c4 / 4, h, w))?
-        .permute((0, 3, 4, 1, 5, 2))?
-        .reshape((b, c4 / 4, 2 * h, 2 * w))
-}
-
-fn epilogue(
-    y: &Tensor,
-    d: &Tensor,
-    noise: Option<&Tensor>,
-    bias: &Tensor,
-    gain: f64,
-    clamp: Option<f64>,
-    phases: bool,
-) -> Result<Tensor> {
-    let (b, c, h, w) = y.dims4()?;
-    // Off the f32 CPU path the phases are interleaved first, then the composed ops run.
-    let fused = on_cpu_f32(&[y, d, bias]) && noise.is_none_or(|n| on_cpu_f32(&[n]));
-    if phases && (!fused || c % 4 != 0) {
-        return epilogue(&interleave(y)?, d, noise, bias, gain, clamp, false);
-    }
-    let (c, h, w) = if phases {
-        (c / 4, 2 * h, 2 * w)
-    } else {
-        (c, h, w)
-    };
-    if d.dims() != [b, c] || bias.dims() != [c] {
-        candle_core::bail!(
-            "modulated_epilogue: demodulation {:?} / bias {:?}, expected [{b}, {c}] / [{c}]",
-            d.dims(),
-            bias.dims()
-        );
-    }
-    if let Some(n) = noise {
-        let (nb, nhw) = n.dims2()?;
-        if !(nb == 1 || nb == b) || nhw != h * w {
-            candle_core::bail!(
-                "modulated_epilogue: noise {:?}, expected [1 or {b}, {}]",
-                n.dims(),
-                h * w
-            );
-        }
-    }
-    let mut all = vec![y, d, bias];
-    all.extend(noise);
-    if !on_cpu_f32(&all) {
-        let mut x = y.broadcast_mul(&d.reshape((b, c, 1, 1))?)?;
-        if let Some(n) = noise {
-            x = x.broadcast_add(&n.reshape(((), 1, h, w))?)?;
-        }
-        let x = x.broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
-        let pos = x.relu()?;
-        let x = ((&pos + ((x - &pos)? * 0.2)?)? * gain)?;
-        return match clamp {
-            Some(m) => x.clamp(-m, m),
-            None => Ok(x),
-        };
-    }
-    let zeros;
-    let noise = match noise {
-        Some(n) => n.contiguous()?,
-        None => {
-            zeros = Tensor::zeros((1, h * w), DType::F32, y.device())?;
-            zeros.clone()
-        }
-    };
-    let op = Epilogue {
-        bias: bias.to_vec1::<f32>()?,
-        gain: gain as f32,
-        clamp: clamp.map(|m| m as f32),
-        phases,
-    };
-    y.contiguous()?
-        .apply_op3(&d.contiguous()?, &noise, Custom(op))
-}
-
-struct Epilogue {
-    bias: Vec<f32>,
-    gain: f32,
-    clamp: Option<f32>,
-    /// The input holds four output phases (see [`modulated_epilogue_up`]).
-    phases: bool,
-}
-
-impl CpuOp<3> for Epilogue {
-    const NAME: &'static str = "genrep-modulated-epilogue";
-    const ARGS: [&'static str; 3] = [
-        "modulated_epilogue: activation",
-        "modulated_epilogue: demodulation",
-        "modulated_epilogue: noise",
-    ];
-
-    fn forward(&self, [ya, d, n]: [Arg; 3]) -> Result<(Vec<f32>, Shape)> {
-        if self.phases {
-            return self.forward_phases(ya, d.data, n.data);
-        }
-        let (y, d, noise) = (ya.data, d.data, n.data);
-        let (_, c, h, w) = ya.shape.dims4()?;
-        let hw = (h * w).max(1);
-        let per_sample_noise = noise.len() > hw;
-        let (gain, lo, hi) = match self.clamp {
-            Some(m) => (self.gain, -m, m),
-            None => (self.gain, f32::NEG_INFINITY, f32::INFINITY),
-        };
-        let out = crate::cpu::output_buffer(y.len(), |out| {
-            out.par_chunks_mut(hw)
-                .zip(y.par_chunks(hw))
-                .enumerate()
-                .for_each(|(i, (o, yi))| {
-                    let (s, ch) = (i / c, i % c);
-                    let (di, bi) = (d[i], self.bias[ch]);
-                    let nz = if per_sample_noise {
-                        &noise[s * hw..(s + 1) * hw]
-                    } else {
-                        &noise[..hw]
-                    };
-                    for ((o, &v), &z) in o.iter_mut().zip(yi).zip(nz) {
-                        let x = v * di + z + bi;
-                        let x = if x < 0.0 { 0.2 * x } else { x } * gain;
-                        o.write(x.clamp(lo, hi));
-                    }
-                });
-            // SAFETY: every chunk was written element by element above (equal lengths).
-            unsafe { crate::cpu::init_all(out) }
-        });
-        Ok((out, ya.shape.clone()))
-    }
-}
-
-impl Epilogue {
-    /// The interleaving form: one output plane `(b, c)` per task, reading its four phase planes.
-    fn forward_phases(&self, ya: Arg, d: &[f32], noise: &[f32]) -> Result<(Vec<f32>, Shape)> {
-        let y = ya.data;
-        let (b, c4, h, w) = ya.shape.dims4()?;
-        let c = c4 / 4;
-        let (hw, ohw, ow) = (h * w, 4 * h * w, 2 * w);
-        let per_sample_noise = noise.len() > ohw;
-        let (gain, lo, hi) = match self.clamp {
-            Some(m) => (self.gain, -m, m),
-            None => (self.gain, f32::NEG_INFINITY, f32::INFINITY),
-        };
-        let out = crate::cpu::output_buffer(b * c * ohw, |out| {
-            out.par_chunks_mut(ohw).enumerate().for_each(|(i, o)| {
-                let (s, ch) = (i / c, i % c);
-                let (di, bi) = (d[i], self.bias[ch]);
-                let nz = if per_sample_noise {
-                    &noise[s * ohw..(s + 1) * ohw]
-                } else {
-                    &noise[..ohw]
-                };
-                for phase in 0..4 {
-                    let (py, px) = (phase / 2, phase % 2);
-                    let src = &y[((s * 4 + phase) * c + ch) * hw..][..hw];
-                    for a in 0..h {
-                        let row = (2 * a + py) * ow;
-                        for (bb, &v) in src[a * w..(a + 1) * w].iter().enumerate() {
-                            let k = row + 2 * bb + px;
-                            let x = v * di + nz[k] + bi;
-                            let x = if x < 0.0 { 0.2 * x } else { x } * gain;
-                            o[k].write(x.clamp(lo, hi));
-                        }
-                    }
-                }
-            });
-            // SAFETY: the four phases together write every pixel of each output plane once.
-            unsafe { crate::cpu::init_all(out) }
-        });
-        Ok((out, Shape::from((b, c, 2 * h, 2 * w))))
     }
 }
