@@ -341,12 +341,14 @@ impl GenBlock {
     }
 }
 
-struct SelfAttn {
-    theta: Conv,
-    phi: Conv,
-    g: Conv,
-    o: Conv,
-    gamma: Tensor,
+/// SAGAN self-attention as BigGAN's releases compute it (BigGAN-deep and the BigGAN-PyTorch
+/// layout alike): `x + γ·o(g·softmax(θᵀφ)ᵀ)` with φ and g max-pooled ×2.
+pub(crate) struct SelfAttn {
+    pub(crate) theta: Conv,
+    pub(crate) phi: Conv,
+    pub(crate) g: Conv,
+    pub(crate) o: Conv,
+    pub(crate) gamma: Tensor,
 }
 
 impl Module for SelfAttn {

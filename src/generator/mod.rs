@@ -10,6 +10,7 @@
 
 mod batch;
 mod biggan;
+mod biggan_pytorch;
 mod cdcgan;
 pub mod inputs;
 pub mod registry;
@@ -19,8 +20,12 @@ mod weights;
 
 pub use batch::{Assets, Batch, ClassInput, Latents, NoiseKey};
 pub use biggan::{BigGanConfig, BigGanDeep};
+pub use biggan_pytorch::{BigGanPytorch, BigGanPytorchConfig};
 pub use cdcgan::{CdcGan, CdcGanConfig};
-pub use registry::{load_model, load_model_dir, load_model_parts, random_biggan, random_stylegan2};
+pub use registry::{
+    load_model, load_model_dir, load_model_parts, random_biggan, random_biggan_pytorch,
+    random_stylegan2,
+};
 pub use spec::{knob_names, GeneratorSpec, Knobs, LatentSpace, Space};
 pub use stylegan2::{Crop, MappingConfig, NoiseMode, StyleGan2, StyleGan2Config, SynthesisConfig};
 

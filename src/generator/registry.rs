@@ -8,8 +8,8 @@
 
 use super::weights::Weights;
 use super::{
-    BigGanConfig, BigGanDeep, CdcGan, CdcGanConfig, Generator, GeneratorError, Result, StyleGan2,
-    StyleGan2Config,
+    BigGanConfig, BigGanDeep, BigGanPytorch, BigGanPytorchConfig, CdcGan, CdcGanConfig, Generator,
+    GeneratorError, Result, StyleGan2, StyleGan2Config,
 };
 use crate::params::decl::Param;
 use candle_core::{DType, Device};
@@ -25,11 +25,14 @@ pub enum Architecture {
     Cdcgan,
     /// StyleGAN2 (NVlabs stylegan2-ada-pytorch layout; rosinality checkpoints are converted to it).
     Stylegan2,
+    /// BigGAN-PyTorch's layout (BigBiGAN's PyTorch port, BigGAN-PyTorch and StudioGAN releases).
+    BigganPytorch,
 }
 
 impl Architecture {
-    pub const ALL: [Architecture; 3] = [
+    pub const ALL: [Architecture; 4] = [
         Architecture::BigganDeep,
+        Architecture::BigganPytorch,
         Architecture::Cdcgan,
         Architecture::Stylegan2,
     ];
@@ -39,6 +42,7 @@ impl Architecture {
             Architecture::BigganDeep => "biggan-deep",
             Architecture::Cdcgan => "cdcgan",
             Architecture::Stylegan2 => "stylegan2",
+            Architecture::BigganPytorch => "biggan-pytorch",
         }
     }
 
@@ -48,6 +52,7 @@ impl Architecture {
             Architecture::BigganDeep => super::biggan::KNOBS,
             Architecture::Cdcgan => &[],
             Architecture::Stylegan2 => super::stylegan2::family_knobs(),
+            Architecture::BigganPytorch => &[],
         }
     }
 
@@ -76,6 +81,7 @@ pub enum ModelConfig {
     BigganDeep(BigGanConfig),
     Cdcgan(CdcGanConfig),
     Stylegan2(StyleGan2Config),
+    BigganPytorch(BigGanPytorchConfig),
 }
 
 impl ModelConfig {
@@ -120,6 +126,9 @@ impl ModelConfig {
             Architecture::Stylegan2 => {
                 ModelConfig::Stylegan2(checked(&value, path, StyleGan2Config::validate)?)
             }
+            Architecture::BigganPytorch => {
+                ModelConfig::BigganPytorch(checked(&value, path, BigGanPytorchConfig::validate)?)
+            }
         })
     }
 
@@ -128,6 +137,7 @@ impl ModelConfig {
             ModelConfig::BigganDeep(_) => Architecture::BigganDeep,
             ModelConfig::Cdcgan(_) => Architecture::Cdcgan,
             ModelConfig::Stylegan2(_) => Architecture::Stylegan2,
+            ModelConfig::BigganPytorch(_) => Architecture::BigganPytorch,
         }
     }
 
@@ -145,6 +155,10 @@ impl ModelConfig {
             ModelConfig::Stylegan2(cfg) => {
                 let name = cfg.name.clone().unwrap_or_else(|| default_name.into());
                 Box::new(StyleGan2::new(cfg, name, w)?)
+            }
+            ModelConfig::BigganPytorch(cfg) => {
+                let name = cfg.name.clone().unwrap_or_else(|| default_name.into());
+                Box::new(BigGanPytorch::new(cfg, name, w)?)
             }
         })
     }
@@ -242,6 +256,19 @@ pub fn random_biggan(
     BigGanDeep::new(cfg, name, &Weights::random(seed, device, dtype))
 }
 
+/// A BigGAN-PyTorch generator of the given config with seeded random weights (benchmarks).
+pub fn random_biggan_pytorch(
+    cfg: BigGanPytorchConfig,
+    seed: u64,
+    device: &Device,
+    dtype: DType,
+) -> Result<BigGanPytorch> {
+    cfg.validate()
+        .map_err(|msg| GeneratorError::Unsupported(format!("BigGAN-PyTorch config: {msg}")))?;
+    let name = cfg.name.clone().unwrap_or_else(|| "biggan-pytorch-random".into());
+    BigGanPytorch::new(cfg, name, &Weights::random(seed, device, dtype))
+}
+
 /// A StyleGAN2 of the given config with seeded random weights (benchmarks, checks).
 pub fn random_stylegan2(
     cfg: StyleGan2Config,
@@ -268,7 +295,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("\"stylegan9\"") && e.contains("known: biggan-deep, cdcgan, stylegan2"),
+            e.contains("\"stylegan9\"") && e.contains("known: biggan-deep, biggan-pytorch, cdcgan, stylegan2"),
             "{e}"
         );
         let e = ModelConfig::parse(r#"{"z_dim": 4}"#, Path::new("c.json"))
