@@ -165,6 +165,31 @@ def fold_sn(w, u0, eps):
     return (w64 / sigma).to(torch.float32)
 
 
+def check_tensors(shapes, cfg):
+    """`expected_shapes(cfg)`, once the checkpoint's `{name: shape}` has exactly those tensors
+    (spectral-norm buffers aside) with those shapes; else a ConvertError naming the first
+    difference."""
+    want = expected_shapes(cfg)
+    have = {k for k in shapes if not is_sn_buffer(k)}
+    missing = sorted(set(want) - have)
+    extra = sorted(have - set(want))
+    if missing:
+        raise ConvertError(
+            f"{len(missing)} tensor(s) the config needs are missing, e.g. {missing[:5]}"
+        )
+    if extra:
+        raise ConvertError(
+            f"{len(extra)} tensor(s) the config has no place for, e.g. {extra[:5]} "
+            "(is G_attn, hier or G_shared right?)"
+        )
+    for k, shape in sorted(want.items()):
+        if tuple(shapes[k]) != tuple(shape):
+            raise ConvertError(
+                f"tensor `{k}` has shape {list(shapes[k])}, the config gives {list(shape)}"
+            )
+    return want
+
+
 def read_state_dict(path):
     import torch
 
@@ -185,27 +210,11 @@ def convert(checkpoint, cfg_raw, out_dir, unconditional=False, name=None):
 
     cfg = resolve_config(cfg_raw)
     sd = read_state_dict(checkpoint)
-    want = expected_shapes(cfg)
-    have = {k for k in sd if not is_sn_buffer(k)}
-    missing = sorted(set(want) - have)
-    extra = sorted(have - set(want))
-    if missing:
-        raise ConvertError(
-            f"{len(missing)} tensor(s) the config needs are missing, e.g. {missing[:5]}"
-        )
-    if extra:
-        raise ConvertError(
-            f"{len(extra)} tensor(s) the config has no place for, e.g. {extra[:5]} "
-            "(is G_attn, hier or G_shared right?)"
-        )
+    want = check_tensors({k: tuple(v.shape) for k, v in sd.items()}, cfg)
     arrays = {}
     sn = cfg["G_param"] == "SN"
     for k, shape in sorted(want.items()):
         t = sd[k]
-        if tuple(t.shape) != tuple(shape):
-            raise ConvertError(
-                f"tensor `{k}` has shape {list(t.shape)}, the config gives {list(shape)}"
-            )
         if not t.is_floating_point():
             raise ConvertError(f"tensor `{k}` has dtype {t.dtype}, expected a float type")
         base = k[: -len(".weight")] if k.endswith(".weight") else None
