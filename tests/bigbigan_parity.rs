@@ -46,7 +46,9 @@ fn errors(dtype: DType) -> [f32; 3] {
     let g = load_model_dir(&fixtures().join("bbg-32"), &Device::Cpu, dtype).unwrap();
     assert_eq!(g.spec().architecture, "biggan-pytorch");
     assert_eq!((g.spec().latent_dim, g.spec().num_classes), (20, 4));
-    let img = g.generate(&z, &ClassInput::Ids(class_ids()), &knobs).unwrap();
+    let img = g
+        .generate(&z, &ClassInput::Ids(class_ids()), &knobs)
+        .unwrap();
     assert_eq!(img.dims(), [6, 3, 32, 32]);
     let e_cond = rel_err(&img, &f32s("img_classes.npy").1);
     let u = load_model_dir(&fixtures().join("bbg-32-uncond"), &Device::Cpu, dtype).unwrap();
@@ -54,10 +56,16 @@ fn errors(dtype: DType) -> [f32; 3] {
     let img0 = u.generate(&z, &ClassInput::None, &knobs).unwrap();
     let e_uncond = rel_err(&img0, &f32s("img_class0.npy").1);
     let one = g
-        .generate(&z[..20], &ClassInput::Ids(class_ids()[..1].to_vec()), &knobs)
+        .generate(
+            &z[..20],
+            &ClassInput::Ids(class_ids()[..1].to_vec()),
+            &knobs,
+        )
         .unwrap();
     let e_one = rel_err(&one, &f32s("img_classes_batch1.npy").1);
-    eprintln!("bbg-32 {dtype:?}: classes {e_cond:.2e}, class 0 {e_uncond:.2e}, batch 1 {e_one:.2e}");
+    eprintln!(
+        "bbg-32 {dtype:?}: classes {e_cond:.2e}, class 0 {e_uncond:.2e}, batch 1 {e_one:.2e}"
+    );
     [e_cond, e_uncond, e_one]
 }
 
@@ -92,7 +100,10 @@ fn class_rows_and_class_errors() {
     }
     let a = g.generate(&z, &ClassInput::Soft(rows), &knobs).unwrap();
     assert!(rel_err(&a, &f32s("img_classes.npy").1) <= 1e-5);
-    let e = g.generate(&z, &ClassInput::None, &knobs).unwrap_err().to_string();
+    let e = g
+        .generate(&z, &ClassInput::None, &knobs)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("class"), "{e}");
     let u = load_model_dir(&fixtures().join("bbg-32-uncond"), &Device::Cpu, DType::F32).unwrap();
     let e = u

@@ -32,5 +32,8 @@ fn bigbigan_converter_names_missing_extra_and_misshapen_tensors_and_bad_configs(
         "convert_bigbigan error cases",
     );
     assert!(out.trim_end().ends_with("ok"), "{out}");
-    assert!(out.contains("blocks.3.1.gamma") && out.contains("only ReLU"), "{out}");
+    assert!(
+        out.contains("blocks.3.1.gamma") && out.contains("only ReLU"),
+        "{out}"
+    );
 }

@@ -237,3 +237,53 @@ fn malformed_rosinality_checkpoints_are_named() {
         .to_string();
     assert!(e.contains("absent.pt") && e.contains("no such file"), "{e}");
 }
+
+/// A BigGAN-PyTorch directory whose config lies or whose weights lack a tensor fails at load,
+/// naming the field or the tensor.
+#[test]
+fn biggan_pytorch_configs_that_lie_are_named() {
+    let cases: &[(&str, serde_json::Value, &str)] = &[
+        ("resolution", serde_json::json!(48), "resolution = 48"),
+        ("resolution", serde_json::json!(64), "has shape"),
+        ("G_ch", serde_json::json!(0), "G_ch"),
+        ("G_ch", serde_json::json!(8), "has shape"),
+        (
+            "dim_z",
+            serde_json::json!(3),
+            "shorter than its 4 hierarchical chunks",
+        ),
+        ("dim_z", serde_json::json!(1 << 20), "dim_z"),
+        ("G_attn", serde_json::json!("sixteen"), "not a resolution"),
+        ("G_attn", serde_json::json!("32"), "blocks.2.1.theta.weight"),
+        ("n_classes", serde_json::json!(5), "shared.weight"),
+        (
+            "unconditional_class",
+            serde_json::json!(4),
+            "unconditional_class = 4",
+        ),
+        ("G_activation", serde_json::json!("SiLU"), "only ReLU"),
+        ("norm_style", serde_json::json!("gn"), "norm_style"),
+        ("mybn", serde_json::json!(true), "mybn"),
+        ("hier", serde_json::json!(false), "has shape"),
+        ("BN_eps", serde_json::json!(-1.0), "BN_eps"),
+    ];
+    for (key, value, needle) in cases {
+        let d = copy_model("tests/fixtures/bigbigan/bbg-32");
+        set_config(d.path(), key, value);
+        let e = load_err(d.path());
+        assert!(e.contains(needle), "{key}={value}: {e}");
+    }
+    let d = copy_model("tests/fixtures/bigbigan/bbg-32");
+    let p = d.path().join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+    let kept: std::collections::HashMap<_, _> = tensors
+        .into_iter()
+        .filter(|(k, _)| k != "blocks.1.0.bn2.stored_var")
+        .collect();
+    candle_core::safetensors::save(&kept, &p).unwrap();
+    match load_model_dir(d.path(), &Device::Cpu, DType::F32) {
+        Err(GeneratorError::MissingTensor(n)) => assert_eq!(n, "blocks.1.0.bn2.stored_var"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("should fail"),
+    }
+}

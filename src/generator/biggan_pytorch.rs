@@ -185,7 +185,10 @@ impl BigGanPytorchConfig {
             return Err("dim_z must be in 1..=4096 and shared_dim in 0..=4096".into());
         }
         if self.n_classes == 0 || self.n_classes > 100_000 {
-            return Err(format!("n_classes = {}: must be in 1..=100000", self.n_classes));
+            return Err(format!(
+                "n_classes = {}: must be in 1..=100000",
+                self.n_classes
+            ));
         }
         if self.hier && self.z_chunks().1 == 0 {
             return Err(format!(
@@ -374,11 +377,21 @@ impl BigGanPytorch {
         }
         let last = blocks_cfg[blocks_cfg.len() - 1].1;
         let bn = StoredBn::load(w, "output_layer.0", last, OUTPUT_BN_EPS)?;
-        let gain = Tensor::from_vec(w.vec("output_layer.0.gain", &[last])?, (1, last), &Device::Cpu)?;
-        let bias = Tensor::from_vec(w.vec("output_layer.0.bias", &[last])?, (1, last), &Device::Cpu)?;
+        let gain = Tensor::from_vec(
+            w.vec("output_layer.0.gain", &[last])?,
+            (1, last),
+            &Device::Cpu,
+        )?;
+        let bias = Tensor::from_vec(
+            w.vec("output_layer.0.bias", &[last])?,
+            (1, last),
+            &Device::Cpu,
+        )?;
         let (a, b) = bn.affine(&gain, &bias)?;
         let on_dev = |t: Tensor| -> Result<Tensor> {
-            Ok(t.flatten_all()?.to_dtype(w.dtype())?.to_device(w.device())?)
+            Ok(t.flatten_all()?
+                .to_dtype(w.dtype())?
+                .to_device(w.device())?)
         };
         let out_bn = (on_dev(a)?, on_dev(b)?);
         let out_conv = conv(w, "output_layer.2", last, 3, 3, true)?;
@@ -441,6 +454,11 @@ impl BigGanPytorch {
             (Rows::Ids(ids), None) => {
                 let mut v = vec![0f32; b * n];
                 for (i, &k) in ids.iter().enumerate() {
+                    if k as usize >= n {
+                        return Err(GeneratorError::Input(format!(
+                            "class {k} out of range: the model has {n} classes"
+                        )));
+                    }
                     v[i * n + k as usize] = 1.0;
                 }
                 Tensor::from_vec(v, (b, n), &Device::Cpu)?

@@ -265,7 +265,10 @@ pub fn random_biggan_pytorch(
 ) -> Result<BigGanPytorch> {
     cfg.validate()
         .map_err(|msg| GeneratorError::Unsupported(format!("BigGAN-PyTorch config: {msg}")))?;
-    let name = cfg.name.clone().unwrap_or_else(|| "biggan-pytorch-random".into());
+    let name = cfg
+        .name
+        .clone()
+        .unwrap_or_else(|| "biggan-pytorch-random".into());
     BigGanPytorch::new(cfg, name, &Weights::random(seed, device, dtype))
 }
 
@@ -295,7 +298,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("\"stylegan9\"") && e.contains("known: biggan-deep, biggan-pytorch, cdcgan, stylegan2"),
+            e.contains("\"stylegan9\"")
+                && e.contains("known: biggan-deep, biggan-pytorch, cdcgan, stylegan2"),
             "{e}"
         );
         let e = ModelConfig::parse(r#"{"z_dim": 4}"#, Path::new("c.json"))
