@@ -1,5 +1,6 @@
 //! Generator throughput on this machine: images/s of StyleGAN2 (paper256 and config-f 512,
-//! random weights) at batch 1 and 8, of BigGAN-deep-128 (package config, random weights) at
+//! random weights) at batch 1 and 8, of BigBiGAN-128 (random weights) at batch 1 and 8, of
+//! BigGAN-deep-128 (package config, random weights) at
 //! batch 1, 8 and 32, and of the embedded default generator.
 //!
 //!     cargo bench --bench generator [-- --quick]
@@ -14,7 +15,8 @@ mod support;
 use candle_core::{DType, Device};
 use genrep::check::throughput::images_per_s;
 use genrep::generator::{
-    random_biggan, random_stylegan2, BigGanConfig, Generator, StyleGan2Config,
+    random_biggan, random_biggan_pytorch, random_stylegan2, BigGanConfig, BigGanPytorchConfig,
+    Generator, StyleGan2Config,
 };
 use std::time::Duration;
 use support::{torch_reference, value_before};
@@ -81,6 +83,50 @@ fn stylegan2_rows(dev: &Device, quick: bool, threads: &str) {
     }
 }
 
+/// BigBiGAN-128 (BigGAN-PyTorch layout, random weights) at batch 1 and 8, next to
+/// `tools/bench_bigbigan_reference.py` (its own implementation of the layout's math, checked
+/// against the reference fixture before it times anything).
+fn bigbigan_rows(dev: &Device, threads: &str) {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bigbigan");
+    let torch = torch_reference(
+        "bench_bigbigan_reference.py",
+        &[
+            "--threads",
+            threads,
+            "--batches",
+            "1,8",
+            "--check",
+            fixtures,
+            "--min-time",
+            "2",
+        ],
+    );
+    if let Some(l) = torch
+        .as_ref()
+        .and_then(|lines| lines.iter().find(|l| l.starts_with("reference check")))
+    {
+        println!("{l}");
+    }
+    let g = random_biggan_pytorch(BigGanPytorchConfig::bigbigan_128(), 0, dev, DType::F32).unwrap();
+    for b in [1usize, 8] {
+        let ips = time_batch(&g, b, Duration::from_secs(2));
+        let mut line = format!(
+            "bigbigan-128       candle f32 batch {b:>2}: {ips:8.3} images/s  ({:.3} s/image)",
+            1.0 / ips
+        );
+        if let Some(lines) = &torch {
+            let pat = format!("bigbigan-128 torch f32 batch {b:>2}:");
+            let t = lines
+                .iter()
+                .find(|l| l.starts_with(&pat))
+                .and_then(|l| value_before(l, "images/s"))
+                .expect("torch figure for this row");
+            line += &format!("   torch {t:8.3} images/s   candle/torch {:.2}x", ips / t);
+        }
+        println!("{line}");
+    }
+}
+
 fn main() {
     // As the binaries do: freed activations stay in the heap (genrep_kernels::alloc).
     genrep_kernels::tune_allocator();
@@ -94,6 +140,7 @@ fn main() {
     );
     let threads = candle_core::utils::get_num_threads().to_string();
     stylegan2_rows(&dev, quick, &threads);
+    bigbigan_rows(&dev, &threads);
     let g = random_biggan(BigGanConfig::deep(128).unwrap(), 0, &dev, DType::F32).unwrap();
     let batches: &[usize] = if quick { &[1, 8] } else { &[1, 8, 32] };
     let ours: Vec<f64> = batches

@@ -90,7 +90,8 @@ pub struct CheckArgs {
     /// `cpu`, or `cuda:N` when built with the `cuda` feature.
     #[arg(long, env = "GENREP_DEVICE", default_value = "cpu")]
     pub device: String,
-    /// The repository's `tests/fixtures` folder (the BigGAN fixture and its PyTorch outputs).
+    /// The repository's `tests/fixtures` folder (the BigGAN, StyleGAN2 and BigBiGAN fixtures and
+    /// their reference outputs).
     #[arg(long, default_value = "tests/fixtures")]
     pub fixtures: PathBuf,
     /// Dtypes of the parity checks and the throughput sweep.
@@ -102,9 +103,9 @@ pub struct CheckArgs {
         action = clap::ArgAction::Set
     )]
     pub dtypes: Vec<Dtype>,
-    /// Throughput models: `deep-128`, `deep-256`, `deep-512` (the package's configs, random
-    /// weights) or model directories.
-    #[arg(long, value_delimiter = ',', default_value = "deep-128,deep-256", action = clap::ArgAction::Set)]
+    /// Throughput models: `deep-128`, `deep-256`, `deep-512` (the package's configs), `sg2-256`
+    /// (StyleGAN2 paper256), `bigbigan-128` (all with random weights), or model directories.
+    #[arg(long, value_delimiter = ',', default_value = "deep-128,sg2-256,bigbigan-128,deep-256", action = clap::ArgAction::Set)]
     pub models: Vec<String>,
     /// Batch sizes of the throughput sweep; after a batch fails (out of memory), larger ones of
     /// the same model and dtype are skipped.

@@ -46,8 +46,13 @@ fn gpu_check_script_cpu_path_reports_every_section() {
     assert_eq!(g["device"], "cpu");
     assert_eq!(g["complete"], true);
 
-    // Parity: both generators, each dtype, within tolerance (f32 at the CPU tests' 1e-4).
-    for model in ["biggan_fixture", "embedded"] {
+    // Parity: every generator family, each dtype, within tolerance (f32 at the CPU tests' 1e-4).
+    for model in [
+        "biggan_fixture",
+        "stylegan2_fixture",
+        "bigbigan_fixture",
+        "embedded",
+    ] {
         let entries = g["parity"][model].as_array().unwrap();
         let dtypes: Vec<&str> = entries
             .iter()
@@ -276,7 +281,7 @@ fn bad_check_options_are_refused_naming_the_problem() {
         (&["--models", "deep-100"], "deep-128, deep-256, deep-512"),
         (
             &["--models", "/no/such/model"],
-            "neither deep-128/256/512 nor a model directory",
+            "is none of deep-128/256/512, sg2-256, bigbigan-128, nor a model directory",
         ),
         (&["--fixtures", "/no/such/fixtures"], "cannot read fixture"),
         (&["--batches", "4,0"], "--batches"),

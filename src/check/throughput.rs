@@ -1,10 +1,12 @@
 //! Generator throughput: images/s and TFLOP/s per (model, dtype, batch). Times include copying
 //! the images back to the host (the engine always does; on a GPU it is also the synchronisation
-//! point). BigGAN-deep configs run with seeded random weights: speed does not depend on values.
+//! point). BigGAN-deep configs, StyleGAN2 paper256 and BigBiGAN-128 run with seeded random
+//! weights: speed does not depend on values.
 
 use super::{dtype_name, guarded, CheckOptions};
 use crate::generator::{
-    load_model_dir, random_biggan, BigGanConfig, ClassInput, Generator, GeneratorError, Knobs,
+    load_model_dir, random_biggan, random_biggan_pytorch, random_stylegan2, BigGanConfig,
+    BigGanPytorchConfig, ClassInput, Generator, GeneratorError, Knobs, StyleGan2Config,
 };
 use candle_core::{DType, Device};
 use serde_json::{json, Value};
@@ -16,6 +18,10 @@ use std::time::{Duration, Instant};
 pub enum ModelChoice {
     /// The package's BigGAN-deep config at this resolution, random weights.
     Deep(usize),
+    /// StyleGAN2 `paper256` (stylegan2-ada-pytorch's 256 px config), random weights.
+    StyleGan2Paper256,
+    /// BigBiGAN-128 (BigGAN-PyTorch layout), random weights.
+    BigBiGan128,
     /// A model directory (config.json + model.safetensors).
     Dir(PathBuf),
 }
@@ -43,6 +49,11 @@ pub fn random_deep(
 impl std::str::FromStr for ModelChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sg2-256" => return Ok(Self::StyleGan2Paper256),
+            "bigbigan-128" => return Ok(Self::BigBiGan128),
+            _ => {}
+        }
         if s.starts_with("deep-") {
             return parse_deep(s).map(Self::Deep).ok_or_else(|| {
                 format!("`{s}`: BigGAN-deep comes in deep-128, deep-256, deep-512")
@@ -53,7 +64,8 @@ impl std::str::FromStr for ModelChoice {
             Ok(Self::Dir(p))
         } else {
             Err(format!(
-                "`{s}` is neither deep-128/256/512 nor a model directory with a config.json"
+                "`{s}` is none of deep-128/256/512, sg2-256, bigbigan-128, nor a model \
+                 directory with a config.json"
             ))
         }
     }
@@ -63,6 +75,8 @@ impl ModelChoice {
     pub fn name(&self) -> String {
         match self {
             Self::Deep(r) => format!("biggan-deep-{r}"),
+            Self::StyleGan2Paper256 => "stylegan2-paper256".into(),
+            Self::BigBiGan128 => "bigbigan-128".into(),
             Self::Dir(p) => p.display().to_string(),
         }
     }
@@ -72,6 +86,7 @@ impl ModelChoice {
     pub fn biggan_config(&self) -> Option<BigGanConfig> {
         match self {
             Self::Deep(r) => BigGanConfig::deep(*r),
+            Self::StyleGan2Paper256 | Self::BigBiGan128 => None,
             Self::Dir(p) => std::fs::read_to_string(p.join("config.json"))
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok()),
@@ -85,6 +100,18 @@ impl ModelChoice {
     ) -> Result<Box<dyn Generator>, GeneratorError> {
         match self {
             Self::Deep(r) => random_deep(*r, device, dtype),
+            Self::StyleGan2Paper256 => Ok(Box::new(random_stylegan2(
+                StyleGan2Config::paper256(),
+                0,
+                device,
+                dtype,
+            )?)),
+            Self::BigBiGan128 => Ok(Box::new(random_biggan_pytorch(
+                BigGanPytorchConfig::bigbigan_128(),
+                0,
+                device,
+                dtype,
+            )?)),
             Self::Dir(p) => load_model_dir(p, device, dtype),
         }
     }
