@@ -20,4 +20,5 @@ pub mod pipeline;
 pub mod sampler;
 pub mod server;
 pub mod views;
+pub mod walks;
 pub mod wds;
