@@ -196,7 +196,6 @@ fn malformed_rosinality_checkpoints_are_named() {
     let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stylegan2-pt/bad");
     for (file, want) in [
         ("no-g-ema.pt", "no 'g_ema'"),
-        ("no-latent-avg.pt", "no 'latent_avg'"),
         ("no-mapping.pt", "no mapping layers"),
         ("missing-tensor.pt", "tensor `input.input` is missing"),
         (

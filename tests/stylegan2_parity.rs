@@ -176,6 +176,38 @@ fn rosinality_checkpoint_read_in_place_matches_the_reference_and_its_conversion(
     assert_eq!(rel_err(&a, &b), 0.0);
 }
 
+/// A `.pt` without `latent_avg` (what rosinality's `train.py` saves) loads with `w_avg`
+/// estimated from the mapping: at ψ = 1 (which does not read it) the images are the reference's;
+/// at ψ = 0.7 they move towards the estimate, and the same on every load.
+#[test]
+fn rosinality_checkpoint_without_latent_avg_estimates_it() {
+    let io = fixtures().join("sg2-32-uncond-io");
+    let (_, z) = npy(&io, "z.npy");
+    let path = fixtures().join("../stylegan2-pt/sg2-32-uncond-no-latent-avg.pt");
+    let g = load_model(&path, &Device::Cpu, DType::F32).unwrap();
+    let run = |psi| {
+        g.generate(
+            &z,
+            &ClassInput::None,
+            &StyleGan2::knobs(psi, 0, NoiseMode::Const),
+        )
+        .unwrap()
+    };
+    let e = rel_err(&run(1.0), &tensor(&io, "img_const_psi1.0.npy"));
+    assert!(e <= 1e-5, "{e}");
+    let (a, b) = (run(0.7), run(1.0));
+    assert!(rel_err(&a, &b) > 1e-3, "ψ = 0.7 must move the images");
+    let again = load_model(&path, &Device::Cpu, DType::F32).unwrap();
+    let c = again
+        .generate(
+            &z,
+            &ClassInput::None,
+            &StyleGan2::knobs(0.7, 0, NoiseMode::Const),
+        )
+        .unwrap();
+    assert_eq!(rel_err(&a, &c), 0.0, "the estimate is seeded");
+}
+
 #[test]
 fn conditional_model_matches_with_ids_and_with_class_rows() {
     for classes in [class_ids as fn(&Path) -> ClassInput, class_rows] {

@@ -100,14 +100,30 @@ def resolve_config(raw):
         raise ConvertError(f"bottom_width = {cfg['bottom_width']}: G_arch starts at 4")
     if cfg["hier"] and not cfg["G_shared"]:
         raise ConvertError("hier without G_shared: BigGAN-PyTorch cannot run it either")
+    attn = attention(cfg)
+    for i, (_, b) in enumerate(ARCH[cfg["resolution"]]):
+        r, cout = 8 << i, b * cfg["G_ch"]
+        if r in attn and cout % 8:
+            raise ConvertError(f"attention at {r}x{r} needs a multiple of 8 channels, the block has {cout}")
+    slots = len(ARCH[cfg["resolution"]]) + 1 if cfg["hier"] else 1
+    if cfg["dim_z"] < slots:
+        raise ConvertError(f"dim_z = {cfg['dim_z']} is shorter than its {slots} hierarchical chunks")
     return cfg
+
+
+def attention(cfg):
+    """The resolutions `G_attn` names ('64', '16_32'; '0' or '' for none)."""
+    try:
+        return {int(s) for s in str(cfg["G_attn"]).split("_") if s}
+    except ValueError:
+        raise ConvertError(f"G_attn = {cfg['G_attn']!r}: not '_'-separated resolutions") from None
 
 
 def expected_shapes(cfg):
     """{name: shape} of every tensor the generator holds (spectral-norm buffers excluded)."""
     ch, res = cfg["G_ch"], cfg["resolution"]
     blocks = [(a * ch, b * ch, 8 << i) for i, (a, b) in enumerate(ARCH[res])]
-    attn = {int(s) for s in str(cfg["G_attn"]).split("_") if s}
+    attn = attention(cfg)
     slots = len(blocks) + 1 if cfg["hier"] else 1
     chunk = cfg["dim_z"] // slots
     shared = cfg["shared_dim"] or cfg["dim_z"]
@@ -147,6 +163,16 @@ def expected_shapes(cfg):
 def is_sn_buffer(name):
     last = name.rsplit(".", 1)[-1]
     return (last.startswith("u") or last.startswith("sv")) and last[1:].lstrip("v").isdigit()
+
+
+def is_sn_weight(name, cfg):
+    """Whether BigGAN-PyTorch wraps this weight in spectral norm: every conv and linear, not the
+    shared embedding nor, without G_shared, the BNs' class embeddings."""
+    if not name.endswith(".weight") or name == "shared.weight":
+        return False
+    if not cfg["G_shared"] and (".gain.weight" in name or ".bias.weight" in name):
+        return False
+    return True
 
 
 def fold_sn(w, u0, eps):
@@ -217,9 +243,13 @@ def convert(checkpoint, cfg_raw, out_dir, unconditional=False, name=None):
         t = sd[k]
         if not t.is_floating_point():
             raise ConvertError(f"tensor `{k}` has dtype {t.dtype}, expected a float type")
-        base = k[: -len(".weight")] if k.endswith(".weight") else None
-        if sn and base is not None and f"{base}.u0" in sd and k != "shared.weight":
-            t = fold_sn(t, sd[f"{base}.u0"], cfg["SN_eps"])
+        if sn and is_sn_weight(k, cfg):
+            u0 = f"{k[: -len('.weight')]}.u0"
+            if u0 not in sd:
+                raise ConvertError(
+                    f"`{k}` is spectrally normalised (G_param SN) but `{u0}` is missing"
+                )
+            t = fold_sn(t, sd[u0], cfg["SN_eps"])
         a = t.float().numpy()
         arrays[k] = np.ascontiguousarray(a.reshape(1) if a.ndim == 0 else a)
     os.makedirs(out_dir, exist_ok=True)

@@ -164,8 +164,10 @@ def read_rosinality(path):
     sd = ckpt["g_ema"]
     if "latent_avg" not in ckpt:
         raise ConvertError(
-            "the checkpoint has no 'latent_avg': truncation (psi) needs the average w; "
-            "re-save it with rosinality's train.py, which stores it"
+            "the checkpoint has no 'latent_avg' (rosinality's train.py saves none; its "
+            "convert_weight.py does): serve the .pt directly with `genrep serve --model FILE.pt`, "
+            "which estimates it as the mean of the mapping over 4096 z, as rosinality's "
+            "mean_latent does"
         )
     n_mlp = 0
     while f"style.{n_mlp + 1}.weight" in sd:

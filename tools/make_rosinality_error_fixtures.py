@@ -1,5 +1,7 @@
 """Writes the malformed rosinality checkpoints of tests/fixtures/stylegan2-pt/bad/ (a few KB
-each), which `genrep` must refuse with a message naming the problem (tests/model_dir_errors.rs).
+each), which `genrep` must refuse with a message naming the problem (tests/model_dir_errors.rs),
+and `sg2-32-uncond-no-latent-avg.pt`: the fixture checkpoint without `latent_avg`, as rosinality's
+`train.py` saves them (genrep estimates it).
 
     python tools/make_rosinality_error_fixtures.py   # needs torch
 """
@@ -53,7 +55,6 @@ def _patch_first_shape(pkl, n):
 def main():
     os.makedirs(OUT, exist_ok=True)
     save("no-g-ema.pt", {"model": {"w": z(2)}})
-    save("no-latent-avg.pt", {"g_ema": mapping()})
     save("no-mapping.pt", {"g_ema": {"input.input": z(1, 8, 4, 4)}, "latent_avg": z(8)})
     save("missing-tensor.pt", {"g_ema": mapping(), "latent_avg": z(8)})
     save(
@@ -79,6 +80,10 @@ def main():
     with zipfile.ZipFile(os.path.join(OUT, "plain-zip.pt"), "w") as f:
         f.writestr("readme.txt", "not a checkpoint")
     lying_shape("lying-shape.pt")
+    src = os.path.join(OUT, "..", "sg2-32-uncond.pt")
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    del ckpt["latent_avg"]
+    torch.save(ckpt, os.path.join(OUT, "..", "sg2-32-uncond-no-latent-avg.pt"))
     for n in sorted(os.listdir(OUT)):
         print(n, os.path.getsize(os.path.join(OUT, n)))
 

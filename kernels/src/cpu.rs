@@ -548,6 +548,20 @@ fn add_bias(out: &mut [f32], bias: &[f32], hw: usize) {
 /// `[C_out]` → `[B, C_out, H_o, W_o]`. The bias is added to each group's output right after its
 /// GEMM, while it is still in cache.
 pub fn conv2d_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, geo: &Geometry) -> Vec<f32> {
+    assert_eq!(
+        x.len(),
+        geo.batch * geo.cin * geo.hw_in(),
+        "input and geometry disagree"
+    );
+    assert_eq!(w.len(), geo.cout * geo.k(), "kernel and geometry disagree");
+    if let Some(b) = bias {
+        // The banded path writes `cout` bias planes through raw pointers.
+        assert_eq!(
+            b.len(),
+            geo.cout,
+            "bias length and output channels disagree"
+        );
+    }
     if let Some(rows) = geo.band_rows() {
         return conv2d_forward_banded(x, w, bias, geo, rows);
     }

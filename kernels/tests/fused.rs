@@ -286,3 +286,18 @@ fn modulated_epilogue_fir_up_filters_then_applies_the_epilogue() {
         .to_string();
     assert!(e.contains("odd-sized"), "{e}");
 }
+
+/// A 1×1 input (no 2×2 output) is refused with a message, not a panic.
+#[test]
+fn modulated_epilogue_fir_up_refuses_a_one_pixel_input() {
+    use candle_core::{DType, Device, Tensor};
+    let dev = Device::Cpu;
+    let y = Tensor::zeros((1, 1, 1, 1), DType::F32, &dev).unwrap();
+    let d = Tensor::ones((1, 1), DType::F32, &dev).unwrap();
+    let bias = Tensor::zeros(1, DType::F32, &dev).unwrap();
+    let fir = [0.25f32, 0.75, 0.75, 0.25];
+    let e = genrep_kernels::fused::modulated_epilogue_fir_up(&y, fir, &d, None, &bias, 1.0, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at least"), "{e}");
+}

@@ -74,6 +74,9 @@ fn default_bottom_width() -> usize {
     4
 }
 
+/// The largest resolution with self-attention (the released models use 64).
+const MAX_ATTENTION_RES: usize = 128;
+
 /// The output BN's epsilon: `layers.bn`'s default, which `Generator` does not override.
 const OUTPUT_BN_EPS: f64 = 1e-5;
 
@@ -175,6 +178,15 @@ impl BigGanPytorchConfig {
         }
         let attn = self.attention()?;
         for &(_, cout, res) in &self.blocks() {
+            // The attention map holds (res²)²/4 values per sample: 268 MB at 128 px, 4.3 GB at 256.
+            if attn.contains(&res) && res > MAX_ATTENTION_RES {
+                return Err(format!(
+                    "G_attn = {:?}: attention at {res}×{res} needs {} GB per sample; genrep runs \
+                     attention up to {MAX_ATTENTION_RES}×{MAX_ATTENTION_RES}",
+                    self.g_attn,
+                    (res * res * res * res / 4 * 4) >> 30
+                ));
+            }
             if attn.contains(&res) && cout % 8 != 0 {
                 return Err(format!(
                     "attention at {res}×{res} needs a multiple of 8 channels, the block has {cout}"
@@ -429,6 +441,23 @@ impl BigGanPytorch {
     fn class_rows(&self, classes: &ClassInput, b: usize) -> Result<Tensor> {
         let dev = &self.info.device;
         let n = self.cfg.n_classes;
+        let ids_ok = |ids: &[u32]| -> Result<()> {
+            if ids.len() != b {
+                return Err(GeneratorError::Input(format!(
+                    "{} class ids for {b} latents",
+                    ids.len()
+                )));
+            }
+            match ids.iter().find(|&&k| k as usize >= n) {
+                Some(k) => Err(GeneratorError::Input(format!(
+                    "class {k} out of range: the model has {n} classes"
+                ))),
+                None => Ok(()),
+            }
+        };
+        if let ClassInput::Ids(ids) = classes {
+            ids_ok(ids)?;
+        }
         let rows = match (classes, self.cfg.unconditional_class) {
             (ClassInput::None, Some(k)) => Rows::Ids(vec![k as u32; b]),
             (ClassInput::Ids(ids), None) => Rows::Ids(ids.clone()),
@@ -454,11 +483,6 @@ impl BigGanPytorch {
             (Rows::Ids(ids), None) => {
                 let mut v = vec![0f32; b * n];
                 for (i, &k) in ids.iter().enumerate() {
-                    if k as usize >= n {
-                        return Err(GeneratorError::Input(format!(
-                            "class {k} out of range: the model has {n} classes"
-                        )));
-                    }
                     v[i * n + k as usize] = 1.0;
                 }
                 Tensor::from_vec(v, (b, n), &Device::Cpu)?
@@ -505,5 +529,32 @@ impl Generator for BigGanPytorch {
         h = fused::scale_shift(&h, &self.out_bn.0, &self.out_bn.1, true)?;
         let out = self.out_conv.forward(&h)?.tanh()?;
         Ok(out.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bigbigan_preset_validates_and_lays_out_as_gan_load_does() {
+        let c = BigGanPytorchConfig::bigbigan_128();
+        c.validate().unwrap();
+        assert_eq!(c.z_chunks(), (6, 20));
+        assert_eq!(c.cond_dim(), 148);
+        let b = c.blocks();
+        assert_eq!(b.first(), Some(&(1536, 1536, 8)));
+        assert_eq!(b.last(), Some(&(192, 96, 128)));
+    }
+
+    #[test]
+    fn attention_past_128_px_is_refused_before_anything_is_allocated() {
+        let c = BigGanPytorchConfig {
+            resolution: 512,
+            g_attn: "64_256".into(),
+            ..BigGanPytorchConfig::bigbigan_128()
+        };
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("256×256") && e.contains("up to 128"), "{e}");
     }
 }

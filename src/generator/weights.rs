@@ -186,7 +186,8 @@ fn random_tensor(seed: u64, name: &str, shape: &[usize]) -> candle_core::Result<
     h.update(name.as_bytes());
     let mut rng = rand_chacha::ChaCha8Rng::from_seed(h.finalize().into());
     let n: usize = shape.iter().product();
-    let v: Vec<f32> = if name.contains("running_var") {
+    // Variances (BigGAN-deep's `running_var*`, BigGAN-PyTorch's `stored_var`) must be positive.
+    let v: Vec<f32> = if name.contains("running_var") || name.ends_with("stored_var") {
         (0..n).map(|_| rng.random_range(0.5f32..1.5)).collect()
     } else {
         let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);

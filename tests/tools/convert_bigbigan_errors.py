@@ -55,6 +55,16 @@ for bad, needle in [
     ({"mybn": True}, "mybn"),
     ({"hier": True, "G_shared": False}, "hier without G_shared"),
     ({"bottom_width": 8}, "bottom_width"),
+    ({"G_attn": "sixty-four"}, "G_attn"),
+    ({"G_ch": 3}, "multiple of 8"),
+    ({"dim_z": 3}, "shorter than its 6 hierarchical chunks"),
 ]:
     expect(lambda: c.resolve_config({**c.PRESETS["bigbigan-128"], **bad}), needle)
+# Which weights carry spectral norm (and so must have a u0).
+assert c.is_sn_weight("blocks.0.0.conv1.weight", preset)
+assert c.is_sn_weight("blocks.0.0.bn1.gain.weight", preset)
+assert not c.is_sn_weight("shared.weight", preset)
+assert not c.is_sn_weight("output_layer.0.gain", preset)
+unshared = c.resolve_config({**c.PRESETS["bigbigan-128"], "hier": False, "G_shared": False})
+assert not c.is_sn_weight("blocks.0.0.bn1.gain.weight", unshared)
 print("ok")

@@ -53,9 +53,10 @@ pub fn modulated_epilogue_fir_up(
     clamp: Option<f64>,
 ) -> Result<Tensor> {
     let (_, _, h, w) = y.dims4()?;
-    if h % 2 == 0 || w % 2 == 0 {
+    if h % 2 == 0 || w % 2 == 0 || h < 3 || w < 3 {
         candle_core::bail!(
-            "modulated_epilogue_fir_up: a stride-2 transposed 3×3 conv is odd-sized, got {:?}",
+            "modulated_epilogue_fir_up: a stride-2 transposed 3×3 conv is odd-sized and at least \
+             3×3, got {:?}",
             y.dims()
         );
     }

@@ -33,15 +33,38 @@ pub struct StyleGan2 {
     blocks: Vec<Block>,
 }
 
+/// Samples of the `w_avg` estimate (rosinality's `mean_latent` uses 4096).
+const W_AVG_SAMPLES: usize = 4096;
+/// Its seed: the estimate is the same on every load.
+const W_AVG_SEED: u64 = 0x5747_4156;
+
 impl StyleGan2 {
-    /// A rosinality checkpoint (`*.pt`) read in place ([`rosinality`]).
+    /// A rosinality checkpoint (`*.pt`) read in place ([`rosinality`]). Without a stored
+    /// `latent_avg` (rosinality's `train.py` saves none), `w_avg` is estimated as rosinality's
+    /// `mean_latent` does: the mean of the mapping over [`W_AVG_SAMPLES`] z ~ N(0, I), seeded.
     pub(crate) fn from_rosinality(
         path: &std::path::Path,
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let (cfg, tensors) = rosinality::read(path)?;
+        let (cfg, mut tensors) = rosinality::read(path)?;
         let name = cfg.name.clone().unwrap_or_else(|| "stylegan2".into());
+        if !tensors.contains_key("mapping.w_avg") {
+            tensors.insert(
+                "mapping.w_avg".into(),
+                Tensor::zeros(cfg.w_dim, DType::F32, &Device::Cpu)?,
+            );
+            let w = Weights::from_tensors(path, tensors.clone(), &Device::Cpu, DType::F32)?;
+            let mapping = Mapping::load(&w, &cfg)?;
+            let ns = crate::sampler::rng::Namespace::new("stylegan2-w-avg");
+            let mut rng = crate::sampler::rng::SampleRng::new(&ns, W_AVG_SEED, 0, 0);
+            let z: Vec<f32> = (0..W_AVG_SAMPLES * cfg.z_dim)
+                .map(|_| rng.normal() as f32)
+                .collect();
+            let z = Tensor::from_vec(z, (W_AVG_SAMPLES, cfg.z_dim), &Device::Cpu)?;
+            let avg = mapping.forward(&z, None)?.mean(0)?;
+            tensors.insert("mapping.w_avg".into(), avg);
+        }
         Self::new(
             cfg,
             name,

@@ -16,6 +16,9 @@ use std::path::Path;
 /// The first bytes of a zip archive (torch.save's format since PyTorch 1.6).
 const ZIP_MAGIC: &[u8; 4] = b"PK\x03\x04";
 
+/// StyleGAN2 uses 8; the config allows up to 64 (checked before any tensor is read).
+const MAX_MAPPING_LAYERS: usize = 64;
+
 /// Whether `path` looks like a torch.save zip file.
 pub(crate) fn is_torch_zip(path: &Path) -> bool {
     use std::io::Read;
@@ -34,7 +37,8 @@ fn bad(path: &Path, msg: impl Into<String>) -> GeneratorError {
 }
 
 /// The checkpoint's generator: its config (noise mode `const`, named after the file) and its
-/// tensors in NVlabs' names, f32 on the host.
+/// tensors in NVlabs' names, f32 on the host. `mapping.w_avg` is among them only when the file
+/// stores `latent_avg`.
 pub(crate) fn read(path: &Path) -> Result<(StyleGan2Config, HashMap<String, Tensor>)> {
     let open = |key| {
         PthTensors::new(path, key).map_err(|e| {
@@ -67,30 +71,38 @@ pub(crate) fn read(path: &Path) -> Result<(StyleGan2Config, HashMap<String, Tens
             err,
         })?
         .len();
+    let read = std::cell::Cell::new(0);
     let sd = Source {
         path,
         pt: &g_ema,
         file_len,
+        read: &read,
     };
     let top = Source {
         path,
         pt: &top,
         file_len,
+        read: &read,
     };
-    if !top.has("latent_avg") {
-        return Err(bad(
-            path,
-            "the checkpoint has no 'latent_avg': truncation (psi) needs the average w; \
-             re-save it with rosinality's train.py, which stores it",
-        ));
-    }
-    let latent_avg = top.get("latent_avg")?;
+    // rosinality's `convert_weight.py` stores it; its `train.py` does not (the caller then
+    // estimates it, as rosinality's `mean_latent` does).
+    let latent_avg = if top.has("latent_avg") {
+        Some(top.get("latent_avg")?)
+    } else {
+        None
+    };
 
-    let n_mlp = (1..)
+    let n_mlp = (1..=MAX_MAPPING_LAYERS + 1)
         .take_while(|i| sd.has(&format!("style.{i}.weight")))
         .count();
     if n_mlp == 0 {
         return Err(bad(path, "no mapping layers (`style.1.weight`)"));
+    }
+    if n_mlp > MAX_MAPPING_LAYERS {
+        return Err(bad(
+            path,
+            format!("more than {MAX_MAPPING_LAYERS} mapping layers (`style.N.weight`)"),
+        ));
     }
     let first = sd.get("style.1.weight")?;
     let last = sd.get(&format!("style.{n_mlp}.weight"))?;
@@ -115,7 +127,9 @@ pub(crate) fn read(path: &Path) -> Result<(StyleGan2Config, HashMap<String, Tens
             );
         }
     }
-    out.insert("mapping.w_avg".into(), latent_avg.flatten_all()?);
+    if let Some(avg) = latent_avg {
+        out.insert("mapping.w_avg".into(), avg.flatten_all()?);
+    }
     let konst = sd.get("input.input")?;
     if konst.rank() != 4 || konst.dim(0)? != 1 {
         return Err(bad(
@@ -239,8 +253,11 @@ pub(crate) fn read(path: &Path) -> Result<(StyleGan2Config, HashMap<String, Tens
 struct Source<'a> {
     path: &'a Path,
     pt: &'a PthTensors,
-    /// The file's size: torch.save stores tensors uncompressed, so no tensor is larger.
+    /// The file's size: torch.save stores tensors uncompressed, so all the tensors read from it
+    /// together hold no more bytes (names pointing at one storage count each time they are read).
     file_len: u64,
+    /// Bytes read so far, shared by every `Source` of the file.
+    read: &'a std::cell::Cell<u64>,
 }
 
 impl Source<'_> {
@@ -252,16 +269,35 @@ impl Source<'_> {
     fn get(&self, name: &str) -> Result<Tensor> {
         // A pickle can claim any shape: check it against the file before anything is allocated.
         if let Some(info) = self.pt.tensor_infos().get(name) {
-            let bytes = (info.layout.shape().elem_count() as u64)
-                .saturating_mul(info.dtype.size_in_bytes() as u64);
-            if bytes > self.file_len {
+            let claimed = info
+                .layout
+                .dims()
+                .iter()
+                .try_fold(info.dtype.size_in_bytes() as u64, |n, &d| {
+                    n.checked_mul(d as u64)
+                });
+            let total = claimed.and_then(|n| n.checked_add(self.read.get()));
+            match total {
+                Some(t) if t <= self.file_len => self.read.set(t),
+                _ => {
+                    return Err(bad(
+                        self.path,
+                        format!(
+                            "tensor `{name}` claims shape {:?}, more than the {}-byte file holds",
+                            info.layout.dims(),
+                            self.file_len
+                        ),
+                    ))
+                }
+            }
+            // candle's reader skips `start_offset` bytes where torch counts elements.
+            if info.layout.start_offset() != 0 {
                 return Err(bad(
                     self.path,
                     format!(
-                        "tensor `{name}` claims shape {:?} ({bytes} bytes), more than the \
-                         {}-byte file holds",
-                        info.layout.dims(),
-                        self.file_len
+                        "tensor `{name}` is a view into a larger storage; re-save the checkpoint \
+                         with contiguous tensors (`.clone()`), or convert it with \
+                         tools/convert_stylegan2.py"
                     ),
                 ));
             }
