@@ -81,6 +81,83 @@ pub enum Command {
     /// --dtypes f32`. Exits 1 when a parity or determinism check fails (the report is still
     /// written).
     Check(CheckArgs),
+    /// Steering walks: latent directions learned from the generator so that moving along them
+    /// imitates a pixel edit (zoom, shift, rotation, colour).
+    #[command(subcommand)]
+    Walks(WalksCommand),
+}
+
+#[derive(clap::Subcommand)]
+pub enum WalksCommand {
+    /// Train walks for a model (GenRep's composed-walk recipe): Adam on the walks, the generator
+    /// frozen, the masked MSE between `G(z + Σ αᵢ·wᵢ)` and the pixel edit of `G(z)`.
+    Train(Box<WalksTrainArgs>),
+}
+
+#[derive(clap::Args)]
+pub struct WalksTrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The walk file to write (safetensors: one tensor per walk, and what made them).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Transforms to learn, comma-separated: zoom, shift_x, shift_y, rot2d, color (one walk per
+    /// image channel).
+    #[arg(long, default_value = "zoom,shift_x,shift_y,rot2d,color")]
+    pub transforms: String,
+    /// Optimiser steps (GenRep: 5000 at batch 32).
+    #[arg(long, default_value_t = 5000, value_parser = count(1, 10_000_000))]
+    pub steps: usize,
+    /// Anchors per step.
+    #[arg(long, default_value_t = 32, value_parser = count(1, 4096))]
+    pub batch_size: usize,
+    /// Adam's learning rate (GenRep: 1e-3).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Everything a run draws comes from this seed and the step.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Save the training state every N steps (and at the end) to `OUT.ckpt`.
+    #[arg(long, default_value_t = 100, value_parser = count(1, 10_000_000))]
+    pub checkpoint_every: usize,
+    /// Continue from `OUT.ckpt` (same model and settings; `--steps` may be larger). The result
+    /// is the same as a run that never stopped.
+    #[arg(long)]
+    pub resume: bool,
+    /// The loss curve, one JSON line per step. Default: `OUT.metrics.jsonl`.
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+}
+
+/// The library's options of `genrep walks train`.
+pub fn walks_train_options(a: &WalksTrainArgs) -> Result<genrep::walks::TrainOptions> {
+    if !(a.lr.is_finite() && a.lr > 0.0 && a.lr < 1.0) {
+        anyhow::bail!("--lr {}: must be in (0, 1)", a.lr);
+    }
+    let transforms = genrep::walks::file::parse_transforms(&a.transforms)
+        .map_err(|e| anyhow::anyhow!("--transforms: {e}"))?;
+    let with_ext = |ext: &str| {
+        let mut p = a.out.clone().into_os_string();
+        p.push(ext);
+        PathBuf::from(p)
+    };
+    Ok(genrep::walks::TrainOptions {
+        config: genrep::walks::train::TrainConfig {
+            transforms,
+            steps: a.steps,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            seed: a.seed,
+        },
+        out: a.out.clone(),
+        metrics: a
+            .metrics
+            .clone()
+            .unwrap_or_else(|| with_ext(".metrics.jsonl")),
+        checkpoint: with_ext(".ckpt"),
+        checkpoint_every: a.checkpoint_every,
+        resume: a.resume,
+    })
 }
 
 #[derive(clap::Args)]

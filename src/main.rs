@@ -1,5 +1,5 @@
 //! `genrep` command line: the flags ([`cli`]) and the dispatch to [`genrep::server`],
-//! [`genrep::export`], [`genrep::offline`] and [`genrep::check`].
+//! [`genrep::export`], [`genrep::offline`], [`genrep::check`] and [`genrep::walks`].
 
 mod cli;
 
@@ -54,6 +54,20 @@ fn check(a: cli::CheckArgs) -> Result<()> {
     Ok(())
 }
 
+fn walks_train(a: cli::WalksTrainArgs) -> Result<()> {
+    let opts = cli::walks_train_options(&a)?;
+    let g = a.model.load()?;
+    let s = genrep::walks::run_train(g.as_ref(), &opts)?;
+    println!(
+        "wrote {} ({} steps, final loss {:.5}, {:.1} s)",
+        opts.out.display(),
+        s.steps,
+        s.final_loss,
+        s.seconds
+    );
+    Ok(())
+}
+
 fn main() {
     // Freed activations stay in the heap for the next batch (see genrep_kernels::alloc).
     genrep_kernels::tune_allocator();
@@ -69,6 +83,7 @@ fn main() {
         Command::Serve(a) => serve(*a),
         Command::Export(a) => export(*a),
         Command::Check(a) => check(a),
+        Command::Walks(cli::WalksCommand::Train(a)) => walks_train(*a),
         Command::RealData(a) => {
             genrep::offline::real_data(&a.out, a.shard_size, a.csv.as_deref(), a.seed)
         }
