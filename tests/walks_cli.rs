@@ -154,3 +154,55 @@ fn bad_flags_are_refused_naming_the_problem() {
     }
     assert!(!out.exists(), "a refused run writes no walk file");
 }
+
+/// The gradient reaches the walks through BigGAN-deep's and BigGAN-PyTorch's layers (attention,
+/// conditional BN, the fused ops); StyleGAN2 is refused with a message saying why.
+#[test]
+fn biggan_families_train_and_stylegan2_says_why_it_cannot() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    for model in ["biggan-tiny", "bigbigan/bbg-32", "bigbigan/bbg-32-uncond"] {
+        let out = dir.path().join("w.safetensors");
+        let r = genrep(&[
+            "walks",
+            "train",
+            "--model",
+            fixtures.join(model).to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--transforms",
+            "zoom,rot2d",
+        ]);
+        assert!(
+            r.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let g =
+            genrep::generator::load_model(&fixtures.join(model), &Device::Cpu, DType::F32).unwrap();
+        let w = WalkFile::load(&out, &g.spec().weights_sha256, g.spec().latent_dim).unwrap();
+        assert_eq!(w.names, ["zoom", "rot2d"], "{model}");
+    }
+    let r = genrep(&[
+        "walks",
+        "train",
+        "--model",
+        fixtures.join("stylegan2/sg2-32-uncond").to_str().unwrap(),
+        "--out",
+        dir.path().join("s.safetensors").to_str().unwrap(),
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+    ]);
+    assert!(!r.status.success());
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        e.contains("needs the generator's backward pass") && e.contains("stylegan2"),
+        "{e}"
+    );
+}

@@ -547,6 +547,54 @@ mod tests {
         assert_eq!(b.last(), Some(&(192, 96, 128)));
     }
 
+    /// The layouts without a reference fixture (flat z, per-BN class embeddings, 64 px) build
+    /// and run on random weights: the right shapes, finite values, ids and one-hot rows alike.
+    #[test]
+    fn flat_z_and_unshared_embeddings_run() {
+        let cfg = BigGanPytorchConfig {
+            name: None,
+            g_ch: 8,
+            dim_z: 16,
+            resolution: 64,
+            g_attn: "32".into(),
+            n_classes: 3,
+            g_shared: false,
+            shared_dim: 0,
+            hier: false,
+            bn_eps: 1e-4,
+            unconditional_class: None,
+            ..BigGanPytorchConfig::bigbigan_128()
+        };
+        cfg.validate().unwrap();
+        assert_eq!(cfg.cond_dim(), 3);
+        let g = crate::generator::random_biggan_pytorch(cfg, 1, &Device::Cpu, DType::F32).unwrap();
+        assert_eq!(g.spec().latent_dim, 16);
+        let z: Vec<f32> = (0..32).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let knobs = Knobs::default();
+        let a = g
+            .generate(&z, &ClassInput::Ids(vec![2, 0]), &knobs)
+            .unwrap();
+        assert_eq!(a.dims(), [2, 3, 64, 64]);
+        let va: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(va.iter().all(|v| v.is_finite()));
+        let rows = vec![0.0, 0.0, 1.0, 1.0, 0.0, 0.0];
+        let b = g.generate(&z, &ClassInput::Soft(rows), &knobs).unwrap();
+        let vb: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        let d = va
+            .iter()
+            .zip(&vb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "ids and one-hot rows differ by {d}");
+        // The model's own guard, below the API's validation: no panic on a bad id.
+        let zt = Tensor::from_vec(z, (2, 16), &Device::Cpu).unwrap();
+        let e = g
+            .synthesize(&zt, Space::Z, &ClassInput::Ids(vec![3, 0]), &knobs, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("class 3 out of range"), "{e}");
+    }
+
     #[test]
     fn attention_past_128_px_is_refused_before_anything_is_allocated() {
         let c = BigGanPytorchConfig {

@@ -239,7 +239,13 @@ pub fn train(
             &[],
         )?;
         let loss = masked_mse(&pred, &target, &mask)?;
-        let grads = loss.backward()?;
+        let grads = loss.backward().map_err(|e| {
+            anyhow::anyhow!(
+                "training walks needs the generator's backward pass, and {} has none here ({e}); \
+                 StyleGAN2's CPU kernels have no backward yet",
+                spec.architecture
+            )
+        })?;
         let grad = grads
             .get(&walks)
             .ok_or_else(|| anyhow::anyhow!("the generator's forward pass gives no gradient to z"))?
