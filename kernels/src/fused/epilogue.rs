@@ -6,6 +6,7 @@ use super::on_cpu_f32;
 use crate::op::{Arg, CpuOp, Custom};
 use candle_core::{DType, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// StyleGAN2's modulated-conv epilogue in one pass: `clamp(lrelu(y·d + noise + bias, 0.2) ·
 /// gain, ±clamp)` with `d` the demodulation `[B, C]`, `noise` `[1 | B, H·W]` (already scaled by
@@ -230,34 +231,65 @@ impl CpuOp<3> for Epilogue {
             Form::Phases => return self.forward_phases(ya, d.data, n.data),
             Form::Fir(fir) => return self.forward_fir(ya, fir, d.data, n.data),
         }
-        let (y, d, noise) = (ya.data, d.data, n.data);
-        let (_, c, h, w) = ya.shape.dims4()?;
-        let hw = (h * w).max(1);
-        let per_sample_noise = noise.len() > hw;
-        let out = crate::cpu::output_buffer(y.len(), |out| {
-            out.par_chunks_mut(hw)
-                .zip(y.par_chunks(hw))
-                .enumerate()
-                .for_each(|(i, (o, yi))| {
-                    let (s, ch) = (i / c, i % c);
-                    let (di, bi) = (d[i], self.bias[ch]);
-                    let nz = if per_sample_noise {
-                        &noise[s * hw..(s + 1) * hw]
-                    } else {
-                        &noise[..hw]
-                    };
-                    for ((o, &v), &z) in o.iter_mut().zip(yi).zip(nz) {
-                        o.write(self.apply(v, di, z, bi));
-                    }
-                });
-            // SAFETY: every chunk was written element by element above (equal lengths).
-            unsafe { crate::cpu::init_all(out) }
+        let y = ya.data;
+        let (b, c, h, w) = ya.shape.dims4()?;
+        let hw = h * w;
+        let out = self.planes(b * c, c, hw, d.data, n.data, |i, p| {
+            for ((o, &v), &z) in p.out.iter_mut().zip(&y[i * hw..][..hw]).zip(p.noise) {
+                o.write(self.apply(v, p.d, z, p.bias));
+            }
         });
         Ok((out, ya.shape.clone()))
     }
 }
 
+/// One output plane `(sample, channel)` of an epilogue, as [`Epilogue::planes`] hands it out.
+struct Plane<'a> {
+    out: &'a mut [MaybeUninit<f32>],
+    /// This plane's demodulation and bias.
+    d: f32,
+    bias: f32,
+    /// The noise at the output size: the sample's own, or the one shared plane.
+    noise: &'a [f32],
+}
+
 impl Epilogue {
+    /// The output of `n` planes of `ohw` pixels, `c` channels per sample, one parallel task per
+    /// plane: `fill(i, plane)` must write every pixel of plane `i`.
+    fn planes(
+        &self,
+        n: usize,
+        c: usize,
+        ohw: usize,
+        d: &[f32],
+        noise: &[f32],
+        fill: impl Fn(usize, Plane) + Sync,
+    ) -> Vec<f32> {
+        let per_sample_noise = noise.len() > ohw;
+        crate::cpu::output_buffer(n * ohw, |out| {
+            if ohw > 0 {
+                out.par_chunks_mut(ohw).enumerate().for_each(|(i, o)| {
+                    let s = i / c;
+                    let noise = if per_sample_noise {
+                        &noise[s * ohw..(s + 1) * ohw]
+                    } else {
+                        &noise[..ohw]
+                    };
+                    let plane = Plane {
+                        out: o,
+                        d: d[i],
+                        bias: self.bias[i % c],
+                        noise,
+                    };
+                    fill(i, plane);
+                });
+            }
+            // SAFETY: `fill` writes every pixel of the plane it is given (each form's contract,
+            // checked by its tests against the composed ops).
+            unsafe { crate::cpu::init_all(out) }
+        })
+    }
+
     /// `clamp(lrelu(v·d + z + b)·gain)`, the one formula of every form.
     #[inline]
     fn apply(&self, v: f32, d: f32, z: f32, b: f32) -> f32 {
@@ -282,38 +314,26 @@ impl Epilogue {
         let (b, c, th, tw) = ya.shape.dims4()?;
         let (h, w) = (th - 1, tw - 1);
         let (thw, ohw) = (th * tw, h * w);
-        let per_sample_noise = noise.len() > ohw;
-        let out = crate::cpu::output_buffer(b * c * ohw, |out| {
-            out.par_chunks_mut(ohw).enumerate().for_each(|(i, o)| {
-                let (s, ch) = (i / c, i % c);
-                let (di, bi) = (d[i], self.bias[ch]);
-                let nz = if per_sample_noise {
-                    &noise[s * ohw..(s + 1) * ohw]
-                } else {
-                    &noise[..ohw]
-                };
-                let src = &y[i * thw..][..thw];
-                // Horizontal: row r of `src` (width w + 1, a zero column either side) → width w.
-                let mut hor = vec![0f32; th * w];
-                for (srow, hrow) in src.chunks_exact(tw).zip(hor.chunks_exact_mut(w)) {
-                    fir_row(srow, hrow, fir);
+        let out = self.planes(b * c, c, ohw, d, noise, |i, p| {
+            let src = &y[i * thw..][..thw];
+            // Horizontal: row r of `src` (width w + 1, a zero column either side) → width w.
+            let mut hor = vec![0f32; th * w];
+            for (srow, hrow) in src.chunks_exact(tw).zip(hor.chunks_exact_mut(w)) {
+                fir_row(srow, hrow, fir);
+            }
+            // Vertical, a zero row either side, then the epilogue.
+            let zero = vec![0f32; w];
+            let row = |r: usize| hor.get(r * w..(r + 1) * w).unwrap_or(&zero);
+            for oy in 0..h {
+                let (r0, r1) = (if oy > 0 { row(oy - 1) } else { &zero[..] }, row(oy));
+                let (r2, r3) = (row(oy + 1), row(oy + 2));
+                let orow = p.out[oy * w..][..w].iter_mut();
+                let taps = r0.iter().zip(r1).zip(r2).zip(r3);
+                for ((((a, b), c), e), (ov, &z)) in taps.zip(orow.zip(&p.noise[oy * w..][..w])) {
+                    let v = fir[0] * a + fir[1] * b + fir[2] * c + fir[3] * e;
+                    ov.write(self.apply(v, p.d, z, p.bias));
                 }
-                // Vertical, a zero row either side, then the epilogue.
-                let zero = vec![0f32; w];
-                let row = |r: usize| hor.get(r * w..(r + 1) * w).unwrap_or(&zero);
-                for oy in 0..h {
-                    let (r0, r1) = (if oy > 0 { row(oy - 1) } else { &zero[..] }, row(oy));
-                    let (r2, r3) = (row(oy + 1), row(oy + 2));
-                    let orow = o[oy * w..][..w].iter_mut();
-                    let taps = r0.iter().zip(r1).zip(r2).zip(r3);
-                    for ((((a, b), c), e), (ov, &z)) in taps.zip(orow.zip(&nz[oy * w..][..w])) {
-                        let v = fir[0] * a + fir[1] * b + fir[2] * c + fir[3] * e;
-                        ov.write(self.apply(v, di, z, bi));
-                    }
-                }
-            });
-            // SAFETY: every row of every output plane was written above.
-            unsafe { crate::cpu::init_all(out) }
+            }
         });
         Ok((out, Shape::from((b, c, h, w))))
     }
@@ -324,30 +344,20 @@ impl Epilogue {
         let (b, c4, h, w) = ya.shape.dims4()?;
         let c = c4 / 4;
         let (hw, ohw, ow) = (h * w, 4 * h * w, 2 * w);
-        let per_sample_noise = noise.len() > ohw;
-        let out = crate::cpu::output_buffer(b * c * ohw, |out| {
-            out.par_chunks_mut(ohw).enumerate().for_each(|(i, o)| {
-                let (s, ch) = (i / c, i % c);
-                let (di, bi) = (d[i], self.bias[ch]);
-                let nz = if per_sample_noise {
-                    &noise[s * ohw..(s + 1) * ohw]
-                } else {
-                    &noise[..ohw]
-                };
-                for phase in 0..4 {
-                    let (py, px) = (phase / 2, phase % 2);
-                    let src = &y[((s * 4 + phase) * c + ch) * hw..][..hw];
-                    for a in 0..h {
-                        let row = (2 * a + py) * ow;
-                        for (bb, &v) in src[a * w..(a + 1) * w].iter().enumerate() {
-                            let k = row + 2 * bb + px;
-                            o[k].write(self.apply(v, di, nz[k], bi));
-                        }
+        // The four phases together write every pixel of each output plane once.
+        let out = self.planes(b * c, c, ohw, d, noise, |i, p| {
+            let (s, ch) = (i / c, i % c);
+            for phase in 0..4 {
+                let (py, px) = (phase / 2, phase % 2);
+                let src = &y[((s * 4 + phase) * c + ch) * hw..][..hw];
+                for a in 0..h {
+                    let row = (2 * a + py) * ow;
+                    for (bb, &v) in src[a * w..(a + 1) * w].iter().enumerate() {
+                        let k = row + 2 * bb + px;
+                        p.out[k].write(self.apply(v, p.d, p.noise[k], p.bias));
                     }
                 }
-            });
-            // SAFETY: the four phases together write every pixel of each output plane once.
-            unsafe { crate::cpu::init_all(out) }
+            }
         });
         Ok((out, Shape::from((b, c, 2 * h, 2 * w))))
     }
