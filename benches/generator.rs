@@ -26,6 +26,37 @@ fn time_batch(g: &dyn Generator, b: usize, min_time: Duration) -> f64 {
     images_per_s(g, b, min_time).unwrap().images_per_s
 }
 
+/// Prints one row per batch: ours at `ips[i]` and, with a
+/// PyTorch side, its figure from the line starting `{label} torch f32 batch {b:>2}:` and the ratio.
+fn print_rows(label: &str, batches: &[usize], ips: &[f64], torch: &Option<Vec<String>>) {
+    for (&b, &ips) in batches.iter().zip(ips) {
+        let mut line = format!(
+            "{label:<18} candle f32 batch {b:>2}: {ips:8.3} images/s  ({:.3} s/image)",
+            1.0 / ips
+        );
+        if let Some(lines) = torch {
+            let pat = format!("{label} torch f32 batch {b:>2}:");
+            let t = lines
+                .iter()
+                .find(|l| l.starts_with(&pat))
+                .and_then(|l| value_before(l, "images/s"))
+                .expect("torch figure for this row");
+            line += &format!("   torch {t:8.3} images/s   candle/torch {:.2}x", ips / t);
+        }
+        println!("{line}");
+    }
+}
+
+/// The reference's "reference check" line (its agreement with the fixtures), when it ran.
+fn print_reference_check(torch: &Option<Vec<String>>) {
+    if let Some(l) = torch
+        .as_ref()
+        .and_then(|lines| lines.iter().find(|l| l.starts_with("reference check")))
+    {
+        println!("{l}");
+    }
+}
+
 /// StyleGAN2 at the paper256 and config-f 512 configurations (random weights), batch 1 and 8,
 /// next to `tools/bench_stylegan2_reference.py` (its own NVlabs implementation, checked against
 /// the reference fixtures before it times anything).
@@ -55,31 +86,15 @@ fn stylegan2_rows(dev: &Device, quick: bool, threads: &str) {
             "2",
         ],
     );
-    if let Some(lines) = &torch {
-        if let Some(l) = lines.iter().find(|l| l.starts_with("reference check")) {
-            println!("{l}");
-        }
-    }
+    print_reference_check(&torch);
     for (name, cfg) in configs {
         let g = random_stylegan2(cfg, 0, dev, DType::F32).unwrap();
-        for b in [1usize, 8] {
-            // Passes take up to seconds here: time several, so one slow pass cannot decide it.
-            let ips = time_batch(&g, b, Duration::from_secs(2));
-            let mut line = format!(
-                "stylegan2-{name:<8} candle f32 batch {b:>2}: {ips:8.3} images/s  ({:.3} s/image)",
-                1.0 / ips
-            );
-            if let Some(lines) = &torch {
-                let pat = format!("stylegan2-{name} torch f32 batch {b:>2}:");
-                let t = lines
-                    .iter()
-                    .find(|l| l.starts_with(&pat))
-                    .and_then(|l| value_before(l, "images/s"))
-                    .expect("torch figure for this row");
-                line += &format!("   torch {t:8.3} images/s   candle/torch {:.2}x", ips / t);
-            }
-            println!("{line}");
-        }
+        // Passes take up to seconds here: time several, so one slow pass cannot decide it.
+        let ips: Vec<f64> = [1, 8]
+            .iter()
+            .map(|&b| time_batch(&g, b, Duration::from_secs(2)))
+            .collect();
+        print_rows(&format!("stylegan2-{name}"), &[1, 8], &ips, &torch);
     }
 }
 
@@ -101,30 +116,13 @@ fn bigbigan_rows(dev: &Device, threads: &str) {
             "2",
         ],
     );
-    if let Some(l) = torch
-        .as_ref()
-        .and_then(|lines| lines.iter().find(|l| l.starts_with("reference check")))
-    {
-        println!("{l}");
-    }
+    print_reference_check(&torch);
     let g = random_biggan_pytorch(BigGanPytorchConfig::bigbigan_128(), 0, dev, DType::F32).unwrap();
-    for b in [1usize, 8] {
-        let ips = time_batch(&g, b, Duration::from_secs(2));
-        let mut line = format!(
-            "bigbigan-128       candle f32 batch {b:>2}: {ips:8.3} images/s  ({:.3} s/image)",
-            1.0 / ips
-        );
-        if let Some(lines) = &torch {
-            let pat = format!("bigbigan-128 torch f32 batch {b:>2}:");
-            let t = lines
-                .iter()
-                .find(|l| l.starts_with(&pat))
-                .and_then(|l| value_before(l, "images/s"))
-                .expect("torch figure for this row");
-            line += &format!("   torch {t:8.3} images/s   candle/torch {:.2}x", ips / t);
-        }
-        println!("{line}");
-    }
+    let ips: Vec<f64> = [1, 8]
+        .iter()
+        .map(|&b| time_batch(&g, b, Duration::from_secs(2)))
+        .collect();
+    print_rows("bigbigan-128", &[1, 8], &ips, &torch);
 }
 
 fn main() {
