@@ -16,6 +16,8 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light
 fi
+# One build per CI run: incremental state would only add gigabytes to the disk.
+export CARGO_INCREMENTAL=0
 cargo fmt --all -- --check
 # The CUDA backend type-checks (toolkit from pinned PyPI wheels; no GPU needed).
 bash scripts/build-cuda.sh check 90
