@@ -11,7 +11,7 @@ use genrep::engine::EngineConfig;
 use genrep::generator::{load_model, Generator};
 use genrep::params::{Limits, SamplingArgs, MAX_VIEWS};
 use genrep_wire::MAX_INDEX;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A count flag in `lo..=hi`: every limit has an upper bound far above any real deployment and
@@ -92,6 +92,30 @@ pub enum WalksCommand {
     /// Train walks for a model (GenRep's composed-walk recipe): Adam on the walks, the generator
     /// frozen, the masked MSE between `G(z + Σ αᵢ·wᵢ)` and the pixel edit of `G(z)`.
     Train(Box<WalksTrainArgs>),
+    /// Measure what each walk does: over a few hundred anchors and 9 coefficients, the image
+    /// statistic its edit changes (zoom: ink spread; shifts: ink centroid; rot2d: axis angle;
+    /// colour: channel mean), for the walk's images and for the pixel edit itself. JSON on
+    /// stdout.
+    Measure(Box<WalksMeasureArgs>),
+}
+
+#[derive(clap::Args)]
+pub struct WalksMeasureArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The walk file. Default: the model directory's walks.safetensors, or the embedded
+    /// model's own.
+    #[arg(long)]
+    pub walks: Option<PathBuf>,
+    /// Anchors moved along each walk.
+    #[arg(long, default_value_t = 256, value_parser = count(1, 1 << 16))]
+    pub anchors: usize,
+    /// Coefficients per walk, evenly spaced over its range.
+    #[arg(long, default_value_t = 9, value_parser = count(2, 1024))]
+    pub steps: usize,
+    /// Seed of the anchors.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(clap::Args)]
@@ -105,6 +129,11 @@ pub struct WalksTrainArgs {
     /// image channel).
     #[arg(long, default_value = "zoom,shift_x,shift_y,rot2d,color")]
     pub transforms: String,
+    /// Edits per training sample: `composed` (GenRep: every transform at once) or `single`
+    /// (one transform per sample, chosen uniformly: the walks do not learn each other's edits;
+    /// on the embedded model the composed recipe left shift_y moving the wrong way).
+    #[arg(long, default_value = "composed", value_parser = ["composed", "single"])]
+    pub edits: String,
     /// Optimiser steps (GenRep: 5000 at batch 32).
     #[arg(long, default_value_t = 5000, value_parser = count(1, 10_000_000))]
     pub steps: usize,
@@ -144,6 +173,7 @@ pub fn walks_train_options(a: &WalksTrainArgs) -> Result<genrep::walks::TrainOpt
     Ok(genrep::walks::TrainOptions {
         config: genrep::walks::train::TrainConfig {
             transforms,
+            edits: genrep::walks::train::EditMix::parse(&a.edits).map_err(anyhow::Error::msg)?,
             steps: a.steps,
             batch_size: a.batch_size,
             lr: a.lr,
@@ -353,6 +383,10 @@ pub struct ServeArgs {
     /// (browsers block cross-origin reads; curl and training jobs are unaffected).
     #[arg(long, env = "GENREP_CORS_ORIGIN", value_delimiter = ',')]
     pub cors_origin: Vec<String>,
+    /// A walk file (`genrep walks train --out FILE`) for `method=steer`, made for the served
+    /// weights. Default: the model directory's walks.safetensors, or the embedded model's own.
+    #[arg(long, visible_alias = "walk-file", env = "GENREP_WALKS")]
+    pub walks: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -376,6 +410,11 @@ pub struct ExportArgs {
     /// Shards generated at once (they share batches).
     #[arg(long, default_value_t = 2, value_parser = count(1, 1024))]
     pub parallel: usize,
+    /// A walk file for `--method steer` (serve's `--walks`; here `--walks` is the sampling
+    /// parameter choosing among them). Default: the model directory's walks.safetensors, or
+    /// the embedded model's own.
+    #[arg(long, env = "GENREP_WALK_FILE")]
+    pub walk_file: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -409,6 +448,18 @@ impl ModelArgs {
                 .with_context(|| format!("loading model {}", path.display()))?,
             None => genrep::embedded::load(&device, dtype).context("loading the embedded model")?,
         })
+    }
+
+    /// [`Self::load`], then the walks served with it (`walks`, else the ones next to the model).
+    pub fn load_with_walks(&self, walks: Option<&Path>) -> Result<Box<dyn Generator>> {
+        let mut g = self.load()?;
+        if let Some(from) = genrep::walks::set::load_for(g.as_mut(), self.model.as_deref(), walks)
+            .context("loading the walks")?
+        {
+            let n = g.spec().walks.as_ref().map_or(0, |w| w.walks.len());
+            tracing::info!(walks = n, %from, "steering walks loaded");
+        }
+        Ok(g)
     }
 }
 

@@ -10,9 +10,13 @@ pub const CONFIG: &str = include_str!("../models/mnist-cdcgan/config.json");
 /// `model.safetensors` of the embedded model.
 pub const WEIGHTS: &[u8] = include_bytes!("../models/mnist-cdcgan/model.safetensors");
 
-/// Loads the embedded default generator.
+/// The walks trained for the embedded weights (`models/mnist-cdcgan/MODEL_CARD.md` says how),
+/// served for `method=steer`.
+pub const WALKS: &[u8] = include_bytes!("../models/mnist-cdcgan/walks.safetensors");
+
+/// Loads the embedded default generator, with its walks.
 pub fn load(device: &Device, dtype: DType) -> Result<Box<dyn Generator>> {
-    load_model_parts(
+    let mut g = load_model_parts(
         CONFIG,
         Path::new("<embedded>/config.json"),
         WEIGHTS,
@@ -20,7 +24,16 @@ pub fn load(device: &Device, dtype: DType) -> Result<Box<dyn Generator>> {
         "mnist-cdcgan",
         device,
         dtype,
-    )
+    )?;
+    let source = "<embedded>/walks.safetensors";
+    let (sha, dim) = (g.spec().weights_sha256.clone(), g.spec().latent_dim);
+    crate::walks::file::WalkFile::from_bytes(WALKS, Path::new(source), &sha, dim)
+        .and_then(|f| crate::walks::set::attach(g.as_mut(), f, source))
+        .map_err(|e| crate::generator::GeneratorError::Weights {
+            path: source.into(),
+            msg: format!("{e:#}"),
+        })?;
+    Ok(g)
 }
 
 /// A short fingerprint of the embedded weights (the first 16 hex digits of their SHA-256):

@@ -9,14 +9,15 @@ use cli::{Cli, Command};
 
 fn serve(a: cli::ServeArgs) -> Result<()> {
     let opts = cli::serve_options(&a)?;
-    let generator = a.model.load()?;
+    let generator = a.model.load_with_walks(a.walks.as_deref())?;
     tracing::info!(?a.model, ?a.engine, host = %a.host, port = a.port, "starting");
     genrep::server::run(generator, a.engine.config(), opts)
 }
 
 fn export(a: cli::ExportArgs) -> Result<()> {
     let opts = cli::export_options(&a)?;
-    genrep::export::run(a.model.load()?, a.engine.config(), opts)
+    let g = a.model.load_with_walks(a.walk_file.as_deref())?;
+    genrep::export::run(g, a.engine.config(), opts)
 }
 
 fn generate(a: cli::GenerateArgs) -> Result<()> {
@@ -54,6 +55,26 @@ fn check(a: cli::CheckArgs) -> Result<()> {
     Ok(())
 }
 
+fn walks_measure(a: cli::WalksMeasureArgs) -> Result<()> {
+    let g = a.model.load_with_walks(a.walks.as_deref())?;
+    let set = g.spec().walks.clone().ok_or_else(|| {
+        anyhow::anyhow!("{}", genrep::walks::set::no_walks_message(&g.spec().name))
+    })?;
+    let effects = genrep::walks::measure::measure(g.as_ref(), &set, a.anchors, a.steps, a.seed)?;
+    println!(
+        "{:#}",
+        serde_json::json!({
+            "model": g.spec().name,
+            "weights_sha256": g.spec().weights_sha256,
+            "walks": set.source,
+            "anchors": a.anchors,
+            "seed": a.seed,
+            "effects": effects,
+        })
+    );
+    Ok(())
+}
+
 fn walks_train(a: cli::WalksTrainArgs) -> Result<()> {
     let opts = cli::walks_train_options(&a)?;
     let g = a.model.load()?;
@@ -84,6 +105,7 @@ fn main() {
         Command::Export(a) => export(*a),
         Command::Check(a) => check(a),
         Command::Walks(cli::WalksCommand::Train(a)) => walks_train(*a),
+        Command::Walks(cli::WalksCommand::Measure(a)) => walks_measure(*a),
         Command::RealData(a) => {
             genrep::offline::real_data(&a.out, a.shard_size, a.csv.as_deref(), a.seed)
         }

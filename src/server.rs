@@ -151,6 +151,7 @@ fn cors(origins: &[String]) -> anyhow::Result<tower_http::cors::CorsLayer> {
         .expose_headers([
             HeaderName::from_static(genrep_wire::FIRST_INDEX_HEADER),
             HeaderName::from_static(genrep_wire::SAMPLES_HEADER),
+            HeaderName::from_static(genrep_wire::ALPHAS_HEADER),
         ]))
 }
 

@@ -87,6 +87,7 @@ fn settings(sigma: f32, classes: Vec<u32>) -> SamplerSettings {
         anchor_bound: 2.0,
         classes,
         space: genrep::generator::Space::Z,
+        steer: Default::default(),
     }
 }
 

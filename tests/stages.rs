@@ -103,6 +103,7 @@ impl ViewMethod for Walk {
         View {
             z: anchor.to_vec(),
             offset: Some(dir.iter().map(|d| alpha * d).collect()),
+            alphas: None,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Inspection: `GET /v1/samples/{index}.png|.json` and `GET /v1/grid.png`.
+//! Inspection: `GET /v1/samples/{index}.png|.json`, `GET /v1/grid.png` and
+//! `GET /v1/walks.png`.
 
 use super::auth::ConsumerPolicy;
 use super::error::{ApiError, ApiPath};
@@ -105,4 +106,73 @@ pub(super) async fn grid_png(
         .grid_png(&who.consumer, &req, start, rows)
         .await?;
     Ok(png_response(png))
+}
+
+/// `GET /v1/walks.png?walk=zoom&steps=9&rows=4`: rows of anchors (samples `start..`, with the
+/// request's seed, prefix, classes and anchor bound) moved along one walk from −α to +α.
+/// `HEAD` validates and answers the headers without running the generator.
+pub(super) async fn walks_png(
+    State(st): State<AppState>,
+    Extension(who): Extension<Arc<ConsumerPolicy>>,
+    method: Method,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let (q, req) = Query::sampling(
+        q.as_deref(),
+        &st,
+        &[Group::Sampling],
+        &["walk", "steps", "rows", "start", "prefix"],
+    )?;
+    let spec = st.pipeline.spec();
+    let set = spec.walks.as_ref().ok_or_else(|| {
+        ApiError::invalid(format!(
+            "walks.png: {}",
+            crate::walks::set::no_walks_message(&spec.name)
+        ))
+    })?;
+    let walk = match q.get("walk") {
+        Some(name) => set.index(name).ok_or_else(|| {
+            let name: String = name.chars().take(32).collect();
+            ApiError::invalid(format!(
+                "parameter `walk`: no walk `{name}` (loaded walks: {})",
+                set.names()
+            ))
+        })?,
+        None => 0,
+    };
+    // Rows × columns images, within what a full grid may hold (the server checked that much
+    // memory at start).
+    let max_rows = (st.limits.max_grid_rows as u64).min(st.engine().max_interactive_jobs() as u64);
+    if max_rows == 0 {
+        return Err(ApiError::not_found(
+            "grids are disabled on this server (max_grid_rows = 0)",
+        ));
+    }
+    let max_steps = (st.limits.max_views as u64 + 1).clamp(2, 33);
+    let steps = q.u64_in("steps", 9.min(max_steps), 2, max_steps)? as usize;
+    let rows = q.u64_in("rows", 4.min(max_rows), 1, max_rows)?;
+    let start = q.index("start", 0)?;
+    if start + rows > MAX_INDEX {
+        return Err(ApiError::invalid(format!(
+            "parameter `start`: start + rows must be <= {MAX_INDEX}"
+        )));
+    }
+    let alphas =
+        crate::walks::set::sweep(set.walks[walk].alpha_range, steps, req.settings.steer.scale);
+    let shown: Vec<String> = alphas.iter().map(|a| format!("{a:.4}")).collect();
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/png"));
+    h.insert(
+        genrep_wire::ALPHAS_HEADER,
+        HeaderValue::from_str(&shown.join(",")).expect("ASCII numbers"),
+    );
+    st.check_ready()?;
+    if method == Method::HEAD {
+        return Ok(head_response(h));
+    }
+    let png = st
+        .pipeline
+        .walks_png(&who.consumer, &req, walk, &alphas, start, rows)
+        .await?;
+    Ok((h, png).into_response())
 }

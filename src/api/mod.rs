@@ -117,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stream", get(shards::stream))
         .route("/v1/samples/{file}", get(inspect::sample_file))
         .route("/v1/grid.png", get(inspect::grid_png))
+        .route("/v1/walks.png", get(inspect::walks_png))
         .route("/v1/generate", post(generate::generate))
         .route("/v1/info", get(meta::info))
         .route("/health", get(meta::health))

@@ -33,6 +33,9 @@ fn int_schema(default: Option<u64>, min: u64, max: u64) -> ObjectBuilder {
         .default(default.map(|d| json!(d)))
 }
 
+/// A walk list: `name[:scale]` items, comma-separated.
+const WALKS_PATTERN: &str = r"^[a-z0-9_]+(:[0-9.eE+-]+)?(,[a-z0-9_]+(:[0-9.eE+-]+)?)*$";
+
 /// The schema of a table parameter under `limits`.
 fn table_schema(p: &Param, limits: &Limits) -> ObjectBuilder {
     match p.kind {
@@ -61,6 +64,10 @@ fn table_schema(p: &Param, limits: &Limits) -> ObjectBuilder {
             .schema_type(Type::String)
             .pattern(Some(r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$"))
             .examples(["0,3,7-9"]),
+        Kind::Walks => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(WALKS_PATTERN))
+            .examples(["zoom,shift_x:0.5"]),
     }
 }
 
@@ -221,6 +228,40 @@ pub fn document(spec: &GeneratorSpec, limits: &Limits, keyed: bool) -> OpenApi {
     ));
     grid_params.push(start_param());
     grid_params.push(prefix_param());
+    let mut walks_params = table(spec, &sampling, limits);
+    let names: Vec<String> = spec
+        .walks
+        .iter()
+        .flat_map(|s| s.walks.iter().map(|w| w.name.clone()))
+        .collect();
+    let mut walk = ObjectBuilder::new().schema_type(Type::String);
+    if !names.is_empty() {
+        walk = walk
+            .enum_values(Some(names.clone()))
+            .default(Some(json!(names[0])));
+    }
+    walks_params.push(query(
+        "walk",
+        walk,
+        "The walk each row moves along (a name from /v1/info; default the first).",
+    ));
+    let max_steps = (limits.max_views as u64 + 1).clamp(2, 33);
+    walks_params.push(query(
+        "steps",
+        int_schema(Some(9.min(max_steps)), 2, max_steps),
+        "Columns: coefficients evenly spaced from -alpha to +alpha (the walk's trained range times steer_scale).",
+    ));
+    walks_params.push(query(
+        "rows",
+        int_schema(
+            Some(4.min(limits.max_grid_rows as u64)),
+            1,
+            limits.max_grid_rows as u64,
+        ),
+        "Number of anchors (samples start.., one row each).",
+    ));
+    walks_params.push(start_param());
+    walks_params.push(prefix_param());
 
     let generate = op(
         "Explicit latents (+ classes, truncation) to images",
@@ -273,6 +314,18 @@ pub fn document(spec: &GeneratorSpec, limits: &Limits, keyed: bool) -> OpenApi {
                 op(
                     "Grid: one row per sample (anchor then positives)",
                     grid_params,
+                    "PNG",
+                    &["image/png"],
+                ),
+            ),
+        )
+        .path(
+            "/v1/walks.png",
+            PathItem::new(
+                HttpMethod::Get,
+                op(
+                    "Walks: anchors moved along one learned walk, one row each, from -alpha to +alpha (x-genrep-alphas lists the columns' coefficients); 422 without walks",
+                    walks_params,
                     "PNG",
                     &["image/png"],
                 ),

@@ -43,6 +43,11 @@ impl Query {
         Ok(Self { map })
     }
 
+    /// An endpoint parameter outside the table, as given.
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.map.get(k).map(String::as_str)
+    }
+
     /// An endpoint parameter outside the table: an integer in `[lo, hi]`.
     pub fn u64_in(&self, k: &str, default: u64, lo: u64, hi: u64) -> Result<u64, ApiError> {
         Ok(params::int_in(

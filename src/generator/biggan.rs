@@ -491,6 +491,9 @@ impl Generator for BigGanDeep {
     fn info(&self) -> &ModelInfo {
         &self.info
     }
+    fn info_mut(&mut self) -> Option<&mut ModelInfo> {
+        Some(&mut self.info)
+    }
 
     fn synthesize(
         &self,

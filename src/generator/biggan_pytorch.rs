@@ -503,6 +503,9 @@ impl Generator for BigGanPytorch {
     fn info(&self) -> &ModelInfo {
         &self.info
     }
+    fn info_mut(&mut self) -> Option<&mut ModelInfo> {
+        Some(&mut self.info)
+    }
 
     fn synthesize(
         &self,

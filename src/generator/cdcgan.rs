@@ -166,6 +166,9 @@ impl Generator for CdcGan {
     fn info(&self) -> &ModelInfo {
         &self.info
     }
+    fn info_mut(&mut self) -> Option<&mut ModelInfo> {
+        Some(&mut self.info)
+    }
 
     fn synthesize(
         &self,

@@ -99,6 +99,11 @@ impl ModelInfo {
 /// A batched image generator owned by one device thread.
 pub trait Generator: Send {
     fn info(&self) -> &ModelInfo;
+    /// The info for attaching what is loaded next to the weights (walk files); `None` for
+    /// generators that take nothing (test doubles).
+    fn info_mut(&mut self) -> Option<&mut ModelInfo> {
+        None
+    }
     fn spec(&self) -> &GeneratorSpec {
         &self.info().spec
     }

@@ -59,6 +59,8 @@ pub struct GeneratorSpec {
     pub steps: Option<usize>,
     /// Hex sha256 of `model.safetensors`: identifies the weights in every sample's metadata.
     pub weights_sha256: String,
+    /// The learned walks served with the weights (`method=steer`); `None` without a walk file.
+    pub walks: Option<crate::walks::WalkSet>,
 }
 
 fn serialize_knobs<S: serde::Serializer>(
@@ -100,6 +102,7 @@ impl GeneratorSpec {
             knobs: &[],
             steps: None,
             weights_sha256: String::new(),
+            walks: None,
         }
     }
 

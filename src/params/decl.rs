@@ -29,6 +29,8 @@ pub enum Kind {
     },
     /// Class ids and ranges (`0,3,7-9`); default: all classes.
     Classes,
+    /// Walk names with optional scales (`zoom,shift_x:0.5`); default: every served walk.
+    Walks,
 }
 
 /// One declared parameter.
@@ -183,18 +185,23 @@ impl Param {
             Kind::Int { .. } => Value::Int(self.int(raw, limits)?),
             Kind::Float { .. } => Value::Float(self.float(raw)?),
             Kind::Choice { .. } => Value::Choice(self.choice(raw)?),
-            Kind::Classes => unreachable!("`{}` is a class list", self.name),
+            Kind::Classes | Kind::Walks => unreachable!("`{}` is a list", self.name),
         })
     }
 
-    /// The default as JSON (`null` for "all classes").
+    /// The default as JSON (`null` for "all classes" and "every walk").
     pub fn default_json(&self) -> serde_json::Value {
         match self.kind {
             Kind::Int { default, .. } => default.into(),
             Kind::Float { default, .. } => default.into(),
             Kind::Choice { default, .. } => default.into(),
-            Kind::Classes => serde_json::Value::Null,
+            Kind::Classes | Kind::Walks => serde_json::Value::Null,
         }
+    }
+
+    /// Whether the parameter is a list whose default is "all" (classes, walks).
+    pub fn is_list(&self) -> bool {
+        matches!(self.kind, Kind::Classes | Kind::Walks)
     }
 
     /// The declaration as `/v1/info` lists a generator's inputs.
@@ -222,6 +229,7 @@ impl Param {
                 v["values"] = values.into();
             }
             Kind::Classes => v["type"] = "classes".into(),
+            Kind::Walks => v["type"] = "walks".into(),
         }
         if !self.aliases.is_empty() {
             v["aliases"] = self.aliases.into();

@@ -10,7 +10,7 @@ pub mod decl;
 pub use decl::{int_in, Kind, Param, ParamError, Value};
 
 use crate::generator::{knob_names, GeneratorSpec, Knobs};
-use crate::sampler::{parse_classes, Method, Namespace, SamplerSettings};
+use crate::sampler::{parse_classes, Method, Namespace, SamplerSettings, SteerSettings};
 use crate::views::{SampleLatents, ViewContext};
 use genrep_wire::{ImageFormat, SampleMeta, MAX_INDEX};
 use std::collections::BTreeMap;
@@ -79,7 +79,7 @@ pub const PARAMS: &[(Group, Param)] = &[
         name: "method",
         aliases: &[],
         kind: Kind::Choice { default: "gaussian", values: &Method::ALL },
-        doc: "How positives are made: gaussian (anchor + sigma-scaled noise), independent (fresh latent, same class), none (the anchor itself).",
+        doc: "How positives are made: gaussian (anchor + sigma-scaled noise), independent (fresh latent, same class), none (the anchor itself), steer (the anchor moved along learned walks: zoom, shift, rotation, colour), steer_gaussian (steer, then the gaussian offset).",
     }),
     (Group::Sampling, Param {
         name: "sigma",
@@ -104,6 +104,18 @@ pub const PARAMS: &[(Group, Param)] = &[
         aliases: &[],
         kind: Kind::Choice { default: "z", values: &["z", "w"] },
         doc: "Where positives are made: z (every generator) or w (StyleGAN2: the anchor's w after the mapping network and psi, plus the offset).",
+    }),
+    (Group::Sampling, Param {
+        name: "walks",
+        aliases: &[],
+        kind: Kind::Walks,
+        doc: "Walks steered positives move along (method=steer, steer_gaussian): names from /v1/info, comma-separated, each with an optional scale in [0, 4] (zoom,shift_x:0.5; color = every colour walk); default every served walk at scale 1.",
+    }),
+    (Group::Sampling, Param {
+        name: "steer_scale",
+        aliases: &[],
+        kind: Kind::Float { default: 1.0, min: 0.0, max: 4.0, min_open: false },
+        doc: "Multiplies every walk coefficient of a steered positive (1 = the ranges the walks were trained on, listed in /v1/info).",
     }),
     (Group::Sampling, Param {
         name: "classes",
@@ -264,6 +276,7 @@ impl SampleRequest {
                 have.join(", ")
             )));
         }
+        let steer = steer_settings(&get, spec, method, space)?;
         let mut knobs = Knobs::default();
         for k in spec.knobs {
             knobs = knobs.with(k.name, k.value(get(k.name), limits)?);
@@ -277,6 +290,7 @@ impl SampleRequest {
                 anchor_bound: p("anchor_bound").float(get("anchor_bound"))? as f32,
                 classes,
                 space,
+                steer,
             },
             knobs,
             seed: p("seed").int(get("seed"), limits)?,
@@ -337,8 +351,51 @@ impl SampleRequest {
             z_pos: l.z_pos.clone(),
             space: (l.space != crate::generator::Space::Z).then(|| l.space.as_str().to_string()),
             offsets: l.offsets.clone(),
+            alphas: l.alphas.clone(),
         }
     }
+}
+
+/// The walks and scales of a request, checked against the served walks: steering needs walks
+/// (the message says how to get them) and moves in z; `walks=` names served walks.
+fn steer_settings<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    spec: &GeneratorSpec,
+    method: Method,
+    space: crate::generator::Space,
+) -> Result<SteerSettings, ParamError> {
+    let scale = param("steer_scale").float(get("steer_scale"))? as f32;
+    let set = match &spec.walks {
+        Some(set) => set,
+        None if method.steers() || get("walks").is_some() => {
+            let what = if method.steers() {
+                format!("method `{method}`")
+            } else {
+                "parameter `walks`".to_string()
+            };
+            return Err(ParamError(format!(
+                "{what}: {}",
+                crate::walks::set::no_walks_message(&spec.name)
+            )));
+        }
+        None => {
+            return Ok(SteerSettings {
+                walks: vec![],
+                scale,
+            })
+        }
+    };
+    if method.steers() && space != crate::generator::Space::Z {
+        return Err(ParamError(format!(
+            "method `{method}`: the walks move z, so steered views are made with space=z"
+        )));
+    }
+    let walks = match get("walks") {
+        Some(list) => crate::walks::set::parse_walk_list(list, set)
+            .map_err(|e| ParamError(format!("parameter `walks`: {e}")))?,
+        None => (0..set.walks.len()).map(|i| (i, 1.0)).collect(),
+    };
+    Ok(SteerSettings { walks, scale })
 }
 
 /// The namespace of requests that name none (`/v1/stream`, `/v1/samples`, `/v1/grid.png`
@@ -366,7 +423,7 @@ pub fn check_prefix(prefix: &str) -> Result<(), ParamError> {
 pub fn defaults_json(spec: &GeneratorSpec) -> serde_json::Value {
     let mut m: serde_json::Map<String, serde_json::Value> = table(spec)
         .into_iter()
-        .filter(|(_, p)| !matches!(p.kind, Kind::Classes))
+        .filter(|(_, p)| !p.is_list())
         .map(|(_, p)| (p.name.to_string(), p.default_json()))
         .collect();
     m.insert("shard_size".into(), DEFAULT_SHARD_SIZE.into());
@@ -411,9 +468,10 @@ fn export_params() -> Vec<&'static Param> {
 impl clap::Args for SamplingArgs {
     fn augment_args(cmd: clap::Command) -> clap::Command {
         export_params().into_iter().fold(cmd, |cmd, p| {
-            let default = match p.kind {
-                Kind::Classes => "all".to_string(),
-                _ => p.default_json().to_string().trim_matches('"').to_string(),
+            let default = if p.is_list() {
+                "all".to_string()
+            } else {
+                p.default_json().to_string().trim_matches('"').to_string()
             };
             cmd.arg(
                 clap::Arg::new(p.name)

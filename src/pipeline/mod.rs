@@ -97,7 +97,7 @@ impl Pipeline {
 
     /// What view methods may use.
     pub fn view_context(&self) -> ViewContext<'_> {
-        ViewContext::new(self.spec().latent_dim, &self.assets).with_spaces(&self.spec().spaces)
+        ViewContext::of(self.spec(), &self.assets)
     }
 
     /// The latents of sample `index`.
@@ -207,6 +207,75 @@ impl Pipeline {
     ) -> Result<Vec<u8>, EngineError> {
         let jobs = (start..start + rows)
             .map(|i| self.sample_job(req, &self.latents(req, i)))
+            .collect();
+        let pending = self.engine.try_submit_all(consumer, jobs)?;
+        let mut all = Vec::with_capacity(pending.len());
+        for rx in pending {
+            all.push(images(rx).await?);
+        }
+        let spec = self.spec().clone();
+        self.blocking(move || {
+            let rows: Vec<Vec<Image8>> = all.iter().map(|imgs| image_rows(&spec, imgs)).collect();
+            grid(&rows, 2).to_png()
+        })
+        .await
+    }
+
+    /// The job of one row of `/v1/walks.png`: sample `index`'s anchor moved by each of
+    /// `alphas` along walk `walk` of the served set, its class and the anchor's own noise in
+    /// every column (only the walk changes along a row).
+    pub fn walk_job(&self, req: &SampleRequest, index: u64, walk: usize, alphas: &[f32]) -> Batch {
+        let spec = self.spec();
+        let s = &req.settings;
+        let anchor = crate::sampler::draw_anchor(s, spec.latent_dim, req.seed, index);
+        let set = spec.walks.as_ref().expect("the route checks the walks");
+        let dir = crate::walks::set::vectors(set, &self.assets)[walk];
+        let rows: Vec<f32> = alphas
+            .iter()
+            .flat_map(|&a| {
+                anchor
+                    .iter()
+                    .zip(dir)
+                    .map(move |(&z, &w)| (z as f64 + a as f64 * w as f64) as f32)
+            })
+            .collect();
+        let n = alphas.len();
+        let ns = Arc::new(s.namespace.clone());
+        Batch {
+            latents: Latents {
+                space: crate::generator::Space::Z,
+                z: rows,
+                offset: None,
+            },
+            classes: match crate::sampler::draw_class(s, req.seed, index) {
+                Some(c) => ClassInput::Ids(vec![c; n]),
+                None => ClassInput::None,
+            },
+            knobs: req.knobs.clone(),
+            noise: (0..n)
+                .map(|_| NoiseKey {
+                    namespace: ns.clone(),
+                    seed: req.seed,
+                    index,
+                    view: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// `/v1/walks.png`: samples `start..start + rows` moved along walk `walk`, one row each,
+    /// one column per coefficient. Queued together, like [`Self::grid_png`].
+    pub async fn walks_png(
+        &self,
+        consumer: &Consumer,
+        req: &SampleRequest,
+        walk: usize,
+        alphas: &[f32],
+        start: u64,
+        rows: u64,
+    ) -> Result<Vec<u8>, EngineError> {
+        let jobs = (start..start + rows)
+            .map(|i| self.walk_job(req, i, walk, alphas))
             .collect();
         let pending = self.engine.try_submit_all(consumer, jobs)?;
         let mut all = Vec::with_capacity(pending.len());

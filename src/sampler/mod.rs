@@ -31,6 +31,18 @@ pub struct SamplerSettings {
     pub classes: Vec<u32>,
     /// Where positives are made: z, or a space the generator's mapping stage reaches.
     pub space: crate::generator::Space,
+    /// Which walks steered positives move along, and how far (steer methods only).
+    pub steer: SteerSettings,
+}
+
+/// The walks of `method=steer`: positions in the served walk set with their own scale, and
+/// the scale of every coefficient.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SteerSettings {
+    /// `(walk, scale)`, in the set's order.
+    pub walks: Vec<(usize, f32)>,
+    /// `steer_scale`: multiplies every coefficient.
+    pub scale: f32,
 }
 
 /// `dim` draws of N(0, 1) truncated to [-t, t] from `r`: the anchor law.

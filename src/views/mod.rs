@@ -10,12 +10,17 @@
 //! - `gaussian`: `z + σ·w`, `w` drawn N(0,1) truncated to [-2, 2] (i.e. `σ·w ~ N(0, σ²)`
 //!   truncated at ±2σ), computed in f64 and rounded to f32, not re-clipped;
 //! - `independent`: a fresh anchor-law latent (same class);
-//! - `none`: the anchor itself.
+//! - `none`: the anchor itself;
+//! - `steer`, `steer_gaussian`: along the served walks ([`steer`]).
+
+pub mod steer;
 
 use crate::generator::{Assets, LatentSpace, Space};
 use crate::sampler::rng::{positive_part, SampleRng};
 use crate::sampler::{draw_anchor, draw_class, SamplerSettings};
+use crate::walks::WalkSet;
 pub use genrep_wire::Method;
+use std::collections::BTreeMap;
 
 /// What a view method may use besides the sampler's streams.
 #[derive(Clone, Copy)]
@@ -26,6 +31,8 @@ pub struct ViewContext<'a> {
     pub assets: &'a Assets,
     /// The generator's spaces past z and their sizes.
     pub spaces: &'a [LatentSpace],
+    /// The served walks (their vectors are in `assets`).
+    pub walks: Option<&'a WalkSet>,
 }
 
 impl<'a> ViewContext<'a> {
@@ -35,6 +42,17 @@ impl<'a> ViewContext<'a> {
             latent_dim,
             assets,
             spaces: &[],
+            walks: None,
+        }
+    }
+
+    /// The context of a generator's spec: its spaces and walks.
+    pub fn of(spec: &'a crate::generator::GeneratorSpec, assets: &'a Assets) -> Self {
+        Self {
+            latent_dim: spec.latent_dim,
+            assets,
+            spaces: &spec.spaces,
+            walks: spec.walks.as_ref(),
         }
     }
 
@@ -60,6 +78,8 @@ pub struct View {
     pub z: Vec<f32>,
     /// `Some` for a view in another space than z: the displacement added after mapping.
     pub offset: Option<Vec<f32>>,
+    /// `Some` for a steered view: its coefficient along each walk it moved on.
+    pub alphas: Option<BTreeMap<String, f32>>,
 }
 
 /// A way to make positives.
@@ -98,6 +118,7 @@ impl ViewMethod for Gaussian {
                 .map(|&z| (z as f64 + sigma * r.truncated_normal(2.0)) as f32)
                 .collect(),
             offset: None,
+            alphas: None,
         }
     }
 }
@@ -125,6 +146,7 @@ impl ViewMethod for GaussianW {
                     .map(|_| (sigma * r.truncated_normal(2.0)) as f32)
                     .collect(),
             ),
+            alphas: None,
         }
     }
 }
@@ -140,6 +162,7 @@ impl ViewMethod for Independent {
         View {
             z: crate::sampler::anchor_law(r, cx.latent_dim, s.anchor_bound as f64),
             offset: None,
+            alphas: None,
         }
     }
 }
@@ -149,6 +172,7 @@ impl ViewMethod for AnchorOnly {
         View {
             z: a.to_vec(),
             offset: None,
+            alphas: None,
         }
     }
 }
@@ -161,6 +185,9 @@ pub fn builtin(m: Method, space: Space) -> &'static dyn ViewMethod {
         (Method::Gaussian, Space::Z) => &Gaussian,
         (Method::Independent, _) => &Independent,
         (Method::None, _) => &AnchorOnly,
+        // Walks live in z; the parameter table refuses other spaces.
+        (Method::Steer, _) => &steer::Steer { gaussian: false },
+        (Method::SteerGaussian, _) => &steer::Steer { gaussian: true },
     }
 }
 
@@ -176,6 +203,8 @@ pub struct SampleLatents {
     pub z_pos: Vec<Vec<f32>>,
     /// The positives' offsets in `space`, for views past the mapping stage.
     pub offsets: Option<Vec<Vec<f32>>>,
+    /// The positives' coefficients along the walks, for steered views.
+    pub alphas: Option<Vec<BTreeMap<String, f32>>>,
 }
 
 impl SampleLatents {
@@ -201,11 +230,13 @@ pub fn sample_with(
     let z_anchor = draw_anchor(s, cx.latent_dim, seed, index);
     let mut z_pos = Vec::with_capacity(s.views as usize);
     let mut offsets = Vec::new();
+    let mut alphas = Vec::new();
     for k in 0..s.views as u64 {
         let mut r = SampleRng::new(&s.namespace, seed, positive_part(k), index);
         let v = method.positive(cx, s, &z_anchor, &mut r);
         z_pos.push(v.z);
         offsets.extend(v.offset);
+        alphas.extend(v.alphas);
     }
     let space = method.space();
     SampleLatents {
@@ -215,6 +246,7 @@ pub fn sample_with(
         z_anchor,
         z_pos,
         offsets: (space != Space::Z).then_some(offsets),
+        alphas: (!alphas.is_empty()).then_some(alphas),
     }
 }
 
@@ -232,6 +264,7 @@ mod tests {
             anchor_bound: 2.0,
             classes: (0..10).collect(),
             space: Space::Z,
+            steer: Default::default(),
         }
     }
 
@@ -298,6 +331,7 @@ mod tests {
             View {
                 z: a.iter().zip(shift).map(|(z, d)| z + s * d).collect(),
                 offset: None,
+                alphas: None,
             }
         }
     }

@@ -57,10 +57,18 @@ fn write(
 /// Reads a safetensors file into (tensors by name, metadata).
 fn read(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+    read_bytes(&bytes, path)
+}
+
+/// [`read`] of a file's bytes; `path` names it in messages.
+fn read_bytes(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| anyhow!("{}: not a safetensors file ({e})", path.display()))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
         .with_context(|| format!("{}: unreadable tensors", path.display()))?;
     Ok((tensors, meta))
 }
@@ -103,7 +111,18 @@ impl WalkFile {
     /// Reads a walk file and checks it was made for the weights `generator_sha256` and for
     /// latents of `latent_dim`.
     pub fn load(path: &Path, generator_sha256: &str, latent_dim: usize) -> Result<Self> {
-        let (tensors, meta) = read(path)?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_bytes(&bytes, path, generator_sha256, latent_dim)
+    }
+
+    /// [`Self::load`] of a file's bytes; `path` names it in messages.
+    pub fn from_bytes(
+        bytes: &[u8],
+        path: &Path,
+        generator_sha256: &str,
+        latent_dim: usize,
+    ) -> Result<Self> {
+        let (tensors, meta) = read_bytes(bytes, path)?;
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             bail!(
                 "{}: not a genrep walk file (no `format: {FORMAT}`)",
@@ -124,8 +143,15 @@ impl WalkFile {
             .get("walks")
             .map(|s| s.split(',').map(str::to_string).collect())
             .unwrap_or_default();
-        if names.is_empty() {
+        if names.is_empty() || names.iter().any(String::is_empty) {
             bail!("{}: the metadata lists no walks", path.display());
+        }
+        if let Some(n) = names
+            .iter()
+            .enumerate()
+            .find_map(|(i, n)| names[..i].contains(n).then_some(n))
+        {
+            bail!("{}: walk `{n}` is listed twice", path.display());
         }
         let mut rows = Vec::new();
         for n in &names {
@@ -158,6 +184,7 @@ fn config_meta(cfg: &TrainConfig, generator_sha256: &str) -> HashMap<String, Str
     HashMap::from([
         ("generator_sha256".into(), generator_sha256.into()),
         ("transforms".into(), t.join(",")),
+        ("edits".into(), cfg.edits.name().into()),
         ("steps".into(), cfg.steps.to_string()),
         ("batch_size".into(), cfg.batch_size.to_string()),
         ("lr".into(), cfg.lr.to_string()),
@@ -192,7 +219,14 @@ pub fn load_checkpoint(path: &Path, cfg: &TrainConfig, generator_sha256: &str) -
         bail!("{}: not a genrep walks checkpoint", path.display());
     }
     let want = config_meta(cfg, generator_sha256);
-    for key in ["generator_sha256", "transforms", "batch_size", "lr", "seed"] {
+    for key in [
+        "generator_sha256",
+        "transforms",
+        "edits",
+        "batch_size",
+        "lr",
+        "seed",
+    ] {
         if meta.get(key) != want.get(key) {
             bail!(
                 "{}: the checkpoint was made with {key} = {}, this run has {}; resume with the \

@@ -5,12 +5,18 @@
 //! - [`loss`]: the masked MSE they are trained with;
 //! - [`train`]: the training loop (Adam on the walks, the generator frozen);
 //! - [`file`]: the walk file and the resumable checkpoint;
+//! - [`set`]: the walks a server serves, attached to its generator;
+//! - [`measure`]: whether each walk does what it is named for;
 //! - [`run_train`] (here): `genrep walks train` — checkpoints, the metrics file, progress.
 
 pub mod edits;
 pub mod file;
 pub mod loss;
+pub mod measure;
+pub mod set;
 pub mod train;
+
+pub use set::{WalkSet, WalkSpec};
 
 use crate::generator::Generator;
 use anyhow::{Context, Result};

@@ -83,6 +83,67 @@ pub fn walk_names(transforms: &[Transform], channels: usize) -> Vec<String> {
     out
 }
 
+/// A zoom factor: U(0.25, 1) or U(1, 4), ½ each.
+fn draw_zoom(rng: &mut SampleRng) -> f32 {
+    let u = rng.uniform() as f32;
+    if rng.below(2) == 0 {
+        0.25 + 0.75 * u
+    } else {
+        1.0 + 3.0 * u
+    }
+}
+
+/// A shift coefficient in {−1, −0.9, …, 1} (× 100 px at 256 px).
+fn draw_shift(rng: &mut SampleRng) -> f32 {
+    (rng.below(21) as f32 - 10.0) / 10.0
+}
+
+/// A rotation in {−30, −25, …, 30}°.
+fn draw_rot2d_deg(rng: &mut SampleRng) -> f32 {
+    rng.below(13) as f32 * 5.0 - 30.0
+}
+
+impl Transform {
+    /// One coefficient of this transform's walk (one colour channel for `Color`) from the law
+    /// it was trained with: what a steered positive moves by at `steer_scale=1`.
+    pub fn draw_coefficient(self, rng: &mut SampleRng) -> f32 {
+        match self {
+            Transform::Zoom => draw_zoom(rng).ln(),
+            Transform::ShiftX | Transform::ShiftY => draw_shift(rng),
+            Transform::Rot2d => draw_rot2d_deg(rng) / 30.0,
+            Transform::Color => rng.uniform() as f32 - 0.5,
+        }
+    }
+}
+
+/// How many edits one training sample combines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditMix {
+    /// GenRep's composed walk: every transform at once, each with its own coefficient.
+    Composed,
+    /// One transform per sample, chosen uniformly (the others' coefficients are 0): each walk
+    /// learns its own edit without the others' in the target, as gan_steerability trains one
+    /// walk per transform, but all in one run.
+    Single,
+}
+
+impl EditMix {
+    pub fn name(self) -> &'static str {
+        match self {
+            EditMix::Composed => "composed",
+            EditMix::Single => "single",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "composed" => Ok(EditMix::Composed),
+            "single" => Ok(EditMix::Single),
+            _ => Err(format!("`{s}`: use composed or single")),
+        }
+    }
+}
+
 /// One step's draws: coefficients `[B, K]` (walk order) and the matching pixel edits.
 pub fn draw_edits(
     transforms: &[Transform],
@@ -90,6 +151,7 @@ pub fn draw_edits(
     width: usize,
     rng: &mut SampleRng,
     b: usize,
+    mix: EditMix,
 ) -> (Vec<f32>, Vec<Edit>) {
     let k = walk_names(transforms, channels).len();
     let mut alphas = Vec::with_capacity(b * k);
@@ -101,17 +163,12 @@ pub fn draw_edits(
         for &t in transforms {
             match t {
                 Transform::Zoom => {
-                    let u = rng.uniform() as f32;
-                    let z = if rng.below(2) == 0 {
-                        0.25 + 0.75 * u
-                    } else {
-                        1.0 + 3.0 * u
-                    };
+                    let z = draw_zoom(rng);
                     e.zoom = z;
                     alphas.push(z.ln());
                 }
                 Transform::ShiftX | Transform::ShiftY => {
-                    let a = (rng.below(21) as f32 - 10.0) / 10.0;
+                    let a = draw_shift(rng);
                     if t == Transform::ShiftX {
                         e.shift.0 = a * px_per_unit;
                     } else {
@@ -120,7 +177,7 @@ pub fn draw_edits(
                     alphas.push(a);
                 }
                 Transform::Rot2d => {
-                    let deg = rng.below(13) as f32 * 5.0 - 30.0;
+                    let deg = draw_rot2d_deg(rng);
                     e.rot2d_deg = deg;
                     alphas.push(deg / 30.0);
                 }
@@ -128,6 +185,28 @@ pub fn draw_edits(
                     e.colour = (0..channels).map(|_| rng.uniform() as f32 - 0.5).collect();
                     alphas.extend_from_slice(&e.colour);
                 }
+            }
+        }
+        if mix == EditMix::Single {
+            // Every coefficient is drawn either way (the same stream), then all but one
+            // transform's are reset to the identity.
+            let keep = transforms[rng.below(transforms.len() as u64) as usize];
+            let from = alphas.len() - k;
+            let row = &mut alphas[from..];
+            let mut col = 0;
+            for &t in transforms {
+                let n = if t == Transform::Color { channels } else { 1 };
+                if t != keep {
+                    row[col..col + n].fill(0.0);
+                    match t {
+                        Transform::Zoom => e.zoom = 1.0,
+                        Transform::ShiftX => e.shift.0 = 0.0,
+                        Transform::ShiftY => e.shift.1 = 0.0,
+                        Transform::Rot2d => e.rot2d_deg = 0.0,
+                        Transform::Color => e.colour.clear(),
+                    }
+                }
+                col += n;
             }
         }
         out.push(e);
@@ -139,6 +218,8 @@ pub fn draw_edits(
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
     pub transforms: Vec<Transform>,
+    /// Edits per training sample: GenRep's composed walk, or one at a time.
+    pub edits: EditMix,
     pub steps: usize,
     pub batch_size: usize,
     pub lr: f64,
@@ -211,7 +292,7 @@ pub fn train(
         } else {
             ClassInput::None
         };
-        let (alphas, eds) = draw_edits(&cfg.transforms, c, w, &mut rng, b);
+        let (alphas, eds) = draw_edits(&cfg.transforms, c, w, &mut rng, b, cfg.edits);
         let z = Tensor::from_vec(z, (b, d), &Device::Cpu)?;
         let knobs = Knobs::default().resolved(&spec)?;
         // The target: the edit of the anchor's image, no gradient.
@@ -274,6 +355,7 @@ mod tests {
     fn cfg(steps: usize) -> TrainConfig {
         TrainConfig {
             transforms: vec![Transform::Zoom, Transform::ShiftX, Transform::Color],
+            edits: EditMix::Composed,
             steps,
             batch_size: 4,
             lr: 1e-2,
@@ -303,7 +385,7 @@ mod tests {
             Transform::Rot2d,
             Transform::Color,
         ];
-        let (a, e) = draw_edits(&t, 1, 28, &mut rng, 200);
+        let (a, e) = draw_edits(&t, 1, 28, &mut rng, 200, EditMix::Composed);
         assert_eq!((a.len(), e.len()), (800, 200));
         for (row, ed) in a.chunks(4).zip(&e) {
             assert!((0.25..=4.0).contains(&ed.zoom) && (row[0] - ed.zoom.ln()).abs() < 1e-6);
@@ -314,6 +396,25 @@ mod tests {
         }
         // Both zoom halves occur.
         assert!(e.iter().any(|x| x.zoom < 1.0) && e.iter().any(|x| x.zoom > 1.0));
+        // One edit per sample: exactly one transform's coefficients are kept, and its edit.
+        let mut rng = SampleRng::new(&Namespace::new("t"), 1, 0, 0);
+        let (a1, e1) = draw_edits(&t, 1, 28, &mut rng, 200, EditMix::Single);
+        let mut seen = [0; 4];
+        for (row, ed) in a1.chunks(4).zip(&e1) {
+            let kept: Vec<usize> = (0..4).filter(|&j| row[j] != 0.0).collect();
+            assert!(kept.len() <= 1, "{row:?}");
+            for &j in &kept {
+                seen[j] += 1;
+            }
+            assert_eq!(ed.zoom != 1.0, row[0] != 0.0);
+            assert_eq!(ed.shift.0 != 0.0, row[1] != 0.0);
+            assert_eq!(ed.rot2d_deg != 0.0, row[2] != 0.0);
+            assert_eq!(!ed.colour.is_empty(), row[3] != 0.0);
+        }
+        assert!(
+            seen.iter().all(|&n| n > 20),
+            "every transform is chosen: {seen:?}"
+        );
     }
 
     /// On the embedded generator: the gradient reaches the walks, the run is a function of the

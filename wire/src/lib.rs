@@ -20,6 +20,9 @@ pub const SAMPLES_HEADER: &str = "x-genrep-samples";
 /// Response header of shards and streams: the index of their first sample.
 pub const FIRST_INDEX_HEADER: &str = "x-genrep-first-index";
 
+/// Response header of `/v1/walks.png`: the walk coefficient of each column, comma-separated.
+pub const ALPHAS_HEADER: &str = "x-genrep-alphas";
+
 /// Field holding the image of a plain image sample (`genrep real-data` shards, the `tar`
 /// answer of `POST /v1/generate`).
 pub const IMAGE_FIELD: &str = "png";
@@ -41,15 +44,25 @@ pub enum Method {
     Independent,
     /// Positives equal the anchor (pixel-augmentation-only baseline).
     None,
+    /// GenRep's steering views: `z + Σᵢ αᵢ·wᵢ` along learned walks (zoom, shift, rotation,
+    /// colour), fresh coefficients αᵢ per positive, same class.
+    Steer,
+    /// Steering, then the Gaussian offset with σ: `z + Σᵢ αᵢ·wᵢ + w`, `w ~ N(0, σ²I)`
+    /// truncated at ±2σ.
+    #[serde(rename = "steer_gaussian")]
+    SteerGaussian,
 }
 
 impl Method {
-    pub const ALL: [&'static str; 3] = ["gaussian", "independent", "none"];
+    pub const ALL: [&'static str; 5] =
+        ["gaussian", "independent", "none", "steer", "steer_gaussian"];
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Gaussian => "gaussian",
             Method::Independent => "independent",
             Method::None => "none",
+            Method::Steer => "steer",
+            Method::SteerGaussian => "steer_gaussian",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -57,8 +70,15 @@ impl Method {
             "gaussian" => Some(Method::Gaussian),
             "independent" => Some(Method::Independent),
             "none" => Some(Method::None),
+            "steer" => Some(Method::Steer),
+            "steer_gaussian" => Some(Method::SteerGaussian),
             _ => None,
         }
+    }
+
+    /// Whether positives move along learned walks (the server needs a walk file).
+    pub fn steers(self) -> bool {
+        matches!(self, Method::Steer | Method::SteerGaussian)
     }
 }
 
@@ -131,6 +151,10 @@ pub struct SampleMeta {
     /// the anchor's w); its `z_pos[k]` is then the anchor's z.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offsets: Option<Vec<Vec<f32>>>,
+    /// For steered positives: positive k's coefficient along each walk it moved on (walk name
+    /// → α, the amount of the walk added to z, scales included); absent for other methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alphas: Option<Vec<std::collections::BTreeMap<String, f32>>>,
 }
 
 /// Tar key of a sample: its index, zero-padded, no dots.

@@ -257,6 +257,9 @@ impl Generator for StyleGan2 {
     fn info(&self) -> &ModelInfo {
         &self.info
     }
+    fn info_mut(&mut self) -> Option<&mut ModelInfo> {
+        Some(&mut self.info)
+    }
 
     /// z → w: the mapping network and ψ, all rows alike (then one row: w-space views add
     /// their offset to every row).
