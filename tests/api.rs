@@ -62,7 +62,7 @@ async fn app_with_batch(g: Box<dyn Generator>, max_batch_size: usize) -> Router 
 async fn bad_parameters_get_json_errors_naming_the_parameter() {
     let app = app().await;
     let cases: &[(&str, u16, &str)] = &[
-        ("/v1/shards/train-000000.tar?method=steer", 422, "method"),
+        ("/v1/shards/train-000000.tar?method=stear", 422, "method"),
         ("/v1/shards/train-000000.tar?format=gif", 422, "format"),
         ("/v1/shards/train-000000.tar?sigma=-1", 422, "sigma"),
         ("/v1/shards/train-000000.tar?sigma=NaN", 422, "sigma"),
