@@ -388,3 +388,85 @@ fn serve_refuses_walks_for_other_weights() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a safetensors file"), "{err}");
 }
+
+/// Walk files are input: a non-finite walk, a walk no transform knows, a name listed twice, a
+/// wrong shape, a missing tensor and a huge file are each refused naming the problem.
+#[test]
+fn hostile_walk_files_are_refused_by_name() {
+    use safetensors::tensor::TensorView;
+    let dir = tempfile::tempdir().unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(genrep::embedded::WEIGHTS))
+    };
+    let write = |name: &str, tensors: &[(&str, Vec<f32>)], walks: &str| {
+        let bytes: Vec<(String, Vec<u8>, usize)> = tensors
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    v.len(),
+                )
+            })
+            .collect();
+        let views: Vec<(String, TensorView)> = bytes
+            .iter()
+            .map(|(n, b, len)| {
+                (
+                    n.clone(),
+                    TensorView::new(safetensors::Dtype::F32, vec![*len], b).unwrap(),
+                )
+            })
+            .collect();
+        let meta = std::collections::HashMap::from([
+            ("format".to_string(), "genrep-walks/1".to_string()),
+            ("generator_sha256".to_string(), sha.clone()),
+            ("walks".to_string(), walks.to_string()),
+        ]);
+        let p = dir.path().join(name);
+        std::fs::write(&p, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+        p
+    };
+    let ok = vec![0.1f32; 64];
+    let mut nan = ok.clone();
+    nan[7] = f32::NAN;
+    let cases = [
+        (
+            write("nan", &[("zoom", nan)], "zoom"),
+            "non-finite value at [7]",
+        ),
+        (
+            write("tilt", &[("tilt", ok.clone())], "tilt"),
+            "unknown transform `tilt`",
+        ),
+        (
+            write("twice", &[("zoom", ok.clone())], "zoom,zoom"),
+            "listed twice",
+        ),
+        (write("shape", &[("zoom", vec![0.0; 63])], "zoom"), "[64]"),
+        (
+            write("missing", &[("zoom", ok.clone())], "zoom,shift_x"),
+            "`shift_x` is missing",
+        ),
+        (
+            write("colour", &[("color_1", ok.clone())], "color_1"),
+            "1 channel",
+        ),
+    ];
+    for (path, needle) in cases {
+        let mut g = genrep::embedded::load(&Device::Cpu, DType::F32).unwrap();
+        let e = genrep::walks::set::load_for(g.as_mut(), None, Some(&path)).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains(needle), "{}: {msg}", path.display());
+    }
+    // A huge file is refused from its size, before it is read.
+    let big = dir.path().join("big");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let mut g = genrep::embedded::load(&Device::Cpu, DType::F32).unwrap();
+    let e = genrep::walks::set::load_for(g.as_mut(), None, Some(&big)).unwrap_err();
+    assert!(format!("{e:#}").contains("is not a walk file"), "{e:#}");
+}

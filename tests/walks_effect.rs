@@ -1,8 +1,8 @@
 //! The shipped walks do what they are named for, measured on the embedded model with
 //! `genrep walks measure` (256 anchors, 9 coefficients over each walk's range): the zoom walk
 //! spreads the ink, the shift walks move its centroid and the rotation walk turns its axis the
-//! way the trained edit does, the colour
-//! walk moves the mean intensity. A walk that does nothing has a Spearman ρ near 0 and fails.
+//! way the trained edit does, the colour walk moves the mean intensity. A walk that does nothing
+//! has a Spearman ρ near 0 and fails.
 
 use std::process::Command;
 

@@ -111,6 +111,18 @@ impl WalkFile {
     /// Reads a walk file and checks it was made for the weights `generator_sha256` and for
     /// latents of `latent_dim`.
     pub fn load(path: &Path, generator_sha256: &str, latent_dim: usize) -> Result<Self> {
+        // A walk file is a few walks of latent_dim floats: anything near this size is not one
+        // (and is not read into memory).
+        const MAX_BYTES: u64 = 64 << 20;
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        if len > MAX_BYTES {
+            bail!(
+                "{}: {len} bytes is not a walk file (they hold a few [latent_dim] tensors; at most {MAX_BYTES} bytes)",
+                path.display()
+            );
+        }
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         Self::from_bytes(&bytes, path, generator_sha256, latent_dim)
     }
