@@ -35,6 +35,12 @@ pub struct WalkEffect {
     pub edit_spearman: f64,
     /// Least-squares slope of `walk_means` per unit coefficient.
     pub slope: f64,
+    /// The training loss of this walk alone, on these anchors: the masked MSE between the walk's
+    /// images and the edits, averaged over the coefficients.
+    pub loss: f64,
+    /// The same loss for a walk that does nothing (the anchors' own images against the edits):
+    /// what `loss` improves on.
+    pub loss_without_walk: f64,
     /// The same for `edit_means`.
     pub edit_slope: f64,
 }
@@ -116,7 +122,9 @@ fn stat(
     }
 }
 
-/// Spearman's ρ of `y` against its position (the coefficients are increasing).
+/// Spearman's ρ of `y` against its position (the coefficients are increasing): Pearson's
+/// correlation of the ranks, ties given their average rank; 0 when `y` is constant (a walk
+/// that changes nothing is not monotone).
 pub fn spearman(y: &[f64]) -> f64 {
     let n = y.len();
     if n < 2 {
@@ -125,15 +133,30 @@ pub fn spearman(y: &[f64]) -> f64 {
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| y[a].total_cmp(&y[b]));
     let mut rank = vec![0f64; n];
-    for (r, &i) in order.iter().enumerate() {
-        rank[i] = r as f64;
+    let mut i = 0;
+    while i < n {
+        let mut j = i;
+        while j + 1 < n && y[order[j + 1]] == y[order[i]] {
+            j += 1;
+        }
+        for &o in &order[i..=j] {
+            rank[o] = (i + j) as f64 / 2.0;
+        }
+        i = j + 1;
     }
-    let d2: f64 = rank
+    let pos: Vec<f64> = (0..n).map(|i| i as f64).collect();
+    let mean = (n - 1) as f64 / 2.0;
+    let cov: f64 = pos
         .iter()
-        .enumerate()
-        .map(|(i, r)| (i as f64 - r).powi(2))
+        .zip(&rank)
+        .map(|(p, r)| (p - mean) * (r - mean))
         .sum();
-    1.0 - 6.0 * d2 / (n as f64 * (n as f64 * n as f64 - 1.0))
+    let var_p: f64 = pos.iter().map(|p| (p - mean).powi(2)).sum();
+    let var_r: f64 = rank.iter().map(|r| (r - mean).powi(2)).sum();
+    if var_r == 0.0 {
+        return 0.0;
+    }
+    cov / (var_p * var_r).sqrt()
 }
 
 fn slope(x: &[f32], y: &[f64]) -> f64 {
@@ -147,6 +170,27 @@ fn slope(x: &[f32], y: &[f64]) -> f64 {
         .sum();
     let sxx: f64 = x.iter().map(|&a| (a as f64 - mx).powi(2)).sum();
     sxy / sxx
+}
+
+/// `Σ mask·(a − b)² / Σ mask` over `[B, C, H, W]` images with `[B, H, W]` masks (the
+/// training loss, [`super::loss::masked_mse`], on host data).
+fn masked_mse(a: &[f32], b: &[f32], mask: &[f32], c: usize, hw: usize) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (i, m) in mask.chunks_exact(hw).enumerate() {
+        for ch in 0..c {
+            let off = (i * c + ch) * hw;
+            for (p, &mv) in m.iter().enumerate() {
+                let d = (a[off + p] - b[off + p]) as f64;
+                num += mv as f64 * d * d;
+            }
+        }
+        den += m.iter().map(|&v| v as f64).sum::<f64>() * c as f64;
+    }
+    if den > 0.0 {
+        num / den
+    } else {
+        0.0
+    }
 }
 
 /// The pixel edit a coefficient `a` of a walk stands for (the training's conventions).
@@ -195,9 +239,22 @@ pub fn measure(
         ClassInput::None
     };
     let knobs = Knobs::default();
+    // Chunks of 64 anchors: a large --anchors on a large generator must not be one batch.
+    const CHUNK: usize = 64;
     let run = |z: &[f32]| -> Result<Vec<f32>> {
-        let t = g.generate(z, &classes, &knobs)?;
-        Ok(t.flatten_all()?.to_vec1::<f32>()?)
+        let mut out = Vec::with_capacity(anchors * c * hw);
+        for (k, rows) in z.chunks(CHUNK * d).enumerate() {
+            let cls = match &classes {
+                ClassInput::Ids(ids) => {
+                    let n = rows.len() / d;
+                    ClassInput::Ids(ids[k * CHUNK..k * CHUNK + n].to_vec())
+                }
+                other => other.clone(),
+            };
+            let t = g.generate(rows, &cls, &knobs)?;
+            out.extend(t.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
     };
     let base = run(&z)?;
     let base_m: Vec<[f64; 6]> = base
@@ -215,6 +272,7 @@ pub fn measure(
             .unwrap_or(0);
         let alphas = super::set::sweep(ws.alpha_range, steps, 1.0);
         let (mut walk_means, mut edit_means) = (Vec::new(), Vec::new());
+        let (mut loss, mut loss0) = (0f64, 0f64);
         for &a in &alphas {
             let moved: Vec<f32> = z
                 .chunks_exact(d)
@@ -225,22 +283,29 @@ pub fn measure(
                 })
                 .collect();
             let imgs = run(&moved)?;
+            // Images without ink have no centroid or axis: they are left out of the mean.
             let mean = |imgs: &[f32], masks: Option<&[f32]>| -> f64 {
-                imgs.chunks_exact(c * hw)
+                let v: Vec<f64> = imgs
+                    .chunks_exact(c * hw)
                     .enumerate()
-                    .map(|(i, img)| {
+                    .filter_map(|(i, img)| {
                         let mk = masks.map(|m| &m[i * hw..][..hw]);
                         let m = moments(img, mk, c, h, w);
-                        stat(t, channel, img, &m, &base_m[i], hw)
+                        let inked = m[0] > 0.0 && base_m[i][0] > 0.0;
+                        (inked || t == Transform::Color)
+                            .then(|| stat(t, channel, img, &m, &base_m[i], hw))
                     })
-                    .sum::<f64>()
-                    / anchors as f64
+                    .collect();
+                v.iter().sum::<f64>() / v.len() as f64
             };
             walk_means.push(mean(&imgs, None));
             let e = edit_for(t, channel, c, w, a);
             let (edited, mask) = edits::apply(&base, (anchors, c, h, w), &vec![e; anchors]);
             edit_means.push(mean(&edited, Some(&mask)));
+            loss += masked_mse(&imgs, &edited, &mask, c, hw);
+            loss0 += masked_mse(&base, &edited, &mask, c, hw);
         }
+        let (loss, loss_without_walk) = (loss / steps as f64, loss0 / steps as f64);
         if walk_means.iter().any(|v| !v.is_finite()) {
             return Err(anyhow!("walk `{}`: the statistic is not finite", ws.name));
         }
@@ -250,6 +315,8 @@ pub fn measure(
             spearman: spearman(&walk_means),
             edit_spearman: spearman(&edit_means),
             slope: slope(&alphas, &walk_means),
+            loss,
+            loss_without_walk,
             edit_slope: slope(&alphas, &edit_means),
             alphas,
             walk_means,
@@ -269,6 +336,10 @@ mod tests {
         assert_eq!(spearman(&[3.0, 2.0, 1.0]), -1.0);
         let r = spearman(&[1.0, 3.0, 2.0, 4.0]);
         assert!((r - 0.8).abs() < 1e-12, "{r}");
+        // A walk that changes nothing is not monotone; ties share their rank.
+        assert_eq!(spearman(&[2.0; 5]), 0.0);
+        let t = spearman(&[1.0, 2.0, 2.0, 3.0]);
+        assert!(t > 0.9 && t < 1.0 + 1e-12, "{t}");
     }
 
     /// The statistics read what the edits do: on a blob, a zoom widens it, a shift moves its

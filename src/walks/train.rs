@@ -322,8 +322,7 @@ pub fn train(
         let loss = masked_mse(&pred, &target, &mask)?;
         let grads = loss.backward().map_err(|e| {
             anyhow::anyhow!(
-                "training walks needs the generator's backward pass, and {} has none here ({e}); \
-                 StyleGAN2's CPU kernels have no backward yet",
+                "training walks needs the generator's backward pass, and {} has none here ({e})",
                 spec.architecture
             )
         })?;

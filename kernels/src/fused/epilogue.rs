@@ -61,7 +61,7 @@ pub fn modulated_epilogue_fir_up(
             y.dims()
         );
     }
-    let fused = on_cpu_f32(&[y, d, bias]) && noise.is_none_or(|n| on_cpu_f32(&[n]));
+    let fused = fusable(y, d, noise, bias);
     if !fused {
         return epilogue(
             &fir_composed(y, fir)?,
@@ -129,6 +129,14 @@ fn interleave(y: &Tensor) -> Result<Tensor> {
         .reshape((b, c4 / 4, 2 * h, 2 * w))
 }
 
+/// Whether the one-pass CPU kernel can run: f32 on the CPU, and no input that needs a gradient
+/// (the pass has no backward; the composed ops have, so training through the epilogue works).
+fn fusable(y: &Tensor, d: &Tensor, noise: Option<&Tensor>, bias: &Tensor) -> bool {
+    let mut all = vec![y, d, bias];
+    all.extend(noise);
+    on_cpu_f32(&all) && !all.iter().any(|t| t.track_op())
+}
+
 /// What the epilogue's input holds.
 #[derive(Clone, Copy)]
 enum Form {
@@ -151,7 +159,7 @@ fn epilogue(
 ) -> Result<Tensor> {
     let (b, c, h, w) = y.dims4()?;
     // Off the f32 CPU path the phases are interleaved first, then the composed ops run.
-    let fused = on_cpu_f32(&[y, d, bias]) && noise.is_none_or(|n| on_cpu_f32(&[n]));
+    let fused = fusable(y, d, noise, bias);
     if matches!(form, Form::Phases) && (!fused || c % 4 != 0) {
         return epilogue(&interleave(y)?, d, noise, bias, gain, clamp, Form::Plain);
     }
@@ -177,9 +185,7 @@ fn epilogue(
             );
         }
     }
-    let mut all = vec![y, d, bias];
-    all.extend(noise);
-    if !on_cpu_f32(&all) {
+    if !fusable(y, d, noise, bias) {
         let mut x = y.broadcast_mul(&d.reshape((b, c, 1, 1))?)?;
         if let Some(n) = noise {
             x = x.broadcast_add(&n.reshape(((), 1, h, w))?)?;
