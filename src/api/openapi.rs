@@ -228,7 +228,11 @@ pub fn document(spec: &GeneratorSpec, limits: &Limits, keyed: bool) -> OpenApi {
     ));
     grid_params.push(start_param());
     grid_params.push(prefix_param());
-    let mut walks_params = table(spec, &sampling, limits);
+    // One walk per picture (`walk`): the `walks` list is refused there.
+    let mut walks_params: Vec<Parameter> = table(spec, &sampling, limits)
+        .into_iter()
+        .filter(|p| p.name != "walks")
+        .collect();
     let names: Vec<String> = spec
         .walks
         .iter()
