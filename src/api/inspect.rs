@@ -66,6 +66,25 @@ pub(super) async fn sample_file(
     Ok(png_response(png))
 }
 
+/// A grid's `start` and `rows` (default `default`). Its rows are queued together, in the part
+/// of the queue streams leave free: a larger grid could never be admitted.
+fn grid_rows(q: &Query, st: &AppState, default: u64) -> Result<(u64, u64), ApiError> {
+    let max_rows = (st.limits.max_grid_rows as u64).min(st.engine().max_interactive_jobs() as u64);
+    if max_rows == 0 {
+        return Err(ApiError::not_found(
+            "grids are disabled on this server (max_grid_rows = 0)",
+        ));
+    }
+    let rows = q.u64_in("rows", default.min(max_rows), 1, max_rows)?;
+    let start = q.index("start", 0)?;
+    if start + rows > MAX_INDEX {
+        return Err(ApiError::invalid(format!(
+            "parameter `start`: start + rows must be <= {MAX_INDEX}"
+        )));
+    }
+    Ok((start, rows))
+}
+
 /// `GET /v1/grid.png?rows=R&start=I`: R samples, one row each (anchor then positives).
 /// `HEAD` validates and answers the headers without running the generator.
 pub(super) async fn grid_png(
@@ -80,21 +99,7 @@ pub(super) async fn grid_png(
         &[Group::Sampling],
         &["rows", "start", "prefix"],
     )?;
-    // A grid's rows are queued together, in the part of the queue streams leave free: a larger
-    // grid could never be admitted.
-    let max_rows = (st.limits.max_grid_rows as u64).min(st.engine().max_interactive_jobs() as u64);
-    if max_rows == 0 {
-        return Err(ApiError::not_found(
-            "grids are disabled on this server (max_grid_rows = 0)",
-        ));
-    }
-    let rows = q.u64_in("rows", 8.min(max_rows), 1, max_rows)?;
-    let start = q.index("start", 0)?;
-    if start + rows > MAX_INDEX {
-        return Err(ApiError::invalid(format!(
-            "parameter `start`: start + rows must be <= {MAX_INDEX}"
-        )));
-    }
+    let (start, rows) = grid_rows(&q, &st, 8)?;
     st.check_ready()?;
     if method == Method::HEAD {
         let mut h = HeaderMap::new();
@@ -142,21 +147,9 @@ pub(super) async fn walks_png(
     };
     // Rows × columns images, within what a full grid may hold (the server checked that much
     // memory at start).
-    let max_rows = (st.limits.max_grid_rows as u64).min(st.engine().max_interactive_jobs() as u64);
-    if max_rows == 0 {
-        return Err(ApiError::not_found(
-            "grids are disabled on this server (max_grid_rows = 0)",
-        ));
-    }
+    let (start, rows) = grid_rows(&q, &st, 4)?;
     let max_steps = (st.limits.max_views as u64 + 1).clamp(2, 33);
     let steps = q.u64_in("steps", 9.min(max_steps), 2, max_steps)? as usize;
-    let rows = q.u64_in("rows", 4.min(max_rows), 1, max_rows)?;
-    let start = q.index("start", 0)?;
-    if start + rows > MAX_INDEX {
-        return Err(ApiError::invalid(format!(
-            "parameter `start`: start + rows must be <= {MAX_INDEX}"
-        )));
-    }
     let alphas =
         crate::walks::set::sweep(set.walks[walk].alpha_range, steps, req.settings.steer.scale);
     let shown: Vec<String> = alphas.iter().map(|a| format!("{a:.4}")).collect();

@@ -208,6 +208,16 @@ impl Pipeline {
         let jobs = (start..start + rows)
             .map(|i| self.sample_job(req, &self.latents(req, i)))
             .collect();
+        self.grid_of_jobs(consumer, jobs).await
+    }
+
+    /// One grid row per job, the jobs queued together (or none of them) before any is
+    /// awaited, so they can share a forward pass.
+    async fn grid_of_jobs(
+        &self,
+        consumer: &Consumer,
+        jobs: Vec<Batch>,
+    ) -> Result<Vec<u8>, EngineError> {
         let pending = self.engine.try_submit_all(consumer, jobs)?;
         let mut all = Vec::with_capacity(pending.len());
         for rx in pending {
@@ -277,17 +287,7 @@ impl Pipeline {
         let jobs = (start..start + rows)
             .map(|i| self.walk_job(req, i, walk, alphas))
             .collect();
-        let pending = self.engine.try_submit_all(consumer, jobs)?;
-        let mut all = Vec::with_capacity(pending.len());
-        for rx in pending {
-            all.push(images(rx).await?);
-        }
-        let spec = self.spec().clone();
-        self.blocking(move || {
-            let rows: Vec<Vec<Image8>> = all.iter().map(|imgs| image_rows(&spec, imgs)).collect();
-            grid(&rows, 2).to_png()
-        })
-        .await
+        self.grid_of_jobs(consumer, jobs).await
     }
 
     /// `POST /v1/generate`: explicit latents → encoded images.

@@ -452,6 +452,15 @@ pub(super) struct Block {
 mod tests {
     use super::*;
 
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     /// With an input that needs a gradient (training walks through the generator), every layer
     /// form runs its differentiable ops and gives the same values as the one-pass kernels, and
     /// the gradient reaches the input.
@@ -472,21 +481,8 @@ mod tests {
             let tracked = layer
                 .forward(var.as_tensor(), &ws, NoiseMode::Const, &[])
                 .unwrap();
-            let scale = plain
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let diff = (&plain - &tracked)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = max_abs(&plain);
+            let diff = max_abs(&(&plain - &tracked).unwrap());
             assert!(
                 diff <= 1e-5 * scale,
                 "up {up} polyphase {polyphase}: {diff} of {scale}"
@@ -531,21 +527,8 @@ mod tests {
             let b = trans.forward(&x, &ws, mode, &[]).unwrap();
             assert_eq!(a.dims(), [3, cout, r, r]);
             assert_eq!(a.dims(), b.dims());
-            let scale = a
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let diff = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = max_abs(&a);
+            let diff = max_abs(&(a - b).unwrap());
             assert!(
                 scale > 0.1 && diff <= 1e-5 * scale,
                 "{mode:?}: {diff} of {scale}"
